@@ -1,0 +1,212 @@
+"""The job's configuration: OmegaConf structured config, YAML files, ``key=value`` overrides.
+
+An unknown key or a bad value fails before any work and names the key. The saved config
+leaves secrets out: only the *names* of environment variables that hold them are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from arhn_ray.method.labeling import MethodOptions
+
+
+@dataclass
+class InputConfig:
+    path: str = MISSING
+    format: str = "auto"  # auto | rlhn | flagembedding
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    max_passage_chars: int = 200_000
+    limit: int | None = None  # at most this many rows per shard (trial runs)
+
+
+@dataclass
+class OutputConfig:
+    path: str = MISSING
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    overwrite: bool = False  # False: shards already complete are skipped (resume)
+
+
+@dataclass
+class EngineConfig:
+    kind: str = "vllm"  # vllm | openai | replay
+    model: str = "bundled:smollm2"
+    tokenizer: str | None = None
+    replay_path: str | None = None
+    replicas: int = 1
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    device: str = "auto"  # auto | gpu | cpu
+    num_cpus: float = 1.0  # per replica on CPU engines
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    gpu_memory_utilization: float = 0.9
+    enable_prefix_caching: bool = True
+    enforce_eager: bool = False
+    seed: int = 0
+    temperature: float = 0.0
+    top_p: float = 1.0
+    chat_template_kwargs: dict[str, Any] = field(default_factory=lambda: {"enable_thinking": False})
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    # openai-compatible servers
+    base_url: str | None = None
+    api_key_env: str | None = None  # the NAME of the variable holding the key, never the key
+    max_concurrency: int = 8
+    timeout_s: float = 300.0
+    regex_param: str = "structured_outputs"  # how the server takes a regex: structured_outputs | guided_regex | none
+    max_attempts: int = 5
+
+
+@dataclass
+class MethodConfig:
+    variant: str = "rf"
+    max_negatives_per_chunk: int = 10
+    positive_no_answer: str = "paper"
+    max_relabeled: int | None = None
+    paper_literal: bool = False
+    fuzzy_threshold: float = 90.0
+    ungrounded_as_no_answer: bool = True
+
+
+@dataclass
+class Stage1Config:
+    constraint: str = "none"  # none | format | verbatim
+    max_tokens: int = 1024
+
+
+@dataclass
+class Stage2Config:
+    input: str = "snippet"  # snippet | passage (PRHN)
+    constraint: str = "none"  # none | format
+    max_tokens: int = 128
+    engine: dict[str, Any] | None = None  # staged mode: overrides of `engine` for the Stage 2 pool
+
+
+@dataclass
+class TruncationConfig:
+    tokenizer: str | None = None  # the retriever's tokenizer (path or name); None: no truncation
+    max_seq_len: int = 512
+
+
+@dataclass
+class PromptsConfig:
+    version: str = "paper-v1"
+    dir: str | None = None
+
+
+@dataclass
+class PipelineConfig:
+    mode: str = "fused"  # fused | staged
+    batch_size: int = 16  # rows per actor call
+    retries: int = 2  # LLM call retries before a row is rejected
+    ray_address: str | None = None  # None: join a running cluster if there is one, else start one
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    input: InputConfig = field(default_factory=InputConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
+    truncation: TruncationConfig = field(default_factory=TruncationConfig)
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+
+
+_CHOICES = {
+    "input.format": ("auto", "rlhn", "flagembedding"),
+    "engine.kind": ("vllm", "openai", "replay"),
+    "engine.device": ("auto", "gpu", "cpu"),
+    "engine.regex_param": ("structured_outputs", "guided_regex", "none"),
+    "pipeline.mode": ("fused", "staged"),
+}
+_SECRET_WORDS = ("secret", "password", "token", "api_key", "apikey", "key_id", "access_key", "credential")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults < YAML file < ``key=value`` overrides, checked against the schema."""
+    try:
+        conf = OmegaConf.structured(Config)
+        if path:
+            conf = OmegaConf.merge(conf, OmegaConf.load(path))
+        if overrides:
+            bad = [o for o in overrides if "=" not in o]
+            if bad:
+                raise ConfigError(f"override {bad[0]!r}: expected key=value")
+            conf = OmegaConf.merge(conf, OmegaConf.from_dotlist(overrides))
+        cfg: Config = OmegaConf.to_object(conf)  # type: ignore[assignment]
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        raise ConfigError(f"config key {key!r}: {e.msg if hasattr(e, 'msg') else e}") from None
+    check(cfg)
+    return cfg
+
+
+def check(cfg: Config) -> None:
+    flat = OmegaConf.to_container(OmegaConf.structured(cfg))
+    for key, allowed in _CHOICES.items():
+        section, name = key.split(".")
+        value = flat[section][name]  # type: ignore[index]
+        if value not in allowed:
+            raise ConfigError(f"config key {key!r}: {value!r} is not one of {', '.join(allowed)}")
+    for key in ("engine.replicas", "engine.tensor_parallel_size", "engine.pipeline_parallel_size", "pipeline.batch_size"):
+        section, name = key.split(".")
+        if flat[section][name] < 1:  # type: ignore[index]
+            raise ConfigError(f"config key {key!r}: must be at least 1")
+    if cfg.engine.kind == "replay" and not cfg.engine.replay_path:
+        raise ConfigError("config key 'engine.replay_path': required when engine.kind=replay")
+    if cfg.engine.kind == "openai" and not cfg.engine.base_url:
+        raise ConfigError("config key 'engine.base_url': required when engine.kind=openai")
+    try:
+        method_options(cfg)
+    except ValueError as e:
+        raise ConfigError(f"config key 'method' / 'stage1' / 'stage2': {e}") from None
+
+
+def method_options(cfg: Config) -> MethodOptions:
+    m = cfg.method
+    return MethodOptions(
+        variant=m.variant,
+        max_negatives_per_chunk=m.max_negatives_per_chunk,
+        stage2_input=cfg.stage2.input,
+        positive_no_answer=m.positive_no_answer,
+        max_relabeled=m.max_relabeled,
+        paper_literal=m.paper_literal,
+        fuzzy_threshold=m.fuzzy_threshold,
+        ungrounded_as_no_answer=m.ungrounded_as_no_answer,
+        stage1_constraint=cfg.stage1.constraint,
+        stage2_constraint=cfg.stage2.constraint,
+    )
+
+
+def _redact(node: Any, path: str = "") -> Any:
+    if isinstance(node, dict):
+        return {
+            k: ("<redacted>" if any(w in str(k).lower() for w in _SECRET_WORDS) and not str(k).endswith("_env") else _redact(v, f"{path}.{k}"))
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_redact(v, path) for v in node]
+    return node
+
+
+def to_yaml(cfg: Config) -> str:
+    """The resolved config, with anything that looks like a secret replaced."""
+    return OmegaConf.to_yaml(OmegaConf.create(_redact(OmegaConf.to_container(OmegaConf.structured(cfg)))))
+
+
+def config_digest(cfg: Config) -> str:
+    return hashlib.sha256(json.dumps(_redact(OmegaConf.to_container(OmegaConf.structured(cfg))), sort_keys=True).encode()).hexdigest()[:16]

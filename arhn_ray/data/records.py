@@ -1,0 +1,152 @@
+"""Row schemas (DESIGN.md, Records) and validation that names the bad field.
+
+Input rows follow the RLHN / Tevatron schema. ``validate_row`` turns a raw mapping into a
+canonical row, or says which field is wrong; it never raises.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+PASSAGE = pa.struct([("docid", pa.string()), ("title", pa.string()), ("text", pa.string())])
+DECISION = pa.struct(
+    [
+        ("docid", pa.string()),
+        ("action", pa.string()),
+        ("reason", pa.string()),
+        ("snippet", pa.string()),
+        ("grounding", pa.string()),
+        ("rank", pa.int32()),
+    ]
+)
+LLM_CALL = pa.struct(
+    [
+        ("chunk", pa.int32()),
+        ("stage1_text", pa.string()),
+        ("stage1_prompt_tokens", pa.int64()),
+        ("stage1_output_tokens", pa.int64()),
+        ("stage1_finish_reason", pa.string()),
+        ("stage2_text", pa.string()),
+        ("stage2_prompt_tokens", pa.int64()),
+        ("stage2_output_tokens", pa.int64()),
+        ("stage2_finish_reason", pa.string()),
+        ("stage2_status", pa.string()),
+    ]
+)
+PROVENANCE = pa.struct(
+    [
+        ("model", pa.string()),
+        ("prompt_version", pa.string()),
+        ("prompt_sha256", pa.string()),
+        ("variant", pa.string()),
+        ("config_hash", pa.string()),
+        ("arhn_ray_version", pa.string()),
+    ]
+)
+INPUT_SCHEMA = pa.schema(
+    [
+        ("query_id", pa.string()),
+        ("query", pa.string()),
+        ("positive_passages", pa.list_(PASSAGE)),
+        ("negative_passages", pa.list_(PASSAGE)),
+        ("subset", pa.string()),
+    ]
+)
+OUTPUT_SCHEMA = pa.schema(
+    list(INPUT_SCHEMA)
+    + [
+        pa.field("decisions", pa.list_(DECISION)),
+        pa.field("positive_snippet", pa.string()),
+        pa.field("llm", pa.list_(LLM_CALL)),
+        pa.field("provenance", PROVENANCE),
+    ]
+)
+REJECTED_SCHEMA = pa.schema(
+    [
+        ("query_id", pa.string()),
+        ("source", pa.string()),
+        ("row_index", pa.int64()),
+        ("field", pa.string()),
+        ("reason", pa.string()),
+        ("row", pa.string()),  # the input row as JSON, so nothing is lost
+    ]
+)
+
+
+class InvalidRow(ValueError):
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def _string(row: dict, name: str, required: bool = True) -> str | None:
+    value = row.get(name)
+    if value is None:
+        if required:
+            raise InvalidRow(name, "missing or null")
+        return None
+    if not isinstance(value, str):
+        raise InvalidRow(name, f"expected a string, got {type(value).__name__}")
+    if required and not value.strip():
+        raise InvalidRow(name, "empty")
+    return value
+
+
+def _passages(row: dict, name: str, required: bool) -> list[dict]:
+    value = row.get(name)
+    if value is None:
+        if required:
+            raise InvalidRow(name, "missing or null")
+        return []
+    if not isinstance(value, (list, tuple)):
+        raise InvalidRow(name, f"expected a list of passages, got {type(value).__name__}")
+    out = []
+    for i, p in enumerate(value):
+        where = f"{name}[{i}]"
+        if not isinstance(p, dict):
+            raise InvalidRow(where, f"expected a passage object, got {type(p).__name__}")
+        docid = p.get("docid")
+        if docid is None or (isinstance(docid, str) and not docid.strip()):
+            raise InvalidRow(f"{where}.docid", "missing or empty")
+        if not isinstance(docid, (str, int)) or isinstance(docid, bool):
+            raise InvalidRow(f"{where}.docid", f"expected a string, got {type(docid).__name__}")
+        text = p.get("text")
+        if text is None:
+            raise InvalidRow(f"{where}.text", "missing or null")
+        if not isinstance(text, str):
+            raise InvalidRow(f"{where}.text", f"expected a string, got {type(text).__name__}")
+        if not text.strip():
+            raise InvalidRow(f"{where}.text", "empty")
+        title = p.get("title")
+        if title is not None and not isinstance(title, str):
+            raise InvalidRow(f"{where}.title", f"expected a string, got {type(title).__name__}")
+        out.append({"docid": str(docid), "title": title or "", "text": text})
+    if required and not out:
+        raise InvalidRow(name, "empty list: a query needs at least one positive")
+    return out
+
+
+def validate_row(row: Any, max_passage_chars: int = 200_000) -> dict:
+    """The canonical input row, or ``InvalidRow`` naming the field."""
+    if not isinstance(row, dict):
+        raise InvalidRow("row", f"expected an object, got {type(row).__name__}")
+    canonical = {
+        "query_id": _string(row, "query_id"),
+        "query": _string(row, "query"),
+        "positive_passages": _passages(row, "positive_passages", required=True),
+        "negative_passages": _passages(row, "negative_passages", required=False),
+        "subset": _string(row, "subset", required=False) or "",
+    }
+    seen: dict[str, str] = {}
+    for name in ("positive_passages", "negative_passages"):
+        for i, p in enumerate(canonical[name]):
+            where = f"{name}[{i}]"
+            if p["docid"] in seen:
+                raise InvalidRow(f"{where}.docid", f"duplicate docid {p['docid']!r} (also {seen[p['docid']]})")
+            seen[p["docid"]] = where
+            if len(p["text"]) > max_passage_chars:
+                raise InvalidRow(f"{where}.text", f"{len(p['text'])} characters, over the limit of {max_passage_chars}")
+    return canonical

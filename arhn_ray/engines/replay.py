@@ -1,0 +1,64 @@
+"""Serve recorded outputs, so that a run is reproducible without an LLM.
+
+Recordings are JSONL rows ``{"query_id", "stage" (1 or 2), "chunk" (0-based), "text"}`` or a
+previous run's output folder (its ``refined/`` rows carry every LLM output in ``llm``). A
+request with no recording gets an error result.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+
+from arhn_ray.data.readers import filesystem
+from arhn_ray.engines.base import ChatRequest, ChatResult
+
+
+def load_recordings(path: str, storage_options: dict | None = None) -> dict[tuple[str, int, int], dict]:
+    fs, root = filesystem(path, storage_options)
+    table: dict[tuple[str, int, int], dict] = {}
+    if fs.isdir(root):
+        for file in sorted(fs.glob(root.rstrip("/") + "/refined/*.parquet")):
+            with fs.open(file, "rb") as f:
+                for row in pq.read_table(f, columns=["query_id", "llm"]).to_pylist():
+                    for call in row["llm"] or []:
+                        for stage in (1, 2):
+                            text = call[f"stage{stage}_text"]
+                            if text is not None:
+                                table[(row["query_id"], stage, call["chunk"])] = {
+                                    "text": text,
+                                    "prompt_tokens": call[f"stage{stage}_prompt_tokens"] or 0,
+                                    "output_tokens": call[f"stage{stage}_output_tokens"] or 0,
+                                }
+        return table
+    with fs.open(root, "rt", encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            rec = json.loads(line)
+            try:
+                key = (str(rec["query_id"]), int(rec["stage"]), int(rec["chunk"]))
+                table[key] = {"text": rec["text"], "prompt_tokens": rec.get("prompt_tokens", 0), "output_tokens": rec.get("output_tokens", 0)}
+            except (KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"{path}: line {n}: expected query_id, stage, chunk and text ({e})") from e
+    return table
+
+
+class ReplayEngine:
+    def __init__(self, path: str, model: str = "replay", storage_options: dict | None = None):
+        self.model = model
+        self.recordings = load_recordings(path, storage_options)
+
+    def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        out = []
+        for req in requests:
+            rec = self.recordings.get(req.key)
+            if rec is None:
+                out.append(ChatResult.failed(f"no recording for query_id={req.key[0]!r} stage={req.key[1]} chunk={req.key[2]}"))
+            else:
+                out.append(ChatResult(rec["text"], rec["prompt_tokens"], rec["output_tokens"], "stop"))
+        return out
+
+    def close(self) -> None:
+        pass

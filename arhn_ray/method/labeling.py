@@ -1,0 +1,245 @@
+"""Relabel, filter or keep every hard negative of a query (the paper's Eq. 8-10, made exact).
+
+A row is planned into chunks (the anchor positive plus at most N negatives each, duplicates of
+a positive taken out first); each chunk's Stage 1 snippets decide what Stage 2 sees; each
+chunk's ranking decides the labels. All functions here are pure.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from arhn_ray.method import ranking as rk
+from arhn_ray.method.constraints import stage1_format, stage1_verbatim, stage2_format
+from arhn_ray.method.prompts import PromptSet, neutralize
+from arhn_ray.method.snippets import UNGROUNDED, Grounded, ParsedSnippet, ground, parse_stage1
+
+VARIANTS = ("rf", "relabel", "filter")
+POSITIVE_NO_ANSWER = ("paper", "keep", "reject")
+STAGE2_INPUTS = ("snippet", "passage")
+STAGE1_CONSTRAINTS = ("none", "format", "verbatim")
+STAGE2_CONSTRAINTS = ("none", "format")
+RELABEL, FILTER, KEEP = "relabel", "filter", "keep"
+
+_WORDS = re.compile(r"\w+")
+
+
+@dataclass(frozen=True)
+class MethodOptions:
+    """What decides the labels; every field is a config key under ``method``."""
+
+    variant: str = "rf"
+    max_negatives_per_chunk: int = 10
+    stage2_input: str = "snippet"
+    positive_no_answer: str = "paper"
+    max_relabeled: int | None = None
+    paper_literal: bool = False
+    fuzzy_threshold: float = 90.0
+    ungrounded_as_no_answer: bool = True
+    stage1_constraint: str = "none"
+    stage2_constraint: str = "none"
+
+    def __post_init__(self) -> None:
+        for name, allowed in (
+            ("variant", VARIANTS),
+            ("positive_no_answer", POSITIVE_NO_ANSWER),
+            ("stage2_input", STAGE2_INPUTS),
+            ("stage1_constraint", STAGE1_CONSTRAINTS),
+            ("stage2_constraint", STAGE2_CONSTRAINTS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
+        if self.max_negatives_per_chunk < 1:
+            raise ValueError("max_negatives_per_chunk must be at least 1")
+        if self.max_relabeled is not None and self.max_relabeled < 0:
+            raise ValueError("max_relabeled must be at least 0")
+
+
+def duplicate_key(text: str) -> str:
+    """Text compared for ``duplicate_of_positive``: NFKC, case-folded words only."""
+    return " ".join(_WORDS.findall(unicodedata.normalize("NFKC", text).casefold()))
+
+
+@dataclass
+class Plan:
+    """A row cut into chunks. Passage texts are the truncated ones the LLM sees."""
+
+    row: dict
+    anchor_text: str
+    negative_texts: list[str]
+    duplicates: list[int]
+    chunks: list[list[int]]  # indices into row["negative_passages"]
+
+
+def plan_row(row: dict, options: MethodOptions, truncate: Callable[[str], str] | None = None) -> Plan:
+    cut = truncate or (lambda t: t)
+    positives = row["positive_passages"]
+    negatives = row["negative_passages"]
+    positive_keys = {duplicate_key(p["text"]) for p in positives}
+    duplicates, rest = [], []
+    for i, neg in enumerate(negatives):
+        (duplicates if duplicate_key(neg["text"]) in positive_keys else rest).append(i)
+    n = options.max_negatives_per_chunk
+    chunks = [rest[i : i + n] for i in range(0, len(rest), n)]
+    return Plan(
+        row=row,
+        anchor_text=cut(positives[0]["text"]),
+        negative_texts=[cut(neg["text"]) for neg in negatives],
+        duplicates=duplicates,
+        chunks=chunks,
+    )
+
+
+def chunk_passages(plan: Plan, chunk: int) -> list[str]:
+    """doc1 = anchor, doc2.. = the chunk's negatives."""
+    return [plan.anchor_text] + [plan.negative_texts[i] for i in plan.chunks[chunk]]
+
+
+def stage1_request(plan: Plan, chunk: int, prompts: PromptSet, options: MethodOptions) -> tuple[str, str | None]:
+    """The Stage 1 prompt and its decoding constraint (a regex or None)."""
+    passages = chunk_passages(plan, chunk)
+    prompt = prompts.stage1_prompt(plan.row["query"], passages)
+    if options.stage1_constraint == "verbatim":
+        return prompt, stage1_verbatim([neutralize(p) for p in passages])
+    if options.stage1_constraint == "format":
+        return prompt, stage1_format(len(passages))
+    return prompt, None
+
+
+@dataclass
+class ChunkSnippets:
+    """Stage 1 result of one chunk: position 0 is the anchor, then the chunk's negatives."""
+
+    parsed: list[ParsedSnippet]
+    grounded: list[Grounded]
+
+    def snippet(self, pos: int, options: MethodOptions) -> str | None:
+        g = self.grounded[pos]
+        if g.grounding == UNGROUNDED and not options.ungrounded_as_no_answer:
+            return self.parsed[pos].text
+        return g.snippet
+
+
+def read_stage1(plan: Plan, chunk: int, text: str, options: MethodOptions) -> ChunkSnippets:
+    passages = chunk_passages(plan, chunk)
+    parsed = parse_stage1(text, len(passages))
+    grounded = [ground(p.text, neutralize(passage), options.fuzzy_threshold) for p, passage in zip(parsed, passages)]
+    # neutralize() keeps lengths, so the span is cut from the passage itself
+    grounded = [
+        Grounded(_same_span(g.snippet, neutralize(passage), passage), g.grounding) if g.snippet else g
+        for g, passage in zip(grounded, passages)
+    ]
+    return ChunkSnippets(parsed, grounded)
+
+
+def _same_span(span: str, neutral: str, original: str) -> str:
+    at = neutral.find(span)
+    return original[at : at + len(span)] if at >= 0 else span
+
+
+@dataclass
+class Stage2Request:
+    prompt: str
+    constraint: str | None
+    positions: list[int]  # chunk positions (0 = anchor) in the order of items [1], [2], ...
+
+
+def stage2_request(
+    plan: Plan, chunk: int, snippets: ChunkSnippets, prompts: PromptSet, options: MethodOptions
+) -> Stage2Request | None:
+    """None when Stage 2 cannot change a label (no negative has a snippet, or the anchor has none)."""
+    size = len(plan.chunks[chunk]) + 1
+    with_snippet = [p for p in range(1, size) if snippets.snippet(p, options) is not None]
+    if options.paper_literal:
+        positions = list(range(size))
+    else:
+        if not with_snippet or snippets.snippet(0, options) is None:
+            return None
+        positions = [0, *with_snippet]
+    if options.stage2_input == "passage":
+        passages = chunk_passages(plan, chunk)
+        items: list[str | None] = [passages[p] for p in positions]
+    else:
+        items = [snippets.snippet(p, options) for p in positions]
+    prompt = prompts.stage2_prompt(plan.row["query"], items, passages=options.stage2_input == "passage")
+    constraint = stage2_format(len(items)) if options.stage2_constraint == "format" else None
+    return Stage2Request(prompt, constraint, positions)
+
+
+@dataclass
+class RowLabels:
+    positive_passages: list[dict]
+    negative_passages: list[dict]
+    decisions: list[dict]
+    positive_snippet: str | None
+    rejected: str | None = None
+    stage2_status: list[str | None] = field(default_factory=list)
+
+
+def label_row(
+    plan: Plan,
+    snippets: list[ChunkSnippets],
+    stage2: list[tuple[Stage2Request, rk.Ranking] | None],
+    options: MethodOptions,
+) -> RowLabels:
+    """One decision per input negative; the refined lists partition the input passages."""
+    row = plan.row
+    negatives = row["negative_passages"]
+    decisions: list[dict | None] = [None] * len(negatives)
+    for i in plan.duplicates:
+        decisions[i] = _decision(negatives[i], FILTER, "duplicate_of_positive", None, None, None)
+    rejected = None
+    for c, members in enumerate(plan.chunks):
+        cs = snippets[c]
+        anchor = cs.snippet(0, options)
+        ranked = stage2[c]
+        ranks = {}
+        if ranked is not None:
+            request, ranking = ranked
+            ranks = {request.positions[item - 1]: ranking.rank(item) for item in ranking.order}
+        if anchor is None and options.positive_no_answer == "reject":
+            rejected = "positive_no_answer"
+        for pos, i in enumerate(members, 1):
+            snippet = cs.snippet(pos, options)
+            grounding = cs.grounded[pos].grounding
+            rank = ranks.get(pos)
+            if snippet is None:
+                reason = "ungrounded" if grounding == UNGROUNDED else "no_answer"
+                action = KEEP
+            elif anchor is None:
+                reason = "positive_no_answer"
+                action = RELABEL if options.positive_no_answer == "paper" else KEEP
+            elif ranked is None or ranked[1].status == rk.PARSE_FALLBACK:
+                reason, action = "parse_fallback", FILTER
+            elif rank < ranks[0]:
+                reason, action = "ranked_above_positive", RELABEL
+            else:
+                reason, action = "answer_below_positive", FILTER
+            if (action == RELABEL and options.variant == "filter") or (action == FILTER and options.variant == "relabel"):
+                action = KEEP
+            decisions[i] = _decision(negatives[i], action, reason, snippet, grounding, rank)
+    relabeled = [neg for neg, d in zip(negatives, decisions) if d["action"] == RELABEL]
+    if options.max_relabeled is not None and len(relabeled) > options.max_relabeled:
+        rejected = rejected or f"max_relabeled: {len(relabeled)} > {options.max_relabeled}"
+    return RowLabels(
+        positive_passages=list(row["positive_passages"]) + relabeled,
+        negative_passages=[neg for neg, d in zip(negatives, decisions) if d["action"] == KEEP],
+        decisions=decisions,  # type: ignore[arg-type]
+        positive_snippet=snippets[0].snippet(0, options) if snippets else None,
+        rejected=rejected,
+        stage2_status=[r[1].status if r else None for r in stage2],
+    )
+
+
+def _decision(passage: dict, action: str, reason: str, snippet: str | None, grounding: str | None, rank: int | None) -> dict:
+    return {
+        "docid": passage["docid"],
+        "action": action,
+        "reason": reason,
+        "snippet": snippet,
+        "grounding": grounding,
+        "rank": rank,
+    }

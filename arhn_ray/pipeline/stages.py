@@ -1,0 +1,160 @@
+"""The Ray Data stages: read a shard, then refine in an actor pool (one engine per replica).
+
+Rows travel between stages as envelopes ``{shard, row_index, status, field, reason, record}``
+with the row as JSON in ``record``: a rejected row keeps its raw form, and every row can be
+followed from its input shard to exactly one output.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pyarrow as pa
+
+from arhn_ray.config import Config, EngineConfig, method_options
+from arhn_ray.data.readers import read_rows, shard_name, to_canonical
+from arhn_ray.data.records import InvalidRow, validate_row
+from arhn_ray.engines.base import Engine
+from arhn_ray.method.prompts import PromptSet
+from arhn_ray.refine import Refiner
+
+log = logging.getLogger(__name__)
+
+ENVELOPE = pa.schema(
+    [
+        ("shard", pa.string()),
+        ("row_index", pa.int64()),
+        ("status", pa.string()),  # ok | rejected | file_error
+        ("field", pa.string()),
+        ("reason", pa.string()),
+        ("record", pa.string()),
+    ]
+)
+
+
+def _envelope(shard: str, index: int, record: Any, status: str = "ok", field: str | None = None, reason: str | None = None) -> dict:
+    text = record if isinstance(record, str) and status != "ok" else json.dumps(record, ensure_ascii=False, default=str)
+    return {"shard": shard, "row_index": index, "status": status, "field": field, "reason": reason, "record": text}
+
+
+def read_shard(item: dict, fmt: str, max_passage_chars: int, storage_options: dict, limit: int | None) -> list[dict]:
+    """Every row of one shard, validated; a bad row is rejected here with the field named."""
+    uri = item["shard"]
+    name = shard_name(uri)
+    out: list[dict] = []
+    first_seen: dict[str, int] = {}
+    try:
+        for n, (index, raw, error) in enumerate(read_rows(uri, storage_options)):
+            if limit is not None and n >= limit:
+                break
+            if error:
+                out.append(_envelope(name, index, raw, "rejected", "row", error))
+                continue
+            try:
+                row = validate_row(to_canonical(raw, fmt), max_passage_chars)
+                qid = row["query_id"]
+                if qid in first_seen:
+                    raise InvalidRow("query_id", f"duplicate query_id {qid!r} (first at row {first_seen[qid]})")
+                first_seen[qid] = index
+            except InvalidRow as e:
+                out.append(_envelope(name, index, raw, "rejected", e.field, f"invalid {e.field}: {e.message}"))
+                continue
+            out.append(_envelope(name, index, row))
+    except Exception as e:  # an unreadable file: named, and the other shards go on
+        return [_envelope(name, -1, None, "file_error", "file", f"{uri}: {type(e).__name__}: {e}")]
+    return out
+
+
+def make_engine(engine: EngineConfig) -> Engine:
+    if engine.kind == "replay":
+        from arhn_ray.engines.replay import ReplayEngine
+
+        return ReplayEngine(engine.replay_path or "", model=engine.model or "replay")
+    if engine.kind == "openai":
+        from arhn_ray.engines.openai_engine import OpenAIEngine, OpenAIOptions
+
+        return OpenAIEngine(
+            OpenAIOptions(
+                base_url=engine.base_url or "",
+                model=engine.model,
+                api_key_env=engine.api_key_env,
+                max_concurrency=engine.max_concurrency,
+                timeout_s=engine.timeout_s,
+                max_attempts=engine.max_attempts,
+                temperature=engine.temperature,
+                top_p=engine.top_p,
+                seed=engine.seed,
+                regex_param=engine.regex_param,
+                chat_template_kwargs=dict(engine.chat_template_kwargs),
+            )
+        )
+    from arhn_ray.engines.vllm_engine import VLLMEngine, VLLMOptions
+
+    return VLLMEngine(
+        VLLMOptions(
+            model=engine.model,
+            tokenizer=engine.tokenizer,
+            dtype=engine.dtype,
+            max_model_len=engine.max_model_len,
+            tensor_parallel_size=engine.tensor_parallel_size,
+            pipeline_parallel_size=engine.pipeline_parallel_size,
+            gpu_memory_utilization=engine.gpu_memory_utilization,
+            enable_prefix_caching=engine.enable_prefix_caching,
+            enforce_eager=engine.enforce_eager,
+            seed=engine.seed,
+            temperature=engine.temperature,
+            top_p=engine.top_p,
+            chat_template_kwargs=dict(engine.chat_template_kwargs),
+            engine_kwargs=dict(engine.engine_kwargs),
+        )
+    )
+
+
+def make_truncator(cfg: Config):
+    if not cfg.truncation.tokenizer:
+        return None
+    from arhn_ray.data.truncation import Truncator, minilm_tokenizer_path
+
+    name = cfg.truncation.tokenizer
+    return Truncator(minilm_tokenizer_path() if name == "bundled:minilm" else name, cfg.truncation.max_seq_len)
+
+
+def make_refiner(cfg: Config, engine: Engine | None = None) -> Refiner:
+    return Refiner(
+        engine or make_engine(cfg.engine),
+        method_options(cfg),
+        PromptSet.load(cfg.prompts.version, cfg.prompts.dir),
+        truncate=make_truncator(cfg),
+        stage1_max_tokens=cfg.stage1.max_tokens,
+        stage2_max_tokens=cfg.stage2.max_tokens,
+        retries=cfg.pipeline.retries,
+    )
+
+
+class RefineStage:
+    """A replica: owns one engine; ``step`` is ``fused`` (both stages), ``stage1`` or ``stage2``."""
+
+    def __init__(self, cfg: Config, step: str = "fused"):
+        self.step = step
+        self.refiner = make_refiner(cfg)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        envelopes = batch.to_pylist()
+        todo = [e for e in envelopes if e["status"] == "ok"]
+        if todo:
+            rows = [json.loads(e["record"]) for e in todo]
+            run = {"fused": self.refiner.refine, "stage1": self.refiner.stage1, "stage2": self.refiner.stage2}[self.step]
+            try:
+                outcomes = run(rows)
+            except Exception as e:  # a bug or an engine crash: reject this batch's rows with the reason
+                log.exception("refine step %s failed on a batch of %d rows", self.step, len(rows))
+                for env in todo:
+                    env.update(status="rejected", field="llm", reason=f"refine_error: {type(e).__name__}: {e}")
+                return pa.Table.from_pylist(envelopes, schema=ENVELOPE)
+            for env, outcome in zip(todo, outcomes):
+                env["record"] = json.dumps(outcome.row, ensure_ascii=False)
+                if outcome.rejected:
+                    env.update(status="rejected", field=outcome.field, reason=outcome.rejected)
+        return pa.Table.from_pylist(envelopes, schema=ENVELOPE)

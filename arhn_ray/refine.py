@@ -1,0 +1,170 @@
+"""Drive the method through an engine: Stage 1 for a batch of rows, then Stage 2, then labels.
+
+This is what a Ray actor calls (``fused`` runs both stages, ``staged`` one each), what
+``arhn-ray relabel`` calls with stored outputs, and what tests call with a scripted engine.
+Rows travel as plain dicts; a row whose LLM call still fails after the retries comes back
+rejected with the reason, the other rows of the batch go on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from arhn_ray import __version__
+from arhn_ray.engines.base import ChatRequest, ChatResult, Engine
+from arhn_ray.method import labeling as lb
+from arhn_ray.method.prompts import PromptSet, chat
+from arhn_ray.method.ranking import parse_ranking
+
+
+@dataclass
+class Outcome:
+    """A refined row (``row``) or a rejection (``rejected`` with ``field``)."""
+
+    row: dict
+    rejected: str | None = None
+    field: str | None = None
+
+
+def config_hash(options: lb.MethodOptions, prompts: PromptSet, model: str) -> str:
+    blob = json.dumps([asdict(options), prompts.sha256, model], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class Refiner:
+    def __init__(
+        self,
+        engine: Engine,
+        options: lb.MethodOptions,
+        prompts: PromptSet,
+        truncate: Callable[[str], str] | None = None,
+        stage1_max_tokens: int = 1024,
+        stage2_max_tokens: int = 128,
+        retries: int = 2,
+    ):
+        self.engine = engine
+        self.options = options
+        self.prompts = prompts
+        self.truncate = truncate
+        self.stage1_max_tokens = stage1_max_tokens
+        self.stage2_max_tokens = stage2_max_tokens
+        self.retries = retries
+        self.provenance = {
+            "model": engine.model,
+            "prompt_version": prompts.version,
+            "prompt_sha256": prompts.sha256,
+            "variant": options.variant,
+            "config_hash": config_hash(options, prompts, engine.model),
+            "arhn_ray_version": __version__,
+        }
+
+    def _generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        """The engine's results, resending failed requests up to ``retries`` times."""
+        results = self.engine.generate(requests)
+        for _ in range(self.retries):
+            failed = [i for i, r in enumerate(results) if r.error]
+            if not failed:
+                break
+            again = self.engine.generate([requests[i] for i in failed])
+            for i, r in zip(failed, again):
+                results[i] = r
+        return results
+
+    def stage1(self, rows: list[dict]) -> list[Outcome]:
+        """Adds ``llm`` (one entry per chunk, Stage 1 filled) to each row."""
+        plans = [lb.plan_row(row, self.options, self.truncate) for row in rows]
+        requests, owners = [], []
+        for r, plan in enumerate(plans):
+            rows[r]["llm"] = []
+            for c in range(len(plan.chunks)):
+                prompt, constraint = lb.stage1_request(plan, c, self.prompts, self.options)
+                requests.append(ChatRequest(chat(prompt), (rows[r]["query_id"], 1, c), self.stage1_max_tokens, constraint))
+                owners.append((r, c))
+        results = self._generate(requests) if requests else []
+        failures: dict[int, str] = {}
+        for (r, c), res in zip(owners, results):
+            if res.error:
+                failures.setdefault(r, f"engine_error: stage 1 chunk {c}: {res.error}")
+            rows[r]["llm"].append(_call(c, res))
+        return [Outcome(row, failures.get(r), "llm" if r in failures else None) for r, row in enumerate(rows)]
+
+    def stage2(self, rows: list[dict]) -> list[Outcome]:
+        """Reads the stored Stage 1 texts, ranks what needs ranking, labels every negative."""
+        out: list[Outcome | None] = [None] * len(rows)
+        work = []
+        requests, owners = [], []
+        for r, row in enumerate(rows):
+            plan = lb.plan_row(row, self.options, self.truncate)
+            calls = row.get("llm") or []
+            if len(calls) != len(plan.chunks):
+                out[r] = Outcome(row, f"stage 1 outputs for {len(calls)} chunks, expected {len(plan.chunks)}", "llm")
+                continue
+            snippets = [lb.read_stage1(plan, c, call["stage1_text"] or "", self.options) for c, call in enumerate(calls)]
+            stage2 = [lb.stage2_request(plan, c, s, self.prompts, self.options) for c, s in enumerate(snippets)]
+            for c, req in enumerate(stage2):
+                if req is not None:
+                    requests.append(ChatRequest(chat(req.prompt), (row["query_id"], 2, c), self.stage2_max_tokens, req.constraint))
+                    owners.append((r, c))
+            work.append((r, plan, snippets, stage2))
+        results = self._generate(requests) if requests else []
+        answers: dict[tuple[int, int], ChatResult] = dict(zip(owners, results))
+        for r, plan, snippets, stage2 in work:
+            row = rows[r]
+            ranked: list = []
+            error = None
+            for c, req in enumerate(stage2):
+                res = answers.get((r, c))
+                if req is None or res is None:
+                    ranked.append(None)
+                    continue
+                if res.error:
+                    error = error or f"engine_error: stage 2 chunk {c}: {res.error}"
+                ranking = parse_ranking(res.text, len(req.positions))
+                ranked.append((req, ranking))
+                row["llm"][c].update(_call(c, res, stage=2), stage2_status=ranking.status)
+            if error:
+                out[r] = Outcome(row, error, "llm")
+                continue
+            labels = lb.label_row(plan, snippets, ranked, self.options)
+            refined = {
+                **row,
+                "positive_passages": labels.positive_passages,
+                "negative_passages": labels.negative_passages,
+                "decisions": labels.decisions,
+                "positive_snippet": labels.positive_snippet,
+                "provenance": self.provenance,
+            }
+            out[r] = Outcome(refined, labels.rejected, "decisions" if labels.rejected else None)
+        return out  # type: ignore[return-value]
+
+    def refine(self, rows: list[dict]) -> list[Outcome]:
+        """Both stages (the ``fused`` pipeline)."""
+        first = self.stage1(rows)
+        ready = [o.row for o in first if o.rejected is None]
+        second = iter(self.stage2(ready))
+        return [o if o.rejected else next(second) for o in first]
+
+
+def _call(chunk: int, res: ChatResult, stage: int = 1) -> dict:
+    if stage == 1:
+        return {
+            "chunk": chunk,
+            "stage1_text": res.text,
+            "stage1_prompt_tokens": res.prompt_tokens,
+            "stage1_output_tokens": res.output_tokens,
+            "stage1_finish_reason": res.finish_reason,
+            "stage2_text": None,
+            "stage2_prompt_tokens": None,
+            "stage2_output_tokens": None,
+            "stage2_finish_reason": None,
+            "stage2_status": None,
+        }
+    return {
+        "stage2_text": res.text,
+        "stage2_prompt_tokens": res.prompt_tokens,
+        "stage2_output_tokens": res.output_tokens,
+        "stage2_finish_reason": res.finish_reason,
+    }

@@ -1,0 +1,64 @@
+"""Small shared pieces for tests: rows, a scripted engine, the shared data folder."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from arhn_ray.engines.base import ChatRequest, ChatResult
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("ARHN_SHARED", ROOT.parent / "shared")) / "data"
+SAMPLES = ROOT / "arhn_ray" / "samples"
+RLHN_STAGE1 = SHARED / "rlhn_msmarco_passage.stage_1.gpt-4o-mini.jsonl"
+RLHN_STAGE2 = SHARED / "rlhn_msmarco_passage.stage_2.gpt-4o.jsonl"
+FLAG = SHARED / "flagembedding_msmarco.jsonl"
+
+
+def load_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def passage(docid: str, text: str) -> dict:
+    return {"docid": docid, "title": "", "text": text}
+
+
+def make_row(n_neg: int, qid: str = "q1", query: str = "what is x?") -> dict:
+    return {
+        "query_id": qid,
+        "query": query,
+        "positive_passages": [passage("p0", "Positive passage zero. X is a letter.")],
+        "negative_passages": [passage(f"n{i}", f"Negative passage number {i}. It talks about topic {i}.") for i in range(n_neg)],
+        "subset": "test",
+    }
+
+
+def blocks(snippets: list[str | None]) -> str:
+    return "\n\n".join(f"[[[doc{i}]]]\n{s or 'NO_ANSWER'}\n[[[/doc{i}]]]" for i, s in enumerate(snippets, 1))
+
+
+class ScriptedEngine:
+    """Answers each request with ``script(request)``; a returned Exception becomes an error result."""
+
+    model = "scripted"
+
+    def __init__(self, script: Callable[[ChatRequest], str | Exception]):
+        self.script = script
+        self.requests: list[ChatRequest] = []
+
+    def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        self.requests.extend(requests)
+        out = []
+        for r in requests:
+            text = self.script(r)
+            if isinstance(text, Exception):
+                out.append(ChatResult.failed(str(text)))
+            else:
+                out.append(ChatResult(text, 100, 10, "stop"))
+        return out
+
+    def close(self) -> None:
+        pass
