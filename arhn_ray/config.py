@@ -130,6 +130,7 @@ _CHOICES = {
     "pipeline.mode": ("fused", "staged"),
 }
 _SECRET_WORDS = ("secret", "password", "token", "api_key", "apikey", "key_id", "access_key", "credential")
+_SECRET_KEYS = {"key", "secret", "token", "password", "authorization"}
 
 
 class ConfigError(ValueError):
@@ -192,14 +193,16 @@ def method_options(cfg: Config) -> MethodOptions:
     )
 
 
-def _redact(node: Any, path: str = "") -> Any:
+def _is_secret(key: str) -> bool:
+    k = key.lower()
+    return not k.endswith("_env") and (k in _SECRET_KEYS or any(w in k for w in _SECRET_WORDS))
+
+
+def _redact(node: Any) -> Any:
     if isinstance(node, dict):
-        return {
-            k: ("<redacted>" if any(w in str(k).lower() for w in _SECRET_WORDS) and not str(k).endswith("_env") else _redact(v, f"{path}.{k}"))
-            for k, v in node.items()
-        }
+        return {k: "<redacted>" if _is_secret(str(k)) else _redact(v) for k, v in node.items()}
     if isinstance(node, list):
-        return [_redact(v, path) for v in node]
+        return [_redact(v) for v in node]
     return node
 
 

@@ -2,3 +2,54 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+import os
+import socket
+import subprocess
+import time
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the session. It declares 16 GPUs (none real) so that the
+    paper's placement (8 replicas x TP 2) can be scheduled; CPU engines ask for CPUs only."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=24, num_gpus=16, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on loopback; yields s3fs storage options."""
+    port = free_port()
+    proc = subprocess.Popen(
+        ["moto_server", "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    import urllib.request
+
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            break
+        except Exception:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        raise RuntimeError("moto_server did not start")
+    options = {"key": "testing-key-id", "secret": "testing-secret-value", "client_kwargs": {"endpoint_url": url, "region_name": "us-east-1"}}
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    yield options
+    proc.terminate()
+    proc.wait(timeout=10)

@@ -40,13 +40,24 @@ def _use_gpus(engine: EngineConfig) -> bool:
     return engine.kind == "vllm" and ray.cluster_resources().get("GPU", 0) > 0
 
 
+_placement_groups: list = []  # created by this driver for replicas; removed when the run ends
+
+
 def _placement_group_strategy(bundles: int) -> dict[str, Any]:
     """One engine of tensor x pipeline parallel GPUs, packed on one node (as ray.data.llm does)."""
     import ray
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     pg = ray.util.placement_group([{"GPU": 1, "CPU": 1}] * bundles, strategy="STRICT_PACK")
+    _placement_groups.append(pg)
     return {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_capture_child_tasks=True)}
+
+
+def _remove_placement_groups() -> None:
+    import ray
+
+    while _placement_groups:
+        ray.util.remove_placement_group(_placement_groups.pop())
 
 
 def replica_resources(engine: EngineConfig) -> dict[str, Any]:
@@ -146,11 +157,14 @@ def run(cfg: Config) -> dict[str, Any]:
             ds = _pool(ds, cfg, "stage1", cfg.engine)
             ds = _pool(ds, cfg, "stage2", stage2_engine(cfg))
         last = 0.0
-        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-            sink.add(batch.to_pylist())
-            if time.time() - last > 10:
-                last = time.time()
-                log.info("progress: %d / %d rows written", sink.rows_done, total)
+        try:
+            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                sink.add(batch.to_pylist())
+                if time.time() - last > 10:
+                    last = time.time()
+                    log.info("progress: %d / %d rows written", sink.rows_done, total)
+        finally:
+            _remove_placement_groups()
     sink.close()
     for name, reason in sink.failed.items():
         unreadable[name] = reason
