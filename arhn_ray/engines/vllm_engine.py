@@ -123,7 +123,17 @@ class VLLMEngine:
         )
 
     def close(self) -> None:
-        del self.llm
+        """Stop the engine core process and free its memory (idempotent)."""
+        llm = self.__dict__.pop("llm", None)
+        if llm is None:
+            return
+        core = getattr(llm.llm_engine, "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        del llm
+        import gc
+
+        gc.collect()
 
 
 def _result(out) -> ChatResult:

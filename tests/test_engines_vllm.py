@@ -1,0 +1,158 @@
+"""The real vLLM CPU engine with the bundled model (one engine start for the module), the
+bundled model's preparation, and a tiny random-weight Qwen3 so the paper's architecture runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import RLHN_STAGE1, load_jsonl
+
+from arhn_ray.data.records import validate_row
+from arhn_ray.data.truncation import Truncator, minilm_tokenizer_path
+from arhn_ray.engines.base import ChatRequest
+from arhn_ray.method import labeling as lb
+from arhn_ray.method.prompts import PromptSet, chat
+from arhn_ray.method.snippets import EXACT, OK
+from arhn_ray.refine import Refiner
+
+pytestmark = pytest.mark.vllm
+
+CPU = dict(enforce_eager=True, gpu_memory_utilization=0.2, max_model_len=8192)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    from arhn_ray.engines.vllm_engine import VLLMEngine, VLLMOptions
+
+    eng = VLLMEngine(VLLMOptions(**CPU))
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return [validate_row(r) for r in load_jsonl(RLHN_STAGE1)[:3]]
+
+
+@pytest.fixture(scope="module")
+def truncate():
+    return Truncator(minilm_tokenizer_path(), 512)
+
+
+def test_verbatim_constraint_gives_exact_snippets(engine, rows, truncate):
+    refiner = Refiner(engine, lb.MethodOptions(stage1_constraint="verbatim", stage2_constraint="format"), PromptSet.load(), truncate)
+    outs = refiner.refine([dict(r) for r in rows])
+    assert all(o.rejected is None for o in outs)
+    snippets = 0
+    for o in outs:
+        assert len(o.row["decisions"]) == 25
+        for call in o.row["llm"]:
+            assert call["stage1_output_tokens"] > 0 and call["stage1_prompt_tokens"] > 0
+        for d in o.row["decisions"]:
+            if d["snippet"] is not None:
+                snippets += 1
+                assert d["grounding"] == EXACT
+    assert snippets > 0
+
+
+def test_format_constraint_never_falls_back(engine, rows, truncate):
+    options = lb.MethodOptions(stage1_constraint="format", stage2_constraint="format")
+    refiner = Refiner(engine, options, PromptSet.load(), truncate, stage1_max_tokens=1500)
+    staged = refiner.stage1([dict(r) for r in rows])
+    for o in staged:
+        plan = lb.plan_row(o.row, options, truncate)
+        for c, call in enumerate(o.row["llm"]):
+            parsed = lb.read_stage1(plan, c, call["stage1_text"], options).parsed
+            assert [p.status for p in parsed] == [OK] * len(parsed), call["stage1_text"][-300:]
+    ranked = refiner.stage2([o.row for o in staged])
+    for o in ranked:
+        for call in o.row["llm"]:
+            if call["stage2_text"] is not None:
+                assert call["stage2_status"] in ("ok", "repaired")
+
+
+def test_one_request_over_max_model_len_fails_alone(engine):
+    good = ChatRequest(chat("Say hello."), ("q", 1, 0), 8)
+    huge = ChatRequest(chat("word " * 9000), ("q", 1, 1), 8)
+    res = engine.generate([good, huge, good])
+    assert res[0].error is None and res[2].error is None and res[0].output_tokens > 0
+    assert res[1].error and "max_model_len" in res[1].error
+
+
+def test_truncation_cuts_at_512_minilm_tokens_and_keeps_a_prefix(truncate):
+    text = " ".join(f"word{i}" for i in range(2000))
+    cut = truncate(text)
+    assert text.startswith(cut) and len(cut) < len(text)
+    ids = truncate.tokenizer(cut, add_special_tokens=True)["input_ids"]
+    assert len(ids) == 512
+    assert truncate("short passage") == "short passage"
+
+
+def test_prepare_model_is_idempotent_and_safe_under_concurrency(tmp_path):
+    import multiprocessing as mp
+
+    from arhn_ray.engines.bundled import prepare_model
+
+    target = tmp_path / "model"
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(3) as pool:
+        paths = pool.map(prepare_model, [target] * 3)
+    assert {str(p) for p in paths} == {str(target)}
+    assert json.loads((target / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
+    stamp = (target / "config.json").stat().st_mtime_ns
+    assert prepare_model(target) == target and (target / "config.json").stat().st_mtime_ns == stamp
+
+
+QWEN3_TEMPLATE = (
+    r"{%- for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{%- endfor %}"
+    r"{%- if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+    r"{%- if enable_thinking is defined and enable_thinking is false %}{{ '<think>\n\n</think>\n\n' }}{%- endif %}{%- endif %}"
+)
+
+
+def test_tiny_random_qwen3_runs_with_thinking_off(tmp_path, engine):
+    """The paper's architecture (Qwen3ForCausalLM) through the same engine code, weights random."""
+    import torch
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    from arhn_ray.engines.bundled import prepare_model
+    from arhn_ray.engines.vllm_engine import VLLMEngine, VLLMOptions
+
+    tok = AutoTokenizer.from_pretrained(str(prepare_model()))
+    tok.chat_template = QWEN3_TEMPLATE
+    config = Qwen3Config(
+        vocab_size=len(tok),
+        hidden_size=128,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=64,  # CPU attention kernels take 64 or more
+        max_position_embeddings=4096,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(config).to(torch.bfloat16)
+    folder = tmp_path / "tiny-qwen3"
+    model.save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    rendered = tok.apply_chat_template(chat("q"), tokenize=False, add_generation_prompt=True, enable_thinking=False)
+    assert rendered.endswith("<think>\n\n</think>\n\n")
+
+    engine.close()  # one engine at a time on this machine
+    qwen = VLLMEngine(VLLMOptions(model=str(folder), enforce_eager=True, gpu_memory_utilization=0.1, max_model_len=2048))
+    try:
+        assert qwen.llm.llm_engine.model_config.architectures == ["Qwen3ForCausalLM"]
+        options = lb.MethodOptions(stage1_constraint="format", stage2_constraint="format")
+        row = validate_row(load_jsonl(RLHN_STAGE1)[0])
+        row["negative_passages"] = row["negative_passages"][:2]
+        out = Refiner(qwen, options, PromptSet.load(), Truncator(minilm_tokenizer_path(), 64), stage1_max_tokens=64).refine([row])[0]
+        assert out.rejected is None and len(out.row["decisions"]) == 2
+        assert out.row["llm"][0]["stage1_output_tokens"] > 0
+        assert "<think>" not in out.row["llm"][0]["stage1_text"]
+    finally:
+        qwen.close()
