@@ -1,0 +1,153 @@
+"""The OpenAI-compatible engine against real servers on loopback: ``vllm serve`` (CPU build,
+bundled model) and a small HTTP server that fails on purpose; and the replay engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from conftest import free_port
+from helpers import RLHN_STAGE1, load_jsonl
+
+from arhn_ray.data.records import validate_row
+from arhn_ray.engines.base import ChatRequest
+from arhn_ray.engines.openai_engine import OpenAIEngine, OpenAIOptions
+from arhn_ray.engines.replay import ReplayEngine
+from arhn_ray.method import labeling as lb
+from arhn_ray.method.prompts import PromptSet, chat
+from arhn_ray.refine import Refiner
+
+
+class Flaky(BaseHTTPRequestHandler):
+    """Answers 500 (or 429) for the first ``fail`` calls of each prompt, then a completion."""
+
+    calls: dict[str, int] = {}
+    fail = 2
+    status = 500
+    auth: list[str] = []
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        Flaky.auth.append(self.headers.get("Authorization", ""))
+        prompt = body["messages"][0]["content"]
+        n = Flaky.calls[prompt] = Flaky.calls.get(prompt, 0) + 1
+        if "always-400" in prompt:
+            return self._send(400, {"error": "bad request"})
+        if n <= Flaky.fail:
+            return self._send(Flaky.status, {"error": "try later"})
+        self._send(200, {"choices": [{"message": {"content": f"ok {prompt}"}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 3, "completion_tokens": 2}})
+
+    def _send(self, code, payload):
+        data = json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def flaky_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    Flaky.calls.clear()
+    Flaky.auth.clear()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+
+
+@pytest.mark.parametrize("status", [500, 429])
+def test_retries_with_backoff_then_succeeds(flaky_server, status, monkeypatch):
+    Flaky.status, Flaky.fail = status, 2
+    monkeypatch.setenv("MY_TEST_KEY", "sk-test-secret")
+    eng = OpenAIEngine(OpenAIOptions(base_url=flaky_server, model="m", api_key_env="MY_TEST_KEY", max_attempts=4, max_concurrency=3))
+    res = eng.generate([ChatRequest(chat(f"p{i}"), max_tokens=5) for i in range(4)])
+    assert [r.text for r in res] == [f"ok p{i}" for i in range(4)]
+    assert all(r.error is None and r.prompt_tokens == 3 for r in res)
+    assert Flaky.calls == {f"p{i}": 3 for i in range(4)}
+    assert set(Flaky.auth) == {"Bearer sk-test-secret"}
+
+
+def test_bounded_retries_give_an_error_result_for_that_request_only(flaky_server):
+    Flaky.status, Flaky.fail = 500, 99
+    eng = OpenAIEngine(OpenAIOptions(base_url=flaky_server, model="m", max_attempts=2))
+    Flaky.fail = 2
+    res = eng.generate([ChatRequest(chat("always-400")), ChatRequest(chat("fine"), max_tokens=5)])
+    assert res[0].error and "HTTP 400" in res[0].error
+    assert Flaky.calls["always-400"] == 1  # a 4xx is not retried
+    assert res[1].error and "HTTP 500" in res[1].error and Flaky.calls["fine"] == 2
+
+
+def test_missing_api_key_variable_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="NOT_SET_ANYWHERE"):
+        OpenAIEngine(OpenAIOptions(base_url="http://127.0.0.1:9/v1", model="m", api_key_env="NOT_SET_ANYWHERE"))
+
+
+def test_replay_serves_recordings_and_errors_on_missing(tmp_path):
+    rec = tmp_path / "rec.jsonl"
+    rec.write_text(json.dumps({"query_id": "q", "stage": 1, "chunk": 0, "text": "hello"}) + "\n")
+    eng = ReplayEngine(str(rec))
+    res = eng.generate([ChatRequest(chat("x"), ("q", 1, 0)), ChatRequest(chat("x"), ("q", 2, 0))])
+    assert res[0].text == "hello" and res[0].error is None
+    assert "no recording" in res[1].error and "stage=2" in res[1].error
+
+
+@pytest.fixture(scope="module")
+def vllm_server():
+    """``vllm serve`` of the CPU build with the bundled model, on loopback."""
+    from arhn_ray.engines.bundled import prepare_model
+
+    port = free_port()
+    model = str(prepare_model())
+    log = open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"vllm-serve-{port}.log"), "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--served-model-name", "smollm2",
+         "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "8192", "--enforce-eager",
+         "--gpu-memory-utilization", "0.2"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"vllm serve exited with {proc.returncode}; see {log.name}")
+        try:
+            urllib.request.urlopen(url + "/health", timeout=2)
+            break
+        except Exception:
+            time.sleep(2)
+    else:
+        proc.kill()
+        raise RuntimeError("vllm serve did not come up in 600 s")
+    yield url + "/v1"
+    proc.terminate()
+    proc.wait(timeout=60)
+    log.close()
+
+
+@pytest.mark.vllm
+def test_openai_engine_against_vllm_serve_with_verbatim_regex(vllm_server):
+    rows = [validate_row(r) for r in load_jsonl(RLHN_STAGE1)[3:4]]
+    rows[0]["negative_passages"] = rows[0]["negative_passages"][:4]
+    eng = OpenAIEngine(OpenAIOptions(base_url=vllm_server, model="smollm2", max_concurrency=2, timeout_s=600))
+    options = lb.MethodOptions(stage1_constraint="verbatim", stage2_constraint="format")
+    out = Refiner(eng, options, PromptSet.load(), stage1_max_tokens=800).refine(rows)[0]
+    assert out.rejected is None, out.rejected
+    call = out.row["llm"][0]
+    assert call["stage1_prompt_tokens"] > 0 and call["stage1_output_tokens"] > 0
+    assert call["stage1_text"].startswith("[[[doc1]]]")
+    for d in out.row["decisions"]:
+        assert d["grounding"] in (None, "exact")
+    if call["stage2_text"] is not None:
+        assert call["stage2_text"].startswith("[")
