@@ -56,7 +56,7 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _relabel(args: argparse.Namespace) -> int:
-    from arhn_ray.tools import relabel
+    from arhn_ray.pipeline.job import relabel
 
     overrides = [f"method.variant={args.variant}"]
     if args.positive_no_answer:

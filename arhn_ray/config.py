@@ -129,7 +129,7 @@ _CHOICES = {
     "engine.regex_param": ("structured_outputs", "guided_regex", "none"),
     "pipeline.mode": ("fused", "staged"),
 }
-_SECRET_WORDS = ("secret", "password", "token", "api_key", "apikey", "key_id", "access_key", "credential")
+_SECRET_WORDS = ("secret", "password", "session_token", "auth_token", "api_key", "apikey", "key_id", "access_key", "credential")
 _SECRET_KEYS = {"key", "secret", "token", "password", "authorization"}
 
 

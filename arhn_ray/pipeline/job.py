@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
 from dataclasses import replace
 from typing import Any
@@ -201,9 +202,37 @@ def finalize(cfg: Config, started: float, unreadable: dict[str, str] | None = No
 
 
 def _write_report_remote(fs, root: str, data: dict[str, Any]) -> None:
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         md, png = write_report(data, tmp)
         fs.put(str(md), f"{root}/report.md")
         fs.put(str(png), f"{root}/report.png")
+
+
+def relabel(output: str, out: str, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Labels again from the LLM outputs stored in ``output`` (replay engine), into ``out``.
+
+    The input is read again from the ``input.path`` saved in ``output/config.yaml``; Stage 1
+    options (truncation, grounding, constraints) stay those of the original run, so the stored
+    Stage 2 outputs answer the same prompts.
+    """
+    from arhn_ray.config import load_config
+
+    fs, root = filesystem(output)
+    with fs.open(f"{root}/config.yaml", "rt") as f:
+        saved = OmegaConf.create(f.read())
+    for secret_path in ("input.storage_options", "output.storage_options"):
+        OmegaConf.update(saved, secret_path, {}, merge=False)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as tmp:
+        tmp.write(OmegaConf.to_yaml(saved))
+    cfg = load_config(
+        tmp.name,
+        [
+            "engine.kind=replay",
+            f"engine.replay_path={output}",
+            f"output.path={out}",
+            "output.overwrite=true",
+            "stage2.engine=null",
+            *(overrides or []),
+        ],
+    )
+    return run(cfg)

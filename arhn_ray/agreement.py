@@ -1,0 +1,108 @@
+"""Agreement of ARHN's labels with reference judgments: Cohen's kappa (the paper's Table 3).
+
+Reference formats:
+- JSONL or CSV rows ``{query_id, docid, label}``, label ``false_negative`` or ``negative``;
+- RLHN verdict JSONL (``response`` with ``<better>[Doc (i), ...]</better>``, ``Doc (i)`` being the
+  1-based index into ``negative_passages``): documents under ``<better>`` are false negatives,
+  the others negatives. A stage-2 verdict file decides the queries it holds.
+
+A negative filtered as ``duplicate_of_positive`` *is* the positive, so it counts as a false
+negative whichever actions ``positive_actions`` names: it was removed only to avoid listing the
+positive twice.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections import defaultdict
+from typing import Any
+
+from sklearn.metrics import cohen_kappa_score, confusion_matrix
+
+from arhn_ray.data.export import refined_rows
+
+FALSE_NEGATIVE, NEGATIVE = "false_negative", "negative"
+LABELS = [FALSE_NEGATIVE, NEGATIVE]
+_BETTER = re.compile(r"<better>(.*?)</better>", re.DOTALL | re.IGNORECASE)
+_DOC = re.compile(r"Doc\s*\((\d+)\)", re.IGNORECASE)
+
+
+def _rlhn_labels(row: dict) -> dict[tuple[str, str], str]:
+    match = _BETTER.search(row.get("response") or "")
+    better = {int(i) for i in _DOC.findall(match.group(1))} if match else set()
+    return {
+        (row["query_id"], neg["docid"]): FALSE_NEGATIVE if i in better else NEGATIVE
+        for i, neg in enumerate(row["negative_passages"], 1)
+    }
+
+
+def load_reference(path: str) -> tuple[dict[tuple[str, str], str], dict[str, str]]:
+    """(query_id, docid) -> label, and query_id -> subset where the file says."""
+    labels: dict[tuple[str, str], str] = {}
+    subsets: dict[str, str] = {}
+    if path.endswith(".csv"):
+        with open(path, newline="", encoding="utf-8") as f:
+            rows: list[dict[str, Any]] = list(csv.DictReader(f))
+    else:
+        with open(path, encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    for n, row in enumerate(rows, 1):
+        if "response" in row and "negative_passages" in row:
+            labels.update(_rlhn_labels(row))
+            subsets[row["query_id"]] = row.get("subset") or "default"
+            continue
+        label = str(row.get("label", "")).strip()
+        if label not in LABELS:
+            raise ValueError(f"{path}: row {n}: label {label!r} is not one of {', '.join(LABELS)}")
+        labels[(str(row["query_id"]), str(row["docid"]))] = label
+    return labels, subsets
+
+
+def agreement(output: str, reference: str, stage2: str | None = None, positive_actions: str = "relabel") -> dict[str, Any]:
+    """Kappa per subset and overall over the negatives present in both, with confusion matrices."""
+    ref, ref_subsets = load_reference(reference)
+    if stage2:
+        override, more = load_reference(stage2)
+        decided = {q for q, _ in override}
+        ref = {k: v for k, v in ref.items() if k[0] not in decided}
+        ref.update(override)
+        ref_subsets.update(more)
+    positive = {"relabel"} if positive_actions == "relabel" else {"relabel", "filter"}
+    pairs: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for row in refined_rows(output):
+        subset = row.get("subset") or ref_subsets.get(row["query_id"], "default")
+        for d in row["decisions"]:
+            key = (row["query_id"], d["docid"])
+            if key in ref:
+                is_fn = d["action"] in positive or d["reason"] == "duplicate_of_positive"
+                ours = FALSE_NEGATIVE if is_fn else NEGATIVE
+                pairs[subset].append((ref[key], ours))
+    result: dict[str, Any] = {"count_as_false_negative": sorted(positive), "subsets": {}}
+    everything = [p for ps in pairs.values() for p in ps]
+    for name, ps in sorted(pairs.items()):
+        result["subsets"][name] = _kappa(ps)
+    result["overall"] = _kappa(everything)
+    return result
+
+
+def _kappa(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    if not pairs:
+        return {"n": 0, "kappa": None, "confusion": None}
+    ref, ours = zip(*pairs)
+    # one class on both sides leaves kappa undefined (0/0): reported as n/a, not as a number
+    kappa = None if len(set(ref) | set(ours)) < 2 else round(float(cohen_kappa_score(ref, ours, labels=LABELS)), 4)
+    cm = confusion_matrix(ref, ours, labels=LABELS).tolist()
+    return {"n": len(pairs), "kappa": kappa, "confusion": {"rows_reference_cols_arhn": LABELS, "matrix": cm}}
+
+
+def render(result: dict[str, Any]) -> str:
+    lines = [f"Cohen's kappa (ARHN false negative = {' or '.join(result['count_as_false_negative'])})", ""]
+    lines.append("| subset | pairs | kappa | ref FN & ARHN FN | ref FN & ARHN neg | ref neg & ARHN FN | ref neg & ARHN neg |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|")
+    for name, r in [*result["subsets"].items(), ("**overall**", result["overall"])]:
+        m = r["confusion"]["matrix"] if r["confusion"] else [[0, 0], [0, 0]]
+        kappa = "n/a" if r["kappa"] is None else f"{r['kappa']:.4f}"
+        lines.append(f"| {name} | {r['n']} | {kappa} | {m[0][0]} | {m[0][1]} | {m[1][0]} | {m[1][1]} |")
+    return "\n".join(lines)

@@ -1,0 +1,98 @@
+"""Training files from a refined output, in the paper's shape: one positive, k hard negatives.
+
+Policy, the same for every format:
+- one training row per positive (the original ones and the relabeled ones), all sharing the
+  query's sampled negatives;
+- negatives are drawn without replacement from the kept ones, with a generator seeded by
+  ``seed`` and the query id, so an export is reproducible row by row;
+- a query with fewer kept negatives than asked: ``repeat`` (default) cycles through the ones it
+  has; ``drop`` leaves the query out; ``keep`` writes the fewer negatives (not for
+  sentence-transformers, whose columns are fixed). A query with no negative at all is left out
+  under ``repeat`` and ``drop``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from arhn_ray.data.readers import filesystem
+
+FORMATS = ("sentence-transformers", "flagembedding", "tevatron")
+
+
+def refined_rows(output: str, storage_options: dict | None = None) -> Iterator[dict]:
+    fs, root = filesystem(output, storage_options)
+    for path in sorted(fs.glob(root.rstrip("/") + "/refined/*.parquet")):
+        with fs.open(path, "rb") as f:
+            yield from pq.read_table(f).to_pylist()
+
+
+def _text(p: dict, prefix: str) -> str:
+    title = (p.get("title") or "").strip()
+    return prefix + (f"{title} {p['text']}" if title else p["text"])
+
+
+def sample_negatives(row: dict, k: int, seed: int, short: str) -> list[dict] | None:
+    negatives = list(row["negative_passages"] or [])
+    rng = random.Random(int(hashlib.sha1(f"{seed}:{row['query_id']}".encode()).hexdigest()[:12], 16))
+    rng.shuffle(negatives)
+    if len(negatives) >= k:
+        return negatives[:k]
+    if short == "keep":
+        return negatives
+    if short == "drop" or not negatives:
+        return None
+    return [negatives[i % len(negatives)] for i in range(k)]
+
+
+def export(output: str, fmt: str, out: str, negatives: int = 7, seed: int = 0, prefixes: bool = False, short: str = "repeat") -> int:
+    """Write ``out``; returns the number of training rows."""
+    if fmt not in FORMATS:
+        raise ValueError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if fmt == "sentence-transformers" and short == "keep":
+        raise ValueError("--short keep gives rows of different widths; sentence-transformers needs repeat or drop")
+    qp, pp = ("query: ", "passage: ") if prefixes else ("", "")
+    records: list[dict] = []
+    for row in refined_rows(output):
+        negs = sample_negatives(row, negatives, seed, short)
+        if negs is None:
+            continue
+        if fmt == "sentence-transformers":
+            for pos in row["positive_passages"]:
+                rec = {"anchor": qp + row["query"], "positive": _text(pos, pp)}
+                rec.update({f"negative_{i}": _text(n, pp) for i, n in enumerate(negs, 1)})
+                records.append(rec)
+        elif fmt == "flagembedding":
+            records.append(
+                {
+                    "query": qp + row["query"],
+                    "pos": [_text(p, pp) for p in row["positive_passages"]],
+                    "neg": [_text(n, pp) for n in negs],
+                }
+            )
+        else:
+            strip = lambda p: {"docid": p["docid"], "title": p.get("title") or "", "text": pp + p["text"]}  # noqa: E731
+            records.append(
+                {
+                    "query_id": row["query_id"],
+                    "query": qp + row["query"],
+                    "positive_passages": [strip(p) for p in row["positive_passages"]],
+                    "negative_passages": [strip(n) for n in negs],
+                    "subset": row.get("subset") or "",
+                }
+            )
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "sentence-transformers" and out.endswith(".parquet"):
+        pq.write_table(pa.Table.from_pylist(records), out)
+    else:
+        with open(out, "w", encoding="utf-8") as f:
+            for rec in records:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    return len(records)

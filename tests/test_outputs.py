@@ -1,0 +1,149 @@
+"""Issue 5 on a replay run: kappa against RLHN's verdicts, relabel without an LLM, export, stats."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+from helpers import RLHN_STAGE1, RLHN_STAGE2, ROOT, blocks, load_jsonl
+
+from arhn_ray.agreement import _rlhn_labels
+from arhn_ray.cli import main
+from arhn_ray.data.records import validate_row
+from arhn_ray.method import labeling as lb
+
+pytestmark = pytest.mark.ray
+
+
+def perfect_recordings(rows: list[dict], verdicts: dict) -> list[dict]:
+    """Stage 1 finds a snippet exactly in RLHN's 'better' negatives; Stage 2 ranks them above [1]."""
+    rec = []
+    for row in rows:
+        plan = lb.plan_row(row, lb.MethodOptions())
+        anchor = row["positive_passages"][0]["text"][:40]
+        for c, members in enumerate(plan.chunks):
+            better = [verdicts[(row["query_id"], row["negative_passages"][i]["docid"])] == "false_negative" for i in members]
+            snippets = [anchor] + [row["negative_passages"][i]["text"][:40] if b else None for i, b in zip(members, better)]
+            rec.append({"query_id": row["query_id"], "stage": 1, "chunk": c, "text": blocks(snippets)})
+            n_better = sum(better)
+            if n_better:
+                order = [f"[{k}]" for k in range(2, n_better + 2)] + ["[1]"]
+                rec.append({"query_id": row["query_id"], "stage": 2, "chunk": c, "text": " > ".join(order)})
+    return rec
+
+
+@pytest.fixture(scope="module")
+def replay_output(ray_cluster, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("replay")
+    raw = load_jsonl(RLHN_STAGE1)
+    rows = [validate_row(r) for r in raw]
+    verdicts = {}
+    for r in raw:
+        verdicts.update(_rlhn_labels(r))
+    for r in load_jsonl(RLHN_STAGE2):
+        verdicts.update(_rlhn_labels(r))
+    (tmp / "in").mkdir()
+    with open(tmp / "in" / "msmarco.jsonl", "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    with open(tmp / "rec.jsonl", "w") as f:
+        for r in perfect_recordings(rows, verdicts):
+            f.write(json.dumps(r) + "\n")
+    out = tmp / "out"
+    code = main(["refine", str(ROOT / "conf" / "replay.yaml"), f"input.path={tmp / 'in'}", f"output.path={out}", f"engine.replay_path={tmp / 'rec.jsonl'}"])
+    assert code == 0
+    return out
+
+
+def test_kappa_is_one_for_a_run_built_to_agree_with_rlhn(replay_output, tmp_path, capsys):
+    result_file = tmp_path / "kappa.json"
+    code = main(["agreement", str(replay_output), "--reference", str(RLHN_STAGE1), "--stage2-reference", str(RLHN_STAGE2), "--json", str(result_file)])
+    assert code == 0
+    result = json.loads(result_file.read_text())
+    assert result["overall"]["kappa"] == 1.0
+    assert result["overall"]["n"] == 25 * 25
+    (fn_fn, fn_neg), (neg_fn, neg_neg) = result["overall"]["confusion"]["matrix"]
+    assert fn_neg == 0 and neg_fn == 0 and fn_fn > 0
+    assert "| msmarco_passage |" in capsys.readouterr().out
+
+
+def test_kappa_drops_when_filter_counts_as_false_negative_or_stage2_is_ignored(replay_output, tmp_path):
+    from arhn_ray.agreement import agreement
+
+    assert agreement(str(replay_output), str(RLHN_STAGE1))["overall"]["kappa"] < 1.0
+    csv_ref = tmp_path / "ref.csv"
+    rows = [r for r in pq.read_table(replay_output / "refined" / "msmarco.parquet").to_pylist()]
+    with open(csv_ref, "w") as f:
+        f.write("query_id,docid,label\n")
+        for r in rows:
+            for d in r["decisions"]:
+                f.write(f"{r['query_id']},{d['docid']},{'false_negative' if d['action'] == 'relabel' or d['reason'] == 'duplicate_of_positive' else 'negative'}\n")
+    assert agreement(str(replay_output), str(csv_ref))["overall"]["kappa"] == 1.0
+
+
+def test_relabel_recomputes_variants_without_an_llm(replay_output, tmp_path):
+    out = tmp_path / "filter-variant"
+    assert main(["relabel", str(replay_output), "--variant", "filter", "--out", str(out)]) == 0
+    before = {r["query_id"]: r for r in pq.read_table(replay_output / "refined" / "msmarco.parquet").to_pylist()}
+    after = {r["query_id"]: r for r in pq.read_table(out / "refined" / "msmarco.parquet").to_pylist()}
+    assert before.keys() == after.keys()
+    changed = 0
+    for qid, row in before.items():
+        for d0, d1 in zip(row["decisions"], after[qid]["decisions"]):
+            assert d0["docid"] == d1["docid"] and d0["snippet"] == d1["snippet"]
+            if d0["action"] == "relabel":
+                assert d1["action"] == "keep"
+                changed += 1
+            else:
+                assert d1["action"] == d0["action"]
+    assert changed > 0
+    assert json.loads((out / "stats.json").read_text())["variant"] == "filter"
+    assert (out / "report.png").stat().st_size > 0
+
+
+def test_stats_renders_again(replay_output, capsys):
+    (replay_output / "report.md").unlink()
+    assert main(["stats", str(replay_output)]) == 0
+    assert "# ARHN refinement report" in (replay_output / "report.md").read_text()
+    assert "picture:" in capsys.readouterr().out
+
+
+def test_export_three_formats(replay_output, tmp_path):
+    from datasets import load_dataset
+
+    st = tmp_path / "st.parquet"
+    assert main(["export", str(replay_output), "--format", "sentence-transformers", "--negatives", "7", "--seed", "3", "--e5-prefixes", "--out", str(st)]) == 0
+    ds = load_dataset("parquet", data_files=str(st), split="train")
+    assert ds.column_names == ["anchor", "positive"] + [f"negative_{i}" for i in range(1, 8)]
+    refined = pq.read_table(replay_output / "refined" / "msmarco.parquet").to_pylist()
+    assert len(ds) == sum(len(r["positive_passages"]) for r in refined)
+    assert all(a.startswith("query: ") for a in ds["anchor"]) and all(p.startswith("passage: ") for p in ds["negative_7"])
+
+    fe = tmp_path / "fe.jsonl"
+    assert main(["export", str(replay_output), "--format", "flagembedding", "--out", str(fe)]) == 0
+    fe_rows = [json.loads(line) for line in fe.read_text().splitlines()]
+    by_query = {r["query"]: r for r in refined}
+    for rec in fe_rows:
+        src = by_query[rec["query"]]
+        assert set(rec) == {"query", "pos", "neg"}
+        assert rec["pos"] == [p["text"] for p in src["positive_passages"]]
+        kept = {n["text"] for n in src["negative_passages"]}
+        assert len(rec["neg"]) == 7 and set(rec["neg"]) <= kept
+        if len(kept) >= 7:
+            assert len(set(rec["neg"])) == 7
+
+    tev = tmp_path / "tev.jsonl"
+    assert main(["export", str(replay_output), "--format", "tevatron", "--short", "drop", "--out", str(tev)]) == 0
+    tev_rows = [json.loads(line) for line in tev.read_text().splitlines()]
+    assert len(tev_rows) == sum(len(r["negative_passages"]) >= 7 for r in refined)
+    for rec in tev_rows:
+        src = next(r for r in refined if r["query_id"] == rec["query_id"])
+        assert set(rec) == {"query_id", "query", "positive_passages", "negative_passages", "subset"}
+        assert [p["docid"] for p in rec["positive_passages"]] == [p["docid"] for p in src["positive_passages"]]
+        assert {n["docid"] for n in rec["negative_passages"]} <= {n["docid"] for n in src["negative_passages"]}
+        assert all(set(p) == {"docid", "title", "text"} for p in rec["negative_passages"])
+
+    again = tmp_path / "fe2.jsonl"
+    main(["export", str(replay_output), "--format", "flagembedding", "--out", str(again)])
+    assert again.read_text() == fe.read_text()
