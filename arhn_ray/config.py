@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +41,7 @@ class EngineConfig:
     model: str = "bundled:smollm2"
     tokenizer: str | None = None
     replay_path: str | None = None
+    replay_delay_s: float = 0.0  # replay: latency per batch, standing in for an engine (benchmarks, fault tests)
     replicas: int = 1
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
@@ -213,3 +216,53 @@ def to_yaml(cfg: Config) -> str:
 
 def config_digest(cfg: Config) -> str:
     return hashlib.sha256(json.dumps(_redact(OmegaConf.to_container(OmegaConf.structured(cfg))), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def secret_values(cfg: Config) -> list[str]:
+    """The secret strings a config carries or names (for masking them in logs)."""
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if _is_secret(str(k)) and isinstance(v, str) and v:
+                    found.append(v)
+                else:
+                    walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(OmegaConf.to_container(OmegaConf.structured(cfg)))
+    for env in (cfg.engine.api_key_env,):
+        if env and os.environ.get(env):
+            found.append(os.environ[env])
+    return [v for v in found if len(v) >= 4]
+
+
+class SecretMask(logging.Filter):
+    """Replaces known secret values in every record a handler emits, from any library."""
+
+    def __init__(self, secrets: list[str]):
+        super().__init__()
+        self.secrets = sorted(set(secrets), key=len, reverse=True)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = message
+        for secret in self.secrets:
+            masked = masked.replace(secret, "<redacted>")
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+def mask_secrets_in_logs(cfg: Config) -> None:
+    secrets = secret_values(cfg)
+    if not secrets:
+        return
+    mask = SecretMask(secrets)
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if not any(isinstance(f, SecretMask) and f.secrets == mask.secrets for f in handler.filters):
+            handler.addFilter(mask)

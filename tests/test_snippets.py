@@ -141,3 +141,15 @@ def test_ground_never_raises_and_grounded_snippets_are_in_the_passage(snippet, p
     if g.snippet is not None:
         assert g.snippet in passage
         assert g.grounding in (EXACT, NORMALIZED, FUZZY)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 6), st.sampled_from(["a", "NO_ANSWER", " x ", "", "[y]", "\n"]), st.booleans()), max_size=8),
+    st.integers(1, 6),
+)
+def test_fast_path_agrees_with_the_general_parser(parts, n):
+    from arhn_ray.method.snippets import _parse_general
+
+    text = "\n\n".join(f"[[[doc{d}]]]\n{c}\n" + (f"[[[/doc{d}]]]" if closed else "") for d, c, closed in parts)
+    assert parse_stage1(text, n) == _parse_general(text, n)

@@ -8,6 +8,7 @@ request with no recording gets an error result.
 from __future__ import annotations
 
 import json
+import time
 
 import pyarrow.parquet as pq
 
@@ -46,11 +47,16 @@ def load_recordings(path: str, storage_options: dict | None = None) -> dict[tupl
 
 
 class ReplayEngine:
-    def __init__(self, path: str, model: str = "replay", storage_options: dict | None = None):
+    """``delay_s`` adds a fixed latency per batch, to stand in for an engine in pipeline benchmarks and fault tests."""
+
+    def __init__(self, path: str, model: str = "replay", storage_options: dict | None = None, delay_s: float = 0.0):
         self.model = model
+        self.delay_s = delay_s
         self.recordings = load_recordings(path, storage_options)
 
     def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        if self.delay_s:
+            time.sleep(self.delay_s)
         out = []
         for req in requests:
             rec = self.recordings.get(req.key)

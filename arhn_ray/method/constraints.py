@@ -22,23 +22,20 @@ def regex_escape(text: str) -> str:
     return "".join(_CONTROL.get(c) or ("\\" + c if c in _SPECIAL else c) for c in text)
 
 
-def sentences(text: str) -> tuple[list[str], list[str]]:
-    """Sentences of ``text`` and the exact separators between them."""
+def sentences(text: str) -> list[str]:
+    """Sentences of ``text``, split after . ! ? … and at line breaks, as they stand in it."""
     parts: list[str] = []
-    seps: list[str] = []
     last = 0
     for m in _SENTENCE_END.finditer(text):
         parts.append(text[last : m.start()])
-        seps.append(m.group(0))
         last = m.end()
     parts.append(text[last:])
-    keep = [i for i, p in enumerate(parts) if p.strip()]
-    return [parts[i] for i in keep], [seps[i] for i in keep[:-1]] if keep else []
+    return [p for p in parts if p.strip()]
 
 
 def verbatim_spans(text: str, max_sentences: int = 3) -> list[str]:
     """Every span of 1..max_sentences consecutive sentences, as it stands in the text."""
-    sents, _ = sentences(text)
+    sents = sentences(text)
     spans = []
     starts = _sentence_starts(text, sents)
     for i in range(len(sents)):
@@ -61,7 +58,7 @@ def _sentence_starts(text: str, sents: list[str]) -> list[int]:
 
 def _span_alternatives(text: str, max_sentences: int) -> str:
     """Nested alternatives: s1( s2( s3)?)?|s2( s3( s4)?)?|... without repeating whole spans."""
-    sents, _ = sentences(text)
+    sents = sentences(text)
     starts = _sentence_starts(text, sents)
     alts = []
     for i in range(len(sents)):

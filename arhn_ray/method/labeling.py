@@ -25,6 +25,7 @@ STAGE2_CONSTRAINTS = ("none", "format")
 RELABEL, FILTER, KEEP = "relabel", "filter", "keep"
 
 _WORDS = re.compile(r"\w+")
+_WORD_CHAR = re.compile(r"[^\W_]")
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,12 @@ def duplicate_key(text: str) -> str:
     return " ".join(_WORDS.findall(unicodedata.normalize("NFKC", text).casefold()))
 
 
+def _head(text: str) -> str:
+    """The first letter or digit of ``duplicate_key``: a test cheap enough to rule most passages out."""
+    m = _WORD_CHAR.search(text, 0, 64)
+    return unicodedata.normalize("NFKC", m.group(0)).casefold()[:1] if m else ""
+
+
 @dataclass
 class Plan:
     """A row cut into chunks. Passage texts are the truncated ones the LLM sees."""
@@ -78,10 +85,18 @@ def plan_row(row: dict, options: MethodOptions, truncate: Callable[[str], str] |
     cut = truncate or (lambda t: t)
     positives = row["positive_passages"]
     negatives = row["negative_passages"]
-    positive_keys = {duplicate_key(p["text"]) for p in positives}
+    heads = {_head(p["text"]) for p in positives}
+    positive_keys: set[str] | None = None
     duplicates, rest = [], []
     for i, neg in enumerate(negatives):
-        (duplicates if duplicate_key(neg["text"]) in positive_keys else rest).append(i)
+        text = neg["text"]
+        if _head(text) in heads:
+            if positive_keys is None:
+                positive_keys = {duplicate_key(p["text"]) for p in positives}
+            if duplicate_key(text) in positive_keys:
+                duplicates.append(i)
+                continue
+        rest.append(i)
     n = options.max_negatives_per_chunk
     chunks = [rest[i : i + n] for i in range(0, len(rest), n)]
     return Plan(
@@ -126,16 +141,18 @@ class ChunkSnippets:
 def read_stage1(plan: Plan, chunk: int, text: str, options: MethodOptions) -> ChunkSnippets:
     passages = chunk_passages(plan, chunk)
     parsed = parse_stage1(text, len(passages))
-    grounded = [ground(p.text, neutralize(passage), options.fuzzy_threshold) for p, passage in zip(parsed, passages)]
-    # neutralize() keeps lengths, so the span is cut from the passage itself
-    grounded = [
-        Grounded(_same_span(g.snippet, neutralize(passage), passage), g.grounding) if g.snippet else g
-        for g, passage in zip(grounded, passages)
-    ]
+    grounded = []
+    for p, passage in zip(parsed, passages):
+        neutral = neutralize(passage)
+        g = ground(p.text, neutral, options.fuzzy_threshold)
+        if g.snippet is not None and neutral is not passage:
+            g = Grounded(_same_span(g.snippet, neutral, passage), g.grounding)
+        grounded.append(g)
     return ChunkSnippets(parsed, grounded)
 
 
 def _same_span(span: str, neutral: str, original: str) -> str:
+    """neutralize() keeps lengths, so the model's span is cut from the passage itself."""
     at = neutral.find(span)
     return original[at : at + len(span)] if at >= 0 else span
 

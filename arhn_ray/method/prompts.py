@@ -33,6 +33,8 @@ def neutralize(text: str) -> str:
     Every rewrite keeps the length, so a span found in the neutralised text is the same span
     of the original passage.
     """
+    if "[" not in text and "]" not in text and "<" not in text and "_" not in text:
+        return text
     text = _MARKER_LIKE.sub(lambda m: m.group(0).replace("[", "(").replace("]", ")"), text)
     text = _TRIPLE_OPEN.sub(lambda m: "(" * len(m.group(0)), text)
     text = _TRIPLE_CLOSE.sub(lambda m: ")" * len(m.group(0)), text)

@@ -15,6 +15,7 @@ from typing import NamedTuple
 from rapidfuzz import fuzz
 
 _MARKER = re.compile(r"\[{1,3}[ \t]*(/?)[ \t]*doc[ \t]*(\d+)[ \t]*\]{1,3}", re.IGNORECASE)
+_WELL_FORMED = re.compile(r"\[\[\[doc(\d+)\]\]\]([^\[]*)\[\[\[/doc\1\]\]\]")
 _FENCE = re.compile(r"^[ \t]*```[^\n]*$", re.MULTILINE)
 _NO_ANSWER = re.compile(r"^[\W_]*no[\s_-]*answer[\W_]*$", re.IGNORECASE)
 _QUOTES = "\"'`“”‘’«»"
@@ -38,6 +39,8 @@ def strip_thinking(text: str) -> str:
     """Keep what follows the last ``</think>``; an unclosed ``<think>`` hides everything after it."""
     if not isinstance(text, str):
         return ""
+    if "hink>" not in text and "HINK>" not in text:
+        return text
     low = text.lower()
     end = low.rfind("</think>")
     if end >= 0:
@@ -57,7 +60,17 @@ def _clean(content: str) -> str | None:
 
 def parse_stage1(text: str, n_docs: int) -> list[ParsedSnippet]:
     """One result per document 1..n_docs; the first complete block for a document wins."""
-    body = _FENCE.sub("", strip_thinking(text))
+    body = strip_thinking(text)
+    if "```" in body:
+        body = _FENCE.sub("", body)
+    blocks = _WELL_FORMED.findall(body)
+    if len(blocks) == n_docs and all(doc == str(i) for i, (doc, _) in enumerate(blocks, 1)):
+        # the common case, exactly what the prompt asks for: one pass, same result as the general parser
+        return [ParsedSnippet(_clean(content), OK) for _, content in blocks]
+    return _parse_general(body, n_docs)
+
+
+def _parse_general(body: str, n_docs: int) -> list[ParsedSnippet]:
     found: dict[int, ParsedSnippet] = {}
     markers = list(_MARKER.finditer(body))
     for i, m in enumerate(markers):

