@@ -97,11 +97,18 @@ def _recordings(tmp_path):
 @pytest.fixture
 def ray_head(tmp_path):
     """A real Ray head on loopback, started the way a cluster is (`ray start --head`)."""
+    import tempfile
+
     port, dash = free_port(), free_port()
+    temp = tempfile.mkdtemp(prefix="rayh", dir="/tmp")  # short: Ray's unix sockets live below it
+    import secrets
+
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # token authentication, as Ray now defaults to: the head and `ray job submit` share the token
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
     subprocess.run(
         ["ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dash}", "--num-cpus=2", "--include-dashboard=true", f"--temp-dir={tmp_path / 'ray'}"],
+         f"--dashboard-port={dash}", "--num-cpus=2", "--include-dashboard=true", f"--temp-dir={temp}"],
         check=True, capture_output=True, env=env,
     )
     url = f"http://127.0.0.1:{dash}"
@@ -115,6 +122,7 @@ def ray_head(tmp_path):
             time.sleep(1)
     yield url, env
     subprocess.run(["ray", "stop", "--force"], capture_output=True, env=env)
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.mark.ray
