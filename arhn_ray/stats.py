@@ -35,6 +35,7 @@ class RunStats:
         self.grounding: dict[str, Counter] = defaultdict(Counter)
         self.stage2_status: dict[str, Counter] = defaultdict(Counter)
         self.rejected_reasons: Counter = Counter()
+        self.timing: Counter = Counter()  # engine_s (replicas' time refining, summed), engine_start_s
         self.meta: dict[str, Any] = {}
 
     def add_refined(self, row: dict) -> None:
@@ -68,6 +69,11 @@ class RunStats:
                 c["stage2_output_tokens"] += call.get("stage2_output_tokens") or 0
                 self.stage2_status[s][call.get("stage2_status") or "unknown"] += 1
 
+    def add_timing(self, engine_s: float, start_s: float) -> None:
+        """Replica time spent refining (summed over replicas) and starting engines, in seconds."""
+        self.timing["engine_s"] += engine_s
+        self.timing["engine_start_s"] += start_s
+
     def add_rejected(self, subset: str | None, reason: str) -> None:
         self.subsets[subset or "default"]["rejected"] += 1
         self.rejected_reasons[reason.split(":")[0]] += 1
@@ -82,6 +88,7 @@ class RunStats:
             for k, v in theirs.items():
                 mine[k].update(v)
         self.rejected_reasons.update(other.rejected_reasons)
+        self.timing.update(other.timing)
 
     def to_dict(self) -> dict[str, Any]:
         subsets = {s: _summary(c) for s, c in sorted(self.subsets.items())}
@@ -96,6 +103,7 @@ class RunStats:
             "grounding": merged(self.grounding),
             "stage2_status": merged(self.stage2_status),
             "rejected_reasons": dict(self.rejected_reasons),
+            "replica_time": {k: round(self.timing[k], 3) for k in ("engine_s", "engine_start_s")},
             "raw": {
                 "subsets": {k: dict(v) for k, v in self.subsets.items()},
                 "reasons": {k: dict(v) for k, v in self.reasons.items()},
@@ -113,6 +121,7 @@ class RunStats:
             for k, v in raw.get(name, {}).items():
                 getattr(st, name)[k].update(v)
         st.rejected_reasons.update(data.get("rejected_reasons", {}))
+        st.timing.update(data.get("replica_time", {}))
         return st
 
 
@@ -168,7 +177,11 @@ def render_markdown(stats: dict[str, Any]) -> str:
         lines.append("")
     if "throughput" in stats:
         t = stats["throughput"]
-        lines.append(f"**Throughput:** {t.get('queries_per_s', 0):.3f} queries/s over {t.get('wall_s', 0):.1f} s wall time.")
+        rt = stats.get("replica_time", {})
+        lines.append(
+            f"**Throughput:** {t.get('queries_per_s', 0):.3f} queries/s over {t.get('wall_s', 0):.1f} s wall time; "
+            f"replicas spent {rt.get('engine_s', 0):.1f} s refining and {rt.get('engine_start_s', 0):.1f} s starting engines."
+        )
         lines.append("")
     return "\n".join(lines)
 

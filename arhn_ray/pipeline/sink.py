@@ -143,6 +143,7 @@ class ShardSink:
                 log.info("shard %s complete: %d rows", name, shard.expected)
 
     def _route(self, shard: _Shard, env: dict) -> None:
+        shard.stats.add_timing(env.get("engine_s") or 0.0, env.get("start_s") or 0.0)
         record = json.loads(env["record"])
         if env["status"] == "ok":
             shard.refined.append(record)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 import pyarrow as pa
@@ -30,13 +31,15 @@ ENVELOPE = pa.schema(
         ("field", pa.string()),
         ("reason", pa.string()),
         ("record", pa.string()),
+        ("engine_s", pa.float64()),  # this row's share of the replica's time in the engine step
+        ("start_s", pa.float64()),  # the replica's engine start, on the first row it returns
     ]
 )
 
 
 def _envelope(shard: str, index: int, record: Any, status: str = "ok", field: str | None = None, reason: str | None = None) -> dict:
     text = json.dumps(record, ensure_ascii=False, default=str)
-    return {"shard": shard, "row_index": index, "status": status, "field": field, "reason": reason, "record": text}
+    return {"shard": shard, "row_index": index, "status": status, "field": field, "reason": reason, "record": text, "engine_s": 0.0, "start_s": 0.0}
 
 
 def read_shard(item: dict, fmt: str, max_passage_chars: int, storage_options: dict, limit: int | None) -> list[dict]:
@@ -137,12 +140,27 @@ class RefineStage:
     """A replica: owns one engine; ``step`` is ``fused`` (both stages), ``stage1`` or ``stage2``."""
 
     def __init__(self, cfg: Config, step: str = "fused"):
+        started = time.perf_counter()
         self.step = step
         self.refiner = make_refiner(cfg)
+        self.start_s: float | None = time.perf_counter() - started
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         envelopes = batch.to_pylist()
         todo = [e for e in envelopes if e["status"] == "ok"]
+        began = time.perf_counter()
+        try:
+            return self._refine(envelopes, todo)
+        finally:
+            if todo:
+                share = (time.perf_counter() - began) / len(todo)
+                for env in todo:
+                    env["engine_s"] = (env.get("engine_s") or 0.0) + share
+                if self.start_s is not None:
+                    todo[0]["start_s"] = (todo[0].get("start_s") or 0.0) + self.start_s
+                    self.start_s = None
+
+    def _refine(self, envelopes: list[dict], todo: list[dict]) -> pa.Table:
         if todo:
             rows = [json.loads(e["record"]) for e in todo]
             run = {"fused": self.refiner.refine, "stage1": self.refiner.stage1, "stage2": self.refiner.stage2}[self.step]
