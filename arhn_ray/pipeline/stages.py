@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import fields
 from typing import Any
 
 import pyarrow as pa
@@ -70,6 +71,12 @@ def read_shard(item: dict, fmt: str, max_passage_chars: int, storage_options: di
     return out
 
 
+def _options(cls, engine: EngineConfig):
+    """The engine's options from the config: the fields of ``cls`` carry the config's key names."""
+    values = {f.name: getattr(engine, f.name) for f in fields(cls) if hasattr(engine, f.name)}
+    return cls(**{k: dict(v) if isinstance(v, dict) else v for k, v in values.items()})
+
+
 def make_engine(engine: EngineConfig) -> Engine:
     if engine.kind == "replay":
         from arhn_ray.engines.replay import ReplayEngine
@@ -78,41 +85,10 @@ def make_engine(engine: EngineConfig) -> Engine:
     if engine.kind == "openai":
         from arhn_ray.engines.openai_engine import OpenAIEngine, OpenAIOptions
 
-        return OpenAIEngine(
-            OpenAIOptions(
-                base_url=engine.base_url or "",
-                model=engine.model,
-                api_key_env=engine.api_key_env,
-                max_concurrency=engine.max_concurrency,
-                timeout_s=engine.timeout_s,
-                max_attempts=engine.max_attempts,
-                temperature=engine.temperature,
-                top_p=engine.top_p,
-                seed=engine.seed,
-                regex_param=engine.regex_param,
-                chat_template_kwargs=dict(engine.chat_template_kwargs),
-            )
-        )
+        return OpenAIEngine(_options(OpenAIOptions, engine))
     from arhn_ray.engines.vllm_engine import VLLMEngine, VLLMOptions
 
-    return VLLMEngine(
-        VLLMOptions(
-            model=engine.model,
-            tokenizer=engine.tokenizer,
-            dtype=engine.dtype,
-            max_model_len=engine.max_model_len,
-            tensor_parallel_size=engine.tensor_parallel_size,
-            pipeline_parallel_size=engine.pipeline_parallel_size,
-            gpu_memory_utilization=engine.gpu_memory_utilization,
-            enable_prefix_caching=engine.enable_prefix_caching,
-            enforce_eager=engine.enforce_eager,
-            seed=engine.seed,
-            temperature=engine.temperature,
-            top_p=engine.top_p,
-            chat_template_kwargs=dict(engine.chat_template_kwargs),
-            engine_kwargs=dict(engine.engine_kwargs),
-        )
-    )
+    return VLLMEngine(_options(VLLMOptions, engine))
 
 
 def make_truncator(cfg: Config):

@@ -38,14 +38,11 @@ def plain_loop(cfg, out: Path, rows: list[dict]) -> dict:
     from arhn_ray.engines.vllm_engine import VLLMEngine, VLLMOptions
     from arhn_ray.method import labeling as lb
     from arhn_ray.method.prompts import chat
-    from arhn_ray.pipeline.stages import make_refiner
+    from arhn_ray.pipeline.stages import _options, make_refiner
 
     e = cfg.engine
     t0 = time.perf_counter()
-    engine = VLLMEngine(
-        VLLMOptions(model=e.model, max_model_len=e.max_model_len, gpu_memory_utilization=e.gpu_memory_utilization,
-                    enforce_eager=e.enforce_eager, seed=e.seed, enable_prefix_caching=e.enable_prefix_caching)
-    )  # fmt: skip
+    engine = VLLMEngine(_options(VLLMOptions, e))
     start = time.perf_counter() - t0
     refiner = make_refiner(cfg, engine)
     llm, options, prompts = engine.llm, refiner.options, refiner.prompts
