@@ -71,7 +71,7 @@ def read_shard(item: dict, fmt: str, max_passage_chars: int, storage_options: di
     return out
 
 
-def _options(cls, engine: EngineConfig):
+def engine_options(cls, engine: EngineConfig):
     """The engine's options from the config: the fields of ``cls`` carry the config's key names."""
     values = {f.name: getattr(engine, f.name) for f in fields(cls) if hasattr(engine, f.name)}
     return cls(**{k: dict(v) if isinstance(v, dict) else v for k, v in values.items()})
@@ -85,10 +85,10 @@ def make_engine(engine: EngineConfig) -> Engine:
     if engine.kind == "openai":
         from arhn_ray.engines.openai_engine import OpenAIEngine, OpenAIOptions
 
-        return OpenAIEngine(_options(OpenAIOptions, engine))
+        return OpenAIEngine(engine_options(OpenAIOptions, engine))
     from arhn_ray.engines.vllm_engine import VLLMEngine, VLLMOptions
 
-    return VLLMEngine(_options(VLLMOptions, engine))
+    return VLLMEngine(engine_options(VLLMOptions, engine))
 
 
 def make_truncator(cfg: Config):

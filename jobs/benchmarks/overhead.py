@@ -38,11 +38,11 @@ def plain_loop(cfg, out: Path, rows: list[dict]) -> dict:
     from arhn_ray.engines.vllm_engine import VLLMEngine, VLLMOptions
     from arhn_ray.method import labeling as lb
     from arhn_ray.method.prompts import chat
-    from arhn_ray.pipeline.stages import _options, make_refiner
+    from arhn_ray.pipeline.stages import engine_options, make_refiner
 
     e = cfg.engine
     t0 = time.perf_counter()
-    engine = VLLMEngine(_options(VLLMOptions, e))
+    engine = VLLMEngine(engine_options(VLLMOptions, e))
     start = time.perf_counter() - t0
     refiner = make_refiner(cfg, engine)
     llm, options, prompts = engine.llm, refiner.options, refiner.prompts
