@@ -91,6 +91,14 @@ def test_chunks_of_n_share_the_anchor_and_leave_no_negative_unrefined():
     assert len(out.row["decisions"]) == 25
 
 
+def test_duplicate_detection_survives_unicode_forms():
+    row = make_row(1)
+    row["positive_passages"] = [passage("p0", "Cafe\u0301 ﬁnances: X is a letter.")]
+    row["negative_passages"].append(passage("dup", "  CAFÉ finances -- x is a LETTER"))
+    plan = lb.plan_row(row, lb.MethodOptions())
+    assert plan.duplicates == [1] and plan.chunks == [[0]]
+
+
 def test_duplicate_of_positive_is_filtered_and_takes_no_slot():
     row = make_row(2)
     row["negative_passages"].insert(1, passage("dup", "positive PASSAGE zero.  X is a letter!"))

@@ -25,7 +25,7 @@ STAGE2_CONSTRAINTS = ("none", "format")
 RELABEL, FILTER, KEEP = "relabel", "filter", "keep"
 
 _WORDS = re.compile(r"\w+")
-_WORD_CHAR = re.compile(r"[^\W_]")
+_FIRST_WORD = re.compile(r"[^\W_]+")
 
 
 @dataclass(frozen=True)
@@ -65,9 +65,9 @@ def duplicate_key(text: str) -> str:
 
 
 def _head(text: str) -> str:
-    """The first letter or digit of ``duplicate_key``: a test cheap enough to rule most passages out."""
-    m = _WORD_CHAR.search(text, 0, 64)
-    return unicodedata.normalize("NFKC", m.group(0)).casefold()[:1] if m else ""
+    """The first word of ``duplicate_key`` (or its first 16 characters): cheap enough to rule most passages out."""
+    m = _FIRST_WORD.search(unicodedata.normalize("NFKC", text.lstrip()[:80]))
+    return m.group(0).casefold()[:16] if m else ""
 
 
 @dataclass

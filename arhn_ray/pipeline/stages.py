@@ -129,7 +129,10 @@ class RefineStage:
             return self._refine(envelopes, todo)
         finally:
             if todo:
-                share = (time.perf_counter() - began) / len(todo)
+                took = time.perf_counter() - began
+                # replica stdout reaches the driver's console: progress while a long batch runs
+                print(f"arhn-ray replica ({self.step}): {len(todo)} rows in {took:.1f} s", flush=True)
+                share = took / len(todo)
                 for env in todo:
                     env["engine_s"] = (env.get("engine_s") or 0.0) + share
                 if self.start_s is not None:
