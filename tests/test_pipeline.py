@@ -184,3 +184,20 @@ def test_s3_in_and_out(ray_cluster, tmp_path, s3_server):
     saved = fs.cat("arhn-test/out/config.yaml").decode()
     assert "testing-secret-value" not in saved and "testing-key-id" not in saved
     assert fs.exists("arhn-test/out/report.png")
+
+
+def test_staged_pools_leave_room_to_read_on_a_two_cpu_machine(tmp_path):
+    """Two replicas of one CPU each fill a 2-core laptop; reading must still get scheduled."""
+    import os
+    import subprocess
+    import sys
+
+    data, recordings, _ = dataset(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    cmd = [sys.executable, "-m", "arhn_ray", "refine", str(ROOT / "conf" / "replay.yaml"), f"input.path={data}",
+           f"output.path={tmp_path / 'out'}", f"engine.replay_path={recordings}", "pipeline.mode=staged",
+           "engine.num_cpus=1", "pipeline.progress=false"]  # fmt: skip
+    script = "import ray, runpy, sys; ray.init(num_cpus=2); sys.argv = sys.argv[1:]; runpy.run_module('arhn_ray', run_name='__main__')"
+    res = subprocess.run([sys.executable, "-c", script, *cmd[2:]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads((tmp_path / "out" / "stats.json").read_text())["overall"]["queries"] == 3

@@ -146,6 +146,8 @@ def run(cfg: Config) -> dict[str, Any]:
         ds = ray.data.from_items([{"shard": todo[n]} for n, c in counts.items() if c], override_num_blocks=max(1, len(todo)))
         ds = ds.flat_map(
             read_shard,
+            # reading is light I/O: it must not wait for a CPU slot that the engines hold
+            num_cpus=0,
             fn_kwargs={
                 "fmt": cfg.input.format,
                 "max_passage_chars": cfg.input.max_passage_chars,
