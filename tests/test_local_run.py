@@ -81,3 +81,4 @@ def test_tools_work_on_the_real_output(local_output, tmp_path, ray_cluster):
     assert after["relabel"] == before["relabel"] and after["filter"] == duplicates
     assert after["stage1_calls"] == before["stage1_calls"]
     assert main(["export", str(out), "--format", "sentence-transformers", "--out", str(tmp_path / "st.parquet")]) == 0
+    assert main(["stats", str(out)]) == 0 and (out / "report.png").stat().st_size > 0

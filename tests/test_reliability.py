@@ -15,9 +15,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 from helpers import ROOT, ScriptedEngine, blocks, make_row, passage
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from arhn_ray.config import load_config
-from arhn_ray.data.records import OUTPUT_SCHEMA
+from arhn_ray.data.records import OUTPUT_SCHEMA, InvalidRow, validate_row
 from arhn_ray.engines.replay import ReplayEngine
 from arhn_ray.method import labeling as lb
 from arhn_ray.method.prompts import PromptSet
@@ -111,6 +113,37 @@ def test_bad_input_is_rejected_row_by_row_and_good_rows_refined(ray_cluster, tmp
     assert any("duplicate query_id 'g0'" in r for r in reasons)
     assert "corrupt" in stats["unreadable_shards"] and "corrupt.parquet" in stats["unreadable_shards"]["corrupt"]
     assert stats["overall"]["queries"] + stats["overall"]["rejected"] == len(lines) + 1
+
+
+junk_value = st.one_of(st.none(), st.integers(), st.floats(allow_nan=True), st.text(max_size=5), st.booleans(),
+                       st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))  # fmt: skip
+fuzz_passage = st.one_of(junk_value, st.fixed_dictionaries({}, optional={"docid": junk_value, "text": junk_value, "title": junk_value}))
+fuzz_row = st.one_of(
+    junk_value,
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "query_id": junk_value,
+            "query": junk_value,
+            "positive_passages": st.one_of(junk_value, st.lists(fuzz_passage, max_size=3)),
+            "negative_passages": st.one_of(junk_value, st.lists(fuzz_passage, max_size=3)),
+            "subset": junk_value,
+        },
+    ),
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(fuzz_row)
+def test_fuzzed_rows_are_valid_or_rejected_naming_a_field(row):
+    try:
+        out = validate_row(row)
+    except InvalidRow as e:
+        top = e.field.split(".")[0].split("[")[0]
+        assert top in ("row", "query_id", "query", "positive_passages", "negative_passages", "subset")
+        assert e.message
+        return
+    assert isinstance(out["query_id"], str) and out["query"].strip() and out["positive_passages"]
 
 
 # --- 2. engine faults ----------------------------------------------------------------------
