@@ -103,7 +103,7 @@ class RunStats:
             "grounding": merged(self.grounding),
             "stage2_status": merged(self.stage2_status),
             "rejected_reasons": dict(self.rejected_reasons),
-            "replica_time": {k: round(self.timing[k], 3) for k in ("engine_s", "engine_start_s")},
+            "replica_time": {k: round(self.timing[k], 4) for k in ("engine_s", "engine_start_s")},
             "raw": {
                 "subsets": {k: dict(v) for k, v in self.subsets.items()},
                 "reasons": {k: dict(v) for k, v in self.reasons.items()},

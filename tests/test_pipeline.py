@@ -91,6 +91,7 @@ def test_replay_job_gives_exact_decisions_and_every_row_once(ray_cluster, tmp_pa
     assert "query" in rejected[0]["reason"] and json.loads(rejected[0]["row"])["query_id"] == "bad"
     o = stats["overall"]
     assert (o["queries"], o["rejected"], o["relabel"], o["filter"], o["keep"]) == (3, 1, 3, 2, 12)
+    assert stats["replica_time"]["engine_s"] > 0 and stats["replica_time"]["engine_start_s"] > 0
     assert o["stage2_calls"] == 3 and o["stage2_skipped"] == 1
     for name in ("stats.json", "report.md", "report.png", "config.yaml"):
         assert (out / name).stat().st_size > 0

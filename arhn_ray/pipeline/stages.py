@@ -124,34 +124,31 @@ class RefineStage:
     def __call__(self, batch: pa.Table) -> pa.Table:
         envelopes = batch.to_pylist()
         todo = [e for e in envelopes if e["status"] == "ok"]
-        began = time.perf_counter()
-        try:
-            return self._refine(envelopes, todo)
-        finally:
-            if todo:
-                took = time.perf_counter() - began
-                # replica stdout reaches the driver's console: progress while a long batch runs
-                print(f"arhn-ray replica ({self.step}): {len(todo)} rows in {took:.1f} s", flush=True)
-                share = took / len(todo)
-                for env in todo:
-                    env["engine_s"] = (env.get("engine_s") or 0.0) + share
-                if self.start_s is not None:
-                    todo[0]["start_s"] = (todo[0].get("start_s") or 0.0) + self.start_s
-                    self.start_s = None
-
-    def _refine(self, envelopes: list[dict], todo: list[dict]) -> pa.Table:
         if todo:
-            rows = [json.loads(e["record"]) for e in todo]
-            run = {"fused": self.refiner.refine, "stage1": self.refiner.stage1, "stage2": self.refiner.stage2}[self.step]
-            try:
-                outcomes = run(rows)
-            except Exception as e:  # a bug or an engine crash: reject this batch's rows with the reason
-                log.exception("refine step %s failed on a batch of %d rows", self.step, len(rows))
-                for env in todo:
-                    env.update(status="rejected", field="llm", reason=f"refine_error: {type(e).__name__}: {e}")
-                return pa.Table.from_pylist(envelopes, schema=ENVELOPE)
-            for env, outcome in zip(todo, outcomes):
-                env["record"] = json.dumps(outcome.row, ensure_ascii=False)
-                if outcome.rejected:
-                    env.update(status="rejected", field=outcome.field, reason=outcome.rejected)
+            began = time.perf_counter()
+            self._refine(todo)
+            took = time.perf_counter() - began
+            # replica stdout reaches the driver's console: progress while a long batch runs
+            print(f"arhn-ray replica ({self.step}): {len(todo)} rows in {took:.1f} s", flush=True)
+            for env in todo:
+                env["engine_s"] = (env.get("engine_s") or 0.0) + took / len(todo)
+            if self.start_s is not None:
+                todo[0]["start_s"] = (todo[0].get("start_s") or 0.0) + self.start_s
+                self.start_s = None
         return pa.Table.from_pylist(envelopes, schema=ENVELOPE)
+
+    def _refine(self, todo: list[dict]) -> None:
+        """Refines the envelopes in place; a failing step rejects the batch's rows with the reason."""
+        rows = [json.loads(e["record"]) for e in todo]
+        run = {"fused": self.refiner.refine, "stage1": self.refiner.stage1, "stage2": self.refiner.stage2}[self.step]
+        try:
+            outcomes = run(rows)
+        except Exception as e:  # a bug or an engine crash
+            log.exception("refine step %s failed on a batch of %d rows", self.step, len(rows))
+            for env in todo:
+                env.update(status="rejected", field="llm", reason=f"refine_error: {type(e).__name__}: {e}")
+            return
+        for env, outcome in zip(todo, outcomes):
+            env["record"] = json.dumps(outcome.row, ensure_ascii=False)
+            if outcome.rejected:
+                env.update(status="rejected", field=outcome.field, reason=outcome.rejected)
