@@ -225,17 +225,18 @@ def relabel(output: str, out: str, overrides: list[str] | None = None) -> dict[s
         saved = OmegaConf.create(f.read())
     for secret_path in ("input.storage_options", "output.storage_options"):
         OmegaConf.update(saved, secret_path, {}, merge=False)
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as tmp:
-        tmp.write(OmegaConf.to_yaml(saved))
-    cfg = load_config(
-        tmp.name,
-        [
-            "engine.kind=replay",
-            f"engine.replay_path={output}",
-            f"output.path={out}",
-            "output.overwrite=true",
-            "stage2.engine=null",
-            *(overrides or []),
-        ],
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        saved_path = f"{tmp}/config.yaml"
+        OmegaConf.save(saved, saved_path)
+        cfg = load_config(
+            saved_path,
+            [
+                "engine.kind=replay",
+                f"engine.replay_path={output}",
+                f"output.path={out}",
+                "output.overwrite=true",
+                "stage2.engine=null",
+                *(overrides or []),
+            ],
+        )
     return run(cfg)
