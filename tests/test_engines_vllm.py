@@ -87,6 +87,9 @@ def test_truncation_cuts_at_512_minilm_tokens_and_keeps_a_prefix(truncate):
     ids = truncate.tokenizer(cut, add_special_tokens=True)["input_ids"]
     assert len(ids) == 512
     assert truncate("short passage") == "short passage"
+    import pickle
+
+    assert pickle.loads(pickle.dumps(truncate))(text) == cut
 
 
 def test_prepare_model_is_idempotent_and_safe_under_concurrency(tmp_path):

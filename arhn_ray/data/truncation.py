@@ -13,6 +13,7 @@ class Truncator:
     def __init__(self, tokenizer: str, max_seq_len: int = 512):
         from transformers import AutoTokenizer
 
+        self.name, self.max_seq_len = tokenizer, max_seq_len
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
         self.budget = max_seq_len - self.tokenizer.num_special_tokens_to_add(pair=False)
         if self.budget < 1:
@@ -28,6 +29,10 @@ class Truncator:
 
     def __call__(self, text: str) -> str:
         return self._cached(text)
+
+    def __reduce__(self):
+        """Sent to Ray workers by name, not with its cache."""
+        return (Truncator, (self.name, self.max_seq_len))
 
 
 def minilm_tokenizer_path() -> str:

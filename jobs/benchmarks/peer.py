@@ -40,7 +40,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="arhn-peer-"))
     (tmp / "in").mkdir()
     (tmp / "in" / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in raw))
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    # ray.data.llm runs chat templating, tokenizing, the engine and detokenizing as separate actor
+    # pools (per processor): they need more CPU slots than the 2 cores have, both sides get the same cluster
+    ray.init(num_cpus=8, num_gpus=1, include_dashboard=False, log_to_driver=False)
 
     cfg = load_config(str(ROOT / "conf" / "local.yaml"), [f"input.path={tmp / 'in'}", f"output.path={tmp / 'ours'}", "pipeline.progress=false"])
     t = time.perf_counter()
