@@ -73,9 +73,9 @@ class Refiner:
                 results[i] = r
         return results
 
-    def stage1(self, rows: list[dict]) -> list[Outcome]:
+    def stage1(self, rows: list[dict], plans: list[lb.Plan] | None = None) -> list[Outcome]:
         """Adds ``llm`` (one entry per chunk, Stage 1 filled) to each row."""
-        plans = [lb.plan_row(row, self.options, self.truncate) for row in rows]
+        plans = plans if plans is not None else [lb.plan_row(row, self.options, self.truncate) for row in rows]
         requests, owners = [], []
         for r, plan in enumerate(plans):
             rows[r]["llm"] = []
@@ -91,13 +91,13 @@ class Refiner:
             rows[r]["llm"].append(_call(c, res))
         return [Outcome(row, failures.get(r), "llm" if r in failures else None) for r, row in enumerate(rows)]
 
-    def stage2(self, rows: list[dict]) -> list[Outcome]:
+    def stage2(self, rows: list[dict], plans: list[lb.Plan] | None = None) -> list[Outcome]:
         """Reads the stored Stage 1 texts, ranks what needs ranking, labels every negative."""
         out: list[Outcome | None] = [None] * len(rows)
         work = []
         requests, owners = [], []
         for r, row in enumerate(rows):
-            plan = lb.plan_row(row, self.options, self.truncate)
+            plan = plans[r] if plans is not None else lb.plan_row(row, self.options, self.truncate)
             calls = row.get("llm") or []
             if len(calls) != len(plan.chunks):
                 out[r] = Outcome(row, f"stage 1 outputs for {len(calls)} chunks, expected {len(plan.chunks)}", "llm")
@@ -141,10 +141,11 @@ class Refiner:
         return out  # type: ignore[return-value]
 
     def refine(self, rows: list[dict]) -> list[Outcome]:
-        """Both stages (the ``fused`` pipeline)."""
-        first = self.stage1(rows)
-        ready = [o.row for o in first if o.rejected is None]
-        second = iter(self.stage2(ready))
+        """Both stages (the ``fused`` pipeline); each row is planned once for both."""
+        plans = [lb.plan_row(row, self.options, self.truncate) for row in rows]
+        first = self.stage1(rows, plans)
+        ready = [(o.row, plan) for o, plan in zip(first, plans) if o.rejected is None]
+        second = iter(self.stage2([row for row, _ in ready], [plan for _, plan in ready]))
         return [o if o.rejected else next(second) for o in first]
 
 
