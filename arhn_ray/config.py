@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from arhn_ray.data.readers import FORMATS as READER_FORMATS
 from arhn_ray.method.labeling import MethodOptions
 
 
@@ -126,7 +127,7 @@ class Config:
 
 
 _CHOICES = {
-    "input.format": ("auto", "rlhn", "flagembedding"),
+    "input.format": READER_FORMATS,
     "engine.kind": ("vllm", "openai", "replay"),
     "engine.device": ("auto", "gpu", "cpu"),
     "engine.regex_param": ("structured_outputs", "guided_regex", "none"),

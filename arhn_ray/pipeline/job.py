@@ -197,7 +197,7 @@ def finalize(cfg: Config, started: float, unreadable: dict[str, str] | None = No
     data["throughput"] = {"wall_s": round(wall, 2), "queries_per_s": data["overall"]["queries"] / wall if wall else 0.0}
     with fs.open(f"{root}/stats.json", "wt") as f:
         json.dump(data, f, indent=2)
-    if fs.protocol in ("file", ("file", "local")) or "file" in fs.protocol:
+    if "file" in fs.protocol:  # a str or a tuple of names, ("file", "local") for the local disk
         write_report(data, root)
     else:
         _write_report_remote(fs, root, data)
