@@ -163,20 +163,34 @@ def test_missing_recording_rejects_that_row_only_with_the_reason(ray_cluster, tm
     assert rejected[0]["reason"].startswith("engine_error: stage 2 chunk 0: no recording")
 
 
-def _kill_one_replica_when_busy(deadline: float) -> int | None:
-    """SIGKILL one refine replica of this session's Ray cluster (its workers descend from us)."""
+def _refine_replicas() -> set[int]:
+    """Pids of the refine replicas of this session's Ray cluster (its workers descend from us)."""
+    import psutil
+
+    pids = set()
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            title = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        if "RefineStage" in title and "MapWorker" in title:
+            pids.add(proc.pid)
+    return pids
+
+
+def _kill_one_replica_when_busy(deadline: float, exclude: set[int]) -> int | None:
+    """SIGKILL one replica of the run under test; replicas of earlier runs may still be shutting down."""
     import psutil
 
     while time.time() < deadline:
-        for proc in psutil.Process().children(recursive=True):
+        for pid in _refine_replicas() - exclude:
+            time.sleep(1.0)
             try:
-                title = " ".join(proc.cmdline())
-            except psutil.Error:
+                psutil.Process(pid).kill()
+            except psutil.NoSuchProcess:
+                exclude.add(pid)
                 continue
-            if "RefineStage" in title and "MapWorker" in title:
-                time.sleep(1.0)
-                proc.kill()
-                return proc.pid
+            return pid
         time.sleep(0.2)
     return None
 
@@ -191,11 +205,18 @@ def test_a_replica_killed_mid_run_is_replaced_and_the_run_finishes(ray_cluster, 
     rec = tmp_path / "rec.jsonl"
     write_jsonl(rec, good_recordings(rows))
     killed: list = []
-    killer = threading.Thread(target=lambda: killed.append(_kill_one_replica_when_busy(time.time() + 60)))
+    earlier = _refine_replicas()
+
+    def kill() -> None:
+        killed.append((_kill_one_replica_when_busy(time.time() + 60, earlier), time.time()))
+
+    killer = threading.Thread(target=kill)
     killer.start()
-    stats = run(replay_cfg(data, rec, tmp_path / "out", "pipeline.batch_size=2", "engine.replay_delay_s=0.3", "engine.replicas=2"))
+    # One replica: the run can only finish if Ray replaces the one that was killed.
+    stats = run(replay_cfg(data, rec, tmp_path / "out", "pipeline.batch_size=2", "engine.replay_delay_s=0.3", "engine.replicas=1"))
+    finished = time.time()
     killer.join()
-    assert killed and killed[0] is not None
+    assert killed and killed[0][0] is not None and killed[0][1] < finished
     refined, rejected = outputs(tmp_path / "out")
     assert sorted(r["query_id"] for r in refined) == sorted(r["query_id"] for r in rows)
     assert rejected == [] and stats["overall"]["queries"] == 40
