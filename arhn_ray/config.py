@@ -58,6 +58,9 @@ class EngineConfig:
     top_p: float = 1.0
     chat_template_kwargs: dict[str, Any] = field(default_factory=lambda: {"enable_thinking": False})
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    # vllm: AsyncLLMEngine instead of vllm.LLM; each row goes Stage 1 -> Stage 2 on its own
+    # and batches overlap (pipeline.max_concurrent_batches). replay supports it too.
+    async_engine: bool = False
     # openai-compatible servers
     base_url: str | None = None
     api_key_env: str | None = None  # the NAME of the variable holding the key, never the key
@@ -108,6 +111,7 @@ class PromptsConfig:
 class PipelineConfig:
     mode: str = "fused"  # fused | staged
     batch_size: int = 16  # rows per actor call
+    max_concurrent_batches: int = 1  # batches a replica works on at once; past 1 needs engine.async_engine
     retries: int = 2  # LLM call retries before a row is rejected
     ray_address: str | None = None  # None: join a running cluster if there is one, else start one
     progress: bool = True
@@ -167,7 +171,7 @@ def check(cfg: Config) -> None:
         value = flat[section][name]  # type: ignore[index]
         if value not in allowed:
             raise ConfigError(f"config key {key!r}: {value!r} is not one of {', '.join(allowed)}")
-    for key in ("engine.replicas", "engine.tensor_parallel_size", "engine.pipeline_parallel_size", "pipeline.batch_size"):
+    for key in ("engine.replicas", "engine.tensor_parallel_size", "engine.pipeline_parallel_size", "pipeline.batch_size", "pipeline.max_concurrent_batches"):
         section, name = key.split(".")
         if flat[section][name] < 1:  # type: ignore[index]
             raise ConfigError(f"config key {key!r}: must be at least 1")
@@ -175,6 +179,10 @@ def check(cfg: Config) -> None:
         raise ConfigError("config key 'engine.replay_path': required when engine.kind=replay")
     if cfg.engine.kind == "openai" and not cfg.engine.base_url:
         raise ConfigError("config key 'engine.base_url': required when engine.kind=openai")
+    if cfg.engine.async_engine and cfg.engine.kind == "openai":
+        raise ConfigError("config key 'engine.async_engine': the openai engine has no async mode (it already sends requests concurrently)")
+    if cfg.pipeline.max_concurrent_batches > 1 and not cfg.engine.async_engine:
+        raise ConfigError("config key 'pipeline.max_concurrent_batches': more than 1 needs engine.async_engine=true")
     try:
         method_options(cfg)
     except ValueError as e:

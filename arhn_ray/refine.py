@@ -2,15 +2,18 @@
 
 This is what a Ray actor calls (``fused`` runs both stages, ``staged`` one each), what
 ``arhn-ray relabel`` calls with stored outputs, and what tests call with a scripted engine.
+``refine`` / ``stage1`` / ``stage2`` drive a blocking engine; ``arefine`` / ``astage1`` /
+``astage2`` drive an async one (``agenerate``) through the same stage code.
 Rows travel as plain dicts; a row whose LLM call still fails after the retries comes back
 rejected with the reason, the other rows of the batch go on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass
 
 from arhn_ray import __version__
@@ -27,6 +30,9 @@ class Outcome:
     row: dict
     rejected: str | None = None
     field: str | None = None
+
+
+Steps = Generator[list[ChatRequest], list[ChatResult], list[Outcome]]
 
 
 def config_hash(options: lb.MethodOptions, prompts: PromptSet, model: str) -> str:
@@ -73,8 +79,73 @@ class Refiner:
                 results[i] = r
         return results
 
+    async def _agenerate(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        results = await self.engine.agenerate(requests)  # type: ignore[attr-defined]
+        for _ in range(self.retries):
+            failed = [i for i, r in enumerate(results) if r.error]
+            if not failed:
+                break
+            again = await self.engine.agenerate([requests[i] for i in failed])  # type: ignore[attr-defined]
+            for i, r in zip(failed, again):
+                results[i] = r
+        return results
+
+    def _drive(self, steps: Steps) -> list[Outcome]:
+        results = None
+        try:
+            while True:
+                results = self._generate(steps.send(results))
+        except StopIteration as done:
+            return done.value
+
+    async def _adrive(self, steps: Steps) -> list[Outcome]:
+        results = None
+        try:
+            while True:
+                results = await self._agenerate(steps.send(results))
+        except StopIteration as done:
+            return done.value
+
     def stage1(self, rows: list[dict], plans: list[lb.Plan] | None = None) -> list[Outcome]:
         """Adds ``llm`` (one entry per chunk, Stage 1 filled) to each row."""
+        return self._drive(self._stage1(rows, plans))
+
+    def stage2(self, rows: list[dict], plans: list[lb.Plan] | None = None) -> list[Outcome]:
+        """Reads the stored Stage 1 texts, ranks what needs ranking, labels every negative."""
+        return self._drive(self._stage2(rows, plans))
+
+    def refine(self, rows: list[dict]) -> list[Outcome]:
+        """Both stages (the ``fused`` pipeline); each row is planned once for both."""
+        plans = [lb.plan_row(row, self.options, self.truncate) for row in rows]
+        first = self.stage1(rows, plans)
+        ready = [(o.row, plan) for o, plan in zip(first, plans) if o.rejected is None]
+        second = iter(self.stage2([row for row, _ in ready], [plan for _, plan in ready]))
+        return [o if o.rejected else next(second) for o in first]
+
+    async def astage1(self, rows: list[dict], plans: list[lb.Plan] | None = None) -> list[Outcome]:
+        return await self._adrive(self._stage1(rows, plans))
+
+    async def astage2(self, rows: list[dict], plans: list[lb.Plan] | None = None) -> list[Outcome]:
+        return await self._adrive(self._stage2(rows, plans))
+
+    async def arefine(self, rows: list[dict]) -> list[Outcome]:
+        """Both stages with an async engine, each row on its own: its Stage 2 goes out as soon
+        as its own Stage 1 is back, while other rows are still in Stage 1."""
+
+        async def one(row: dict) -> Outcome:
+            plan = lb.plan_row(row, self.options, self.truncate)
+            (first,) = await self.astage1([row], [plan])
+            if first.rejected:
+                return first
+            (second,) = await self.astage2([row], [plan])
+            return second
+
+        return list(await asyncio.gather(*(one(row) for row in rows)))
+
+    # The stages are generators: they yield the requests they need and are sent the results,
+    # so one body serves the blocking engines (``_drive``) and the async ones (``_adrive``).
+
+    def _stage1(self, rows: list[dict], plans: list[lb.Plan] | None) -> Steps:
         plans = plans if plans is not None else [lb.plan_row(row, self.options, self.truncate) for row in rows]
         requests, owners = [], []
         for r, plan in enumerate(plans):
@@ -83,7 +154,7 @@ class Refiner:
                 prompt, constraint = lb.stage1_request(plan, c, self.prompts, self.options)
                 requests.append(ChatRequest(chat(prompt), (rows[r]["query_id"], 1, c), self.stage1_max_tokens, constraint))
                 owners.append((r, c))
-        results = self._generate(requests) if requests else []
+        results = (yield requests) if requests else []
         failures: dict[int, str] = {}
         for (r, c), res in zip(owners, results):
             if res.error:
@@ -91,8 +162,7 @@ class Refiner:
             rows[r]["llm"].append(_call(c, res))
         return [Outcome(row, failures.get(r), "llm" if r in failures else None) for r, row in enumerate(rows)]
 
-    def stage2(self, rows: list[dict], plans: list[lb.Plan] | None = None) -> list[Outcome]:
-        """Reads the stored Stage 1 texts, ranks what needs ranking, labels every negative."""
+    def _stage2(self, rows: list[dict], plans: list[lb.Plan] | None) -> Steps:
         out: list[Outcome | None] = [None] * len(rows)
         work = []
         requests, owners = [], []
@@ -109,7 +179,7 @@ class Refiner:
                     requests.append(ChatRequest(chat(req.prompt), (row["query_id"], 2, c), self.stage2_max_tokens, req.constraint))
                     owners.append((r, c))
             work.append((r, plan, snippets, stage2))
-        results = self._generate(requests) if requests else []
+        results = (yield requests) if requests else []
         answers: dict[tuple[int, int], ChatResult] = dict(zip(owners, results))
         for r, plan, snippets, stage2 in work:
             row = rows[r]
@@ -139,14 +209,6 @@ class Refiner:
             }
             out[r] = Outcome(refined, labels.rejected, "decisions" if labels.rejected else None)
         return out  # type: ignore[return-value]
-
-    def refine(self, rows: list[dict]) -> list[Outcome]:
-        """Both stages (the ``fused`` pipeline); each row is planned once for both."""
-        plans = [lb.plan_row(row, self.options, self.truncate) for row in rows]
-        first = self.stage1(rows, plans)
-        ready = [(o.row, plan) for o, plan in zip(first, plans) if o.rejected is None]
-        second = iter(self.stage2([row for row, _ in ready], [plan for _, plan in ready]))
-        return [o if o.rejected else next(second) for o in first]
 
 
 def _call(chunk: int, res: ChatResult, stage: int = 1) -> dict:

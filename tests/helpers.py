@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from arhn_ray.engines.base import ChatRequest, ChatResult
@@ -48,6 +48,7 @@ class ScriptedEngine:
     def __init__(self, script: Callable[[ChatRequest], str | Exception]):
         self.script = script
         self.requests: list[ChatRequest] = []
+        self.gate: Callable[[ChatRequest], Awaitable[None]] | None = None
 
     def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
         self.requests.extend(requests)
@@ -59,6 +60,14 @@ class ScriptedEngine:
             else:
                 out.append(ChatResult(text, 100, 10, "stop"))
         return out
+
+    async def agenerate(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        """The same answers, each request awaiting ``gate(request)`` first when one is set."""
+        if self.gate is not None:
+            import asyncio
+
+            await asyncio.gather(*(self.gate(r) for r in requests))
+        return self.generate(requests)
 
     def close(self) -> None:
         pass

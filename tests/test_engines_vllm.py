@@ -108,6 +108,38 @@ def test_prepare_model_is_idempotent_and_safe_under_concurrency(tmp_path):
     assert prepare_model(target) == target and (target / "config.json").stat().st_mtime_ns == stamp
 
 
+def test_async_engine_refines_the_rows_the_blocking_engine_refines(engine, rows, truncate):
+    """AsyncLLMEngine through ``arefine``: the same prompts (token ids) as the blocking engine,
+    every snippet verbatim, and a prompt over max_model_len failing alone."""
+    import asyncio
+
+    from arhn_ray.engines.vllm_engine import AsyncVLLMEngine, VLLMOptions
+
+    options = lb.MethodOptions(stage1_constraint="verbatim", stage2_constraint="format")
+    blocking = Refiner(engine, options, PromptSet.load(), truncate).refine([dict(r) for r in rows])
+    engine.close()  # one engine at a time on this machine
+    asyn = AsyncVLLMEngine(VLLMOptions(**CPU))
+    try:
+        refiner = Refiner(asyn, options, PromptSet.load(), truncate)
+        good = ChatRequest(chat("Say hello."), ("q", 1, 0), 8)
+        huge = ChatRequest(chat("word " * 9000), ("q", 1, 1), 8)
+
+        async def both():
+            return await refiner.arefine([dict(r) for r in rows]), await asyn.agenerate([good, huge])
+
+        outs, single = asyncio.run(both())
+    finally:
+        asyn.close()
+    assert single[0].error is None and single[0].output_tokens > 0
+    assert single[1].error and "max_model_len" in single[1].error
+    assert all(o.rejected is None for o in outs)
+    for a, b in zip(outs, blocking):
+        assert len(a.row["decisions"]) == 25
+        assert [c["stage1_prompt_tokens"] for c in a.row["llm"]] == [c["stage1_prompt_tokens"] for c in b.row["llm"]]
+        for d in a.row["decisions"]:
+            assert d["snippet"] is None or d["grounding"] == EXACT
+
+
 QWEN3_TEMPLATE = (
     r"{%- for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{%- endfor %}"
     r"{%- if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"

@@ -1,5 +1,5 @@
 """LLM engines behind one protocol: ``vllm`` (in-process), ``openai`` (HTTP), ``replay`` (recorded)."""
 
-from arhn_ray.engines.base import ChatRequest, ChatResult, Engine
+from arhn_ray.engines.base import AsyncEngine, ChatRequest, ChatResult, Engine
 
-__all__ = ["ChatRequest", "ChatResult", "Engine"]
+__all__ = ["AsyncEngine", "ChatRequest", "ChatResult", "Engine"]

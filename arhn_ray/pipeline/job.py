@@ -19,7 +19,7 @@ from arhn_ray.config import Config, EngineConfig, config_digest, mask_secrets_in
 from arhn_ray.data.readers import count_rows, filesystem, list_shards, shard_name
 from arhn_ray.method.prompts import PromptSet
 from arhn_ray.pipeline.sink import ShardSink, complete_shards, shard_manifests
-from arhn_ray.pipeline.stages import RefineStage, read_shard
+from arhn_ray.pipeline.stages import AsyncRefineStage, RefineStage, read_shard
 from arhn_ray.stats import RunStats, write_report
 
 log = logging.getLogger(__name__)
@@ -78,12 +78,14 @@ def _pool(ds, cfg: Config, step: str, engine: EngineConfig):
     import ray
 
     cfg = replace(cfg, engine=engine)
+    # an async replica takes several batches at once and its engine overlaps them (as ray.data.llm does)
+    stage, calls = (AsyncRefineStage, cfg.pipeline.max_concurrent_batches) if engine.async_engine else (RefineStage, 1)
     return ds.map_batches(
-        RefineStage,
+        stage,
         fn_constructor_kwargs={"cfg": cfg, "step": step},
         batch_size=cfg.pipeline.batch_size,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=engine.replicas),
+        compute=ray.data.ActorPoolStrategy(size=engine.replicas, max_concurrent_calls_per_actor=calls),
         **replica_resources(engine),
     )
 

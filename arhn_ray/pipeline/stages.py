@@ -18,9 +18,9 @@ import pyarrow as pa
 from arhn_ray.config import Config, EngineConfig, method_options
 from arhn_ray.data.readers import read_rows, shard_name, to_canonical
 from arhn_ray.data.records import InvalidRow, validate_row
-from arhn_ray.engines.base import Engine
+from arhn_ray.engines.base import AsyncEngine, Engine
 from arhn_ray.method.prompts import PromptSet
-from arhn_ray.refine import Refiner
+from arhn_ray.refine import Outcome, Refiner
 
 log = logging.getLogger(__name__)
 
@@ -77,18 +77,21 @@ def engine_options(cls, engine: EngineConfig):
     return cls(**{k: dict(v) if isinstance(v, dict) else v for k, v in values.items()})
 
 
-def make_engine(engine: EngineConfig) -> Engine:
+def make_engine(engine: EngineConfig) -> Engine | AsyncEngine:
     if engine.kind == "replay":
         from arhn_ray.engines.replay import ReplayEngine
 
         return ReplayEngine(engine.replay_path or "", model=engine.model or "replay", delay_s=engine.replay_delay_s)
     if engine.kind == "openai":
+        if engine.async_engine:
+            raise ValueError("engine.async_engine: the openai engine has no async mode")
         from arhn_ray.engines.openai_engine import OpenAIEngine, OpenAIOptions
 
         return OpenAIEngine(engine_options(OpenAIOptions, engine))
-    from arhn_ray.engines.vllm_engine import VLLMEngine, VLLMOptions
+    from arhn_ray.engines.vllm_engine import AsyncVLLMEngine, VLLMEngine, VLLMOptions
 
-    return VLLMEngine(engine_options(VLLMOptions, engine))
+    cls = AsyncVLLMEngine if engine.async_engine else VLLMEngine
+    return cls(engine_options(VLLMOptions, engine))
 
 
 def make_truncator(cfg: Config):
@@ -100,7 +103,7 @@ def make_truncator(cfg: Config):
     return Truncator(minilm_tokenizer_path() if name == "bundled:minilm" else name, cfg.truncation.max_seq_len)
 
 
-def make_refiner(cfg: Config, engine: Engine | None = None) -> Refiner:
+def make_refiner(cfg: Config, engine: Engine | AsyncEngine | None = None) -> Refiner:
     return Refiner(
         engine or make_engine(cfg.engine),
         method_options(cfg),
@@ -120,35 +123,73 @@ class RefineStage:
         self.step = step
         self.refiner = make_refiner(cfg)
         self.start_s: float | None = time.perf_counter() - started
+        # the replica's busy time, counted once however many batches overlap
+        self._active = 0
+        self._last = 0.0
+        self._busy = 0.0
+        self._charged = 0.0
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        envelopes = batch.to_pylist()
-        todo = [e for e in envelopes if e["status"] == "ok"]
+        envelopes, todo, rows = self._open(batch)
         if todo:
-            began = time.perf_counter()
-            self._refine(todo)
-            took = time.perf_counter() - began
-            # replica stdout reaches the driver's console: progress while a long batch runs
-            print(f"arhn-ray replica ({self.step}): {len(todo)} rows in {took:.1f} s", flush=True)
-            for env in todo:
-                env["engine_s"] = (env.get("engine_s") or 0.0) + took / len(todo)
-            if self.start_s is not None:
-                todo[0]["start_s"] = (todo[0].get("start_s") or 0.0) + self.start_s
-                self.start_s = None
+            run = {"fused": self.refiner.refine, "stage1": self.refiner.stage1, "stage2": self.refiner.stage2}[self.step]
+            self._tick(+1)
+            try:
+                outcomes: list[Outcome] | Exception = run(rows)
+            except Exception as e:  # a bug or an engine crash
+                outcomes = e
+            self._close(todo, outcomes, self._tick(-1))
         return pa.Table.from_pylist(envelopes, schema=ENVELOPE)
 
-    def _refine(self, todo: list[dict]) -> None:
-        """Refines the envelopes in place; a failing step rejects the batch's rows with the reason."""
-        rows = [json.loads(e["record"]) for e in todo]
-        run = {"fused": self.refiner.refine, "stage1": self.refiner.stage1, "stage2": self.refiner.stage2}[self.step]
-        try:
-            outcomes = run(rows)
-        except Exception as e:  # a bug or an engine crash
-            log.exception("refine step %s failed on a batch of %d rows", self.step, len(rows))
+    def _open(self, batch: pa.Table) -> tuple[list[dict], list[dict], list[dict]]:
+        envelopes = batch.to_pylist()
+        todo = [e for e in envelopes if e["status"] == "ok"]
+        return envelopes, todo, [json.loads(e["record"]) for e in todo]
+
+    def _tick(self, change: int) -> float:
+        """Start (+1) or end (-1) a batch; at an end, the busy time not yet given to a batch."""
+        now = time.perf_counter()
+        if self._active:
+            self._busy += now - self._last
+        self._last = now
+        self._active += change
+        if change > 0:
+            return 0.0
+        share, self._charged = self._busy - self._charged, self._busy
+        return share
+
+    def _close(self, todo: list[dict], outcomes: list[Outcome] | Exception, took: float) -> None:
+        """Writes the outcomes into the envelopes; a failed step rejects the batch's rows with the reason."""
+        # replica stdout reaches the driver's console: progress while a long batch runs
+        print(f"arhn-ray replica ({self.step}): {len(todo)} rows in {took:.1f} s", flush=True)
+        for env in todo:
+            env["engine_s"] = (env.get("engine_s") or 0.0) + took / len(todo)
+        if self.start_s is not None:
+            todo[0]["start_s"] = (todo[0].get("start_s") or 0.0) + self.start_s
+            self.start_s = None
+        if isinstance(outcomes, Exception):
+            log.error("refine step %s failed on a batch of %d rows", self.step, len(todo), exc_info=outcomes)
             for env in todo:
-                env.update(status="rejected", field="llm", reason=f"refine_error: {type(e).__name__}: {e}")
+                env.update(status="rejected", field="llm", reason=f"refine_error: {type(outcomes).__name__}: {outcomes}")
             return
         for env, outcome in zip(todo, outcomes):
             env["record"] = json.dumps(outcome.row, ensure_ascii=False)
             if outcome.rejected:
                 env.update(status="rejected", field=outcome.field, reason=outcome.rejected)
+
+
+class AsyncRefineStage(RefineStage):
+    """A replica with an async engine: Ray Data runs ``__call__`` on the actor's event loop,
+    up to ``pipeline.max_concurrent_batches`` batches at once, all sharing the one engine."""
+
+    async def __call__(self, batch: pa.Table) -> pa.Table:  # type: ignore[override]
+        envelopes, todo, rows = self._open(batch)
+        if todo:
+            run = {"fused": self.refiner.arefine, "stage1": self.refiner.astage1, "stage2": self.refiner.astage2}[self.step]
+            self._tick(+1)
+            try:
+                outcomes: list[Outcome] | Exception = await run(rows)
+            except Exception as e:  # a bug or an engine crash
+                outcomes = e
+            self._close(todo, outcomes, self._tick(-1))
+        return pa.Table.from_pylist(envelopes, schema=ENVELOPE)
