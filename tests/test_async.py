@@ -8,7 +8,7 @@ import asyncio
 import json
 
 import pytest
-from helpers import ScriptedEngine, blocks, make_row
+from helpers import ROOT, ScriptedEngine, blocks, make_row
 from test_pipeline import dataset, read_dir, replay_config
 
 from arhn_ray.config import ConfigError, load_config
@@ -16,7 +16,7 @@ from arhn_ray.method import labeling as lb
 from arhn_ray.method.prompts import PromptSet
 from arhn_ray.pipeline.job import run
 from arhn_ray.pipeline.stages import RefineStage
-from arhn_ray.refine import Refiner
+from arhn_ray.refine import Outcome, Refiner
 
 PROMPTS = PromptSet.load()
 ANCHOR = "X is a letter."
@@ -86,6 +86,39 @@ def test_overlapping_batches_count_the_replicas_busy_time_once(monkeypatch):
     assert stage._tick(+1) == 0.0 and stage._tick(+1) == 0.0
     shares = [stage._tick(-1), stage._tick(-1), stage._tick(+1), stage._tick(-1)]
     assert shares == [5.0, 5.0, 0.0, 1.0]  # 10 s of busy time for A and B together, then 1 s for C
+
+
+def test_a_replica_runs_at_most_max_concurrent_batches_at_once(tmp_path):
+    """Ray Data hands an async replica up to 4 batches of a block at once; the replica runs
+    ``pipeline.max_concurrent_batches`` of them and queues the rest."""
+    import pyarrow as pa
+
+    from arhn_ray.pipeline.stages import ENVELOPE, AsyncRefineStage, _envelope
+
+    (tmp_path / "rec.jsonl").write_text("")
+    overrides = ["input.path=x", "output.path=y", f"engine.replay_path={tmp_path / 'rec.jsonl'}",
+                 "engine.async_engine=true", "pipeline.max_concurrent_batches=2"]  # fmt: skip
+    stage = AsyncRefineStage(load_config(str(ROOT / "conf" / "replay.yaml"), overrides))
+    running, peak = 0, 0
+
+    async def arefine(rows):
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        running -= 1
+        return [Outcome(row) for row in rows]
+
+    stage.refiner.arefine = arefine
+    batches = [pa.Table.from_pylist([_envelope("s", i, make_row(1, qid=f"q{i}"))], schema=ENVELOPE) for i in range(6)]
+
+    async def all_at_once():
+        return await asyncio.gather(*(stage(b) for b in batches))
+
+    outs = asyncio.run(all_at_once())
+    assert peak == 2
+    assert [t.to_pylist()[0]["status"] for t in outs] == ["ok"] * 6
 
 
 def test_config_refuses_async_where_it_cannot_work(tmp_path):

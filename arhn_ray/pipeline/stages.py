@@ -7,6 +7,7 @@ followed from its input shard to exactly one output.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -179,17 +180,24 @@ class RefineStage:
 
 
 class AsyncRefineStage(RefineStage):
-    """A replica with an async engine: Ray Data runs ``__call__`` on the actor's event loop,
-    up to ``pipeline.max_concurrent_batches`` batches at once, all sharing the one engine."""
+    """A replica with an async engine: Ray Data runs ``__call__`` on the actor's event loop and
+    may hand it several batches at once; ``pipeline.max_concurrent_batches`` of them run, all
+    sharing the one engine."""
+
+    def __init__(self, cfg: Config, step: str = "fused"):
+        super().__init__(cfg, step)
+        # Ray Data overlaps up to 4 batches of a block on its own; this is the bound users set
+        self._slots = asyncio.Semaphore(cfg.pipeline.max_concurrent_batches)
 
     async def __call__(self, batch: pa.Table) -> pa.Table:  # type: ignore[override]
         envelopes, todo, rows = self._open(batch)
         if todo:
             run = {"fused": self.refiner.arefine, "stage1": self.refiner.astage1, "stage2": self.refiner.astage2}[self.step]
-            self._tick(+1)
-            try:
-                outcomes: list[Outcome] | Exception = await run(rows)
-            except Exception as e:  # a bug or an engine crash
-                outcomes = e
-            self._close(todo, outcomes, self._tick(-1))
+            async with self._slots:
+                self._tick(+1)
+                try:
+                    outcomes: list[Outcome] | Exception = await run(rows)
+                except Exception as e:  # a bug or an engine crash
+                    outcomes = e
+                self._close(todo, outcomes, self._tick(-1))
         return pa.Table.from_pylist(envelopes, schema=ENVELOPE)
