@@ -121,6 +121,19 @@ def test_a_replica_runs_at_most_max_concurrent_batches_at_once(tmp_path):
     assert [t.to_pylist()[0]["status"] for t in outs] == ["ok"] * 6
 
 
+def test_a_replica_stops_its_engine_when_ray_data_drops_it(tmp_path):
+    import gc
+
+    (tmp_path / "rec.jsonl").write_text("")
+    overrides = ["input.path=x", "output.path=y", f"engine.replay_path={tmp_path / 'rec.jsonl'}"]
+    stage = RefineStage(load_config(str(ROOT / "conf" / "replay.yaml"), overrides))
+    closed = []
+    stage.refiner.engine.close = lambda: closed.append(True)
+    del stage
+    gc.collect()
+    assert closed == [True]
+
+
 def test_config_refuses_async_where_it_cannot_work(tmp_path):
     base = ["input.path=x", "output.path=y"]
     with pytest.raises(ConfigError, match="pipeline.max_concurrent_batches"):

@@ -139,8 +139,14 @@ class RefineStage:
                 outcomes: list[Outcome] | Exception = run(rows)
             except Exception as e:  # a bug or an engine crash
                 outcomes = e
-            self._close(todo, outcomes, self._tick(-1))
+            self._finish(todo, outcomes, self._tick(-1))
         return pa.Table.from_pylist(envelopes, schema=ENVELOPE)
+
+    def __del__(self) -> None:
+        # Ray Data drops the UDF when the pool shuts down: stop the engine's processes with it
+        refiner = self.__dict__.get("refiner")
+        if refiner is not None:
+            refiner.engine.close()
 
     def _open(self, batch: pa.Table) -> tuple[list[dict], list[dict], list[dict]]:
         envelopes = batch.to_pylist()
@@ -159,7 +165,7 @@ class RefineStage:
         share, self._charged = self._busy - self._charged, self._busy
         return share
 
-    def _close(self, todo: list[dict], outcomes: list[Outcome] | Exception, took: float) -> None:
+    def _finish(self, todo: list[dict], outcomes: list[Outcome] | Exception, took: float) -> None:
         """Writes the outcomes into the envelopes; a failed step rejects the batch's rows with the reason."""
         # replica stdout reaches the driver's console: progress while a long batch runs
         print(f"arhn-ray replica ({self.step}): {len(todo)} rows in {took:.1f} s", flush=True)
@@ -199,5 +205,5 @@ class AsyncRefineStage(RefineStage):
                     outcomes: list[Outcome] | Exception = await run(rows)
                 except Exception as e:  # a bug or an engine crash
                     outcomes = e
-                self._close(todo, outcomes, self._tick(-1))
+                self._finish(todo, outcomes, self._tick(-1))
         return pa.Table.from_pylist(envelopes, schema=ENVELOPE)
