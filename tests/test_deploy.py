@@ -96,21 +96,29 @@ def _recordings(tmp_path):
 
 @pytest.fixture
 def ray_head(tmp_path):
-    """A real Ray head on loopback, started the way a cluster is (`ray start --head`)."""
+    """A real Ray head on loopback, started the way a cluster is (`ray start --head`), next to the
+    session's local Ray: its own ports, its own process group, and only it is stopped after
+    (`ray stop` would stop every Ray on the machine, the session's too)."""
     import tempfile
 
-    port, dash = free_port(), free_port()
+    import psutil
+
     temp = tempfile.mkdtemp(prefix="rayh", dir="/tmp")  # short: Ray's unix sockets live below it
     import secrets
 
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     # token authentication, as Ray now defaults to: the head and `ray job submit` share the token
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
-    subprocess.run(
-        ["ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dash}", "--num-cpus=2", "--include-dashboard=true", f"--temp-dir={temp}"],
-        check=True, capture_output=True, env=env,
-    )
+    dash = free_port()
+    ports = {"port": free_port(), "dashboard-port": dash, "dashboard-agent-listen-port": free_port(),
+             "dashboard-agent-grpc-port": free_port(), "metrics-export-port": free_port(),
+             "runtime-env-agent-port": free_port(), "ray-client-server-port": free_port()}  # fmt: skip
+    start = subprocess.Popen(
+        ["ray", "start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "--num-cpus=2",
+         "--include-dashboard=true", f"--temp-dir={temp}", *(f"--{k}={v}" for k, v in ports.items())],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True,
+    )  # fmt: skip
+    assert start.wait(timeout=300) == 0
     url = f"http://127.0.0.1:{dash}"
     import urllib.request
 
@@ -121,7 +129,19 @@ def ray_head(tmp_path):
         except Exception:
             time.sleep(1)
     yield url, env
-    subprocess.run(["ray", "stop", "--force"], capture_output=True, env=env)
+    group = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == start.pid:
+                group += [proc, *proc.children(recursive=True)]
+        except (OSError, psutil.Error):
+            continue
+    for proc in group:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(group, timeout=30)
     shutil.rmtree(temp, ignore_errors=True)
 
 
