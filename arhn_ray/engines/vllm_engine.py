@@ -80,9 +80,6 @@ class _VLLMBase:
             ids = ids["input_ids"]
         return list(ids)
 
-    def prompt_tokens(self, req: ChatRequest) -> int:
-        return len(self.prompt_ids(req))
-
     def _sampling(self, req: ChatRequest, prompt_tokens: int):
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
