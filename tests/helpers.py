@@ -1,20 +1,18 @@
-"""Small shared pieces for tests: rows, a scripted engine, the shared data folder."""
+"""Small shared pieces for tests: rows, a scripted engine, the test data (tests/data, sources in its SOURCES.md)."""
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from arhn_ray.engines.base import ChatRequest, ChatResult
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("ARHN_SHARED", ROOT.parent / "shared")) / "data"
+DATA = ROOT / "tests" / "data"
 SAMPLES = ROOT / "arhn_ray" / "samples"
-RLHN_STAGE1 = SHARED / "rlhn_msmarco_passage.stage_1.gpt-4o-mini.jsonl"
-RLHN_STAGE2 = SHARED / "rlhn_msmarco_passage.stage_2.gpt-4o.jsonl"
-FLAG = SHARED / "flagembedding_msmarco.jsonl"
+RLHN_STAGE1 = DATA / "rlhn_msmarco_passage.stage_1.gpt-4o-mini.jsonl"
+RLHN_STAGE2 = DATA / "rlhn_msmarco_passage.stage_2.gpt-4o.jsonl"
 
 
 def load_jsonl(path: Path) -> list[dict]:
