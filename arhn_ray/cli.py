@@ -1,4 +1,9 @@
-"""``arhn-ray``: refine, relabel, stats, agreement, export, prepare-model."""
+"""arhn-ray: clean hard-negative training data for dense retrievers with ARHN.
+
+An LLM copies an answer snippet (or NO_ANSWER) out of each passage of a query, then ranks the
+snippets with the positive's first; negatives ranked above the positive are relabeled as
+positives, those below it that carry a snippet are filtered out, the rest are kept.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +12,54 @@ import json
 import logging
 import sys
 
+from arhn_ray.card import demo_labels
 from arhn_ray.config import ConfigError, load_config
 
 
 def _refine(args: argparse.Namespace) -> int:
-    from arhn_ray.pipeline.job import run
+    from arhn_ray.pipeline.job import TooManyRejected, run
 
     cfg = load_config(args.config, args.overrides)
-    stats = run(cfg)
+    try:
+        if args.verbose:
+            stats = run(cfg)
+        else:
+            stats = _quietly(run, cfg)
+    except TooManyRejected as e:
+        print(f"arhn-ray: stopped: {e}", file=sys.stderr)
+        return 3
     print(summary(stats, cfg.output.path))
     return 0
+
+
+def _quietly(run, cfg):
+    """The run with Ray's and vLLM's output in a log file; the terminal shows the progress line."""
+    import time
+
+    from arhn_ray.console import ProgressHandler, only_ours, quiet
+    from arhn_ray.data.readers import filesystem
+
+    fs, root = filesystem(cfg.output.path, cfg.output.storage_options)
+    local = "file" in fs.protocol
+    name = f"refine-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    path = f"{root}/logs/{name}" if local else f"arhn-ray-logs/{name}"
+    handler = None
+    try:
+        with quiet(path) as console:
+            console.write(f"arhn-ray: refining {cfg.input.path} -> {cfg.output.path} (Ray and vLLM logs: {path}; -v shows them here)\n")
+            handler = ProgressHandler(console)
+            handler.addFilter(only_ours)
+            logging.getLogger().addHandler(handler)
+            return run(cfg)
+    finally:
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+        if not local:
+            try:
+                fs.put(path, f"{root}/logs/{name}")
+            except Exception as e:  # the log stays where it is
+                print(f"arhn-ray: log kept at {path} ({type(e).__name__} copying it to {cfg.output.path})", file=sys.stderr)
 
 
 def summary(stats: dict, output: str) -> str:
@@ -35,7 +78,22 @@ def summary(stats: dict, output: str) -> str:
     ]
     if stats.get("unreadable_shards"):
         lines.append(f"  unreadable    {json.dumps(stats['unreadable_shards'])}")
+    lines.append(f"  dataset card  {output.rstrip('/')}/README.md")
+    if warning := demo_labels(stats):
+        lines.append(f"  NOTE          {warning}")
     return "\n".join(lines)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from arhn_ray.plan import Assumptions, make_plan, render
+
+    cfg = load_config(args.config, args.overrides)
+    assume = replace(Assumptions(), sample_rows=args.sample_rows, tokens_per_gpu_s=args.tokens_per_gpu_s)
+    result = make_plan(cfg, assume)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else render(result))
+    return 0
 
 
 def _prepare_model(args: argparse.Namespace) -> int:
@@ -80,40 +138,66 @@ def _agreement(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from arhn_ray.data.export import export
+    from arhn_ray.data.export import export, file_type
 
-    n = export(args.output, args.format, args.out, negatives=args.negatives, seed=args.seed, prefixes=args.e5_prefixes, short=args.short)
-    print(f"wrote {n} training rows to {args.out}")
+    try:
+        kind = file_type(args.out)
+        n = export(args.output, args.format, args.out, negatives=args.negatives, seed=args.seed, prefixes=args.e5_prefixes, short=args.short)
+    except ValueError as e:  # a bad --out, --format or --short: named, no traceback
+        print(f"arhn-ray: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {n} training rows ({args.format}) to {args.out} as {kind}")
     return 0
 
 
+def _command(sub, name: str, help: str, example: str, fn) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".", epilog=f"example:\n  {example}",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.set_defaults(fn=fn)
+    return p
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="arhn-ray", description=__doc__)
-    p.add_argument("-v", "--verbose", action="store_true")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(
+        prog="arhn-ray",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example (local Ray, vLLM on CPU, the bundled model, the shipped sample):\n  arhn-ray refine conf/local.yaml\n\n"
+        "each command has its own help: arhn-ray refine --help",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="also show Ray's and vLLM's logs on the terminal")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    r = sub.add_parser("refine", help="refine a dataset: CONFIG [key=value ...]")
-    r.add_argument("config")
+    r = _command(sub, "refine", "refine a dataset with the two LLM stages and write refined and rejected rows",
+                 "arhn-ray refine conf/local.yaml input.path=data/ output.path=out/run1 engine.replicas=2", _refine)  # fmt: skip
+    r.add_argument("config", help="a YAML file from conf/")
     r.add_argument("overrides", nargs="*", help="key=value, e.g. engine.replicas=8")
-    r.set_defaults(fn=_refine)
 
-    m = sub.add_parser("prepare-model", help="convert the bundled SmolLM2 GGUF file into a Hugging Face folder (once)")
-    m.add_argument("--target", default=None)
-    m.set_defaults(fn=_prepare_model)
+    pl = _command(sub, "plan", "what a run would do and cost (files, parts, rows, LLM calls, tokens, GPU-hours), calling no LLM",
+                  "arhn-ray plan conf/qwen3-32b-a100x16.yaml input.path=arhn_ray/samples", _plan)  # fmt: skip
+    pl.add_argument("config", help="a YAML file from conf/")
+    pl.add_argument("overrides", nargs="*", help="key=value, as for refine")
+    pl.add_argument("--json", action="store_true", help="print the plan as JSON, for scripts")
+    pl.add_argument("--sample-rows", type=int, default=2000, help="rows read per file; the rest of a file is scaled from them")
+    pl.add_argument("--tokens-per-gpu-s", type=float, default=2100.0, help="assumed throughput per GPU, prompt + output tokens")
 
-    s = sub.add_parser("stats", help="render report.md and report.png of OUTPUT again")
+    m = _command(sub, "prepare-model", "convert the bundled SmolLM2 GGUF file into a Hugging Face folder (once)",
+                 "arhn-ray prepare-model", _prepare_model)  # fmt: skip
+    m.add_argument("--target", default=None, help="folder to write (default: the cache)")
+
+    s = _command(sub, "stats", "render report.md and report.png of an output folder again", "arhn-ray stats out/local", _stats)
     s.add_argument("output")
-    s.set_defaults(fn=_stats)
 
-    rl = sub.add_parser("relabel", help="recompute labels from the LLM outputs stored in OUTPUT, with no LLM")
+    rl = _command(sub, "relabel", "recompute the labels from the LLM outputs stored in an output folder, with no LLM",
+                  "arhn-ray relabel out/local --variant filter --out out/local-filter", _relabel)  # fmt: skip
     rl.add_argument("output")
     rl.add_argument("--variant", choices=["rf", "relabel", "filter"], required=True)
     rl.add_argument("--positive-no-answer", choices=["paper", "keep", "reject"], default=None)
     rl.add_argument("--max-relabeled", type=int, default=None)
     rl.add_argument("--out", required=True)
-    rl.set_defaults(fn=_relabel)
 
-    a = sub.add_parser("agreement", help="Cohen's kappa of OUTPUT's labels against reference judgments")
+    a = _command(sub, "agreement", "Cohen's kappa of an output's labels against reference judgments",
+                 "arhn-ray agreement out/local --reference rlhn_stage_1.jsonl --stage2-reference rlhn_stage_2.jsonl", _agreement)  # fmt: skip
     a.add_argument("output")
     a.add_argument("--reference", required=True, help="JSONL/CSV {query_id, docid, label} or an RLHN verdict JSONL")
     a.add_argument("--stage2-reference", default=None, help="RLHN stage-2 verdicts; they decide the queries they hold")
@@ -124,9 +208,9 @@ def parser() -> argparse.ArgumentParser:
         help="which ARHN actions count as 'false negative'",
     )
     a.add_argument("--json", default=None, help="also write the result here")
-    a.set_defaults(fn=_agreement)
 
-    e = sub.add_parser("export", help="training files from OUTPUT")
+    e = _command(sub, "export", "write training files from an output folder",
+                 "arhn-ray export out/local --format sentence-transformers --negatives 7 --out train.parquet", _export)  # fmt: skip
     e.add_argument("output")
     e.add_argument("--format", choices=["sentence-transformers", "flagembedding", "tevatron"], required=True)
     e.add_argument("--negatives", type=int, default=7)
@@ -134,13 +218,12 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--e5-prefixes", action="store_true", help="prefix 'query: ' and 'passage: ' (E5)")
     e.add_argument("--short", choices=["repeat", "drop", "keep"], default="repeat", help="rows with fewer negatives than asked")
     e.add_argument("--out", required=True)
-    e.set_defaults(fn=_export)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.fn(args)
     except ConfigError as e:

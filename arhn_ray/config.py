@@ -28,6 +28,8 @@ class InputConfig:
     storage_options: dict[str, Any] = field(default_factory=dict)
     max_passage_chars: int = 200_000
     limit: int | None = None  # at most this many rows per shard (trial runs)
+    # the unit of work, memory and resume: a file is split into parts of about this many rows
+    part_rows: int = 2000
 
 
 @dataclass
@@ -59,6 +61,10 @@ class EngineConfig:
     top_p: float = 1.0
     chat_template_kwargs: dict[str, Any] = field(default_factory=lambda: {"enable_thinking": False})
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    # vllm: a call in flight with no engine step for this long means the engine is dead (hung GPU,
+    # stopped process); the replica then exits and Ray restarts it. An exited engine process is
+    # noticed within a second whatever this is.
+    stall_timeout_s: float = 600.0
     # vllm: AsyncLLMEngine instead of vllm.LLM; each row goes Stage 1 -> Stage 2 on its own
     # and batches overlap (pipeline.max_concurrent_batches). replay supports it too.
     async_engine: bool = False
@@ -84,8 +90,11 @@ class MethodConfig:
 
 @dataclass
 class Stage1Config:
-    constraint: str = "none"  # none | format | verbatim
+    constraint: str = "none"  # none | format | verbatim (with sentence_ids: any but none allows only existing ids)
     max_tokens: int = 1024
+    # text: the model copies each snippet (the paper); sentence_ids: it answers ids of the passage's
+    # numbered sentences and the snippet is cut from the passage (prompts ids-v1 unless prompts.dir is set)
+    output: str = "text"
 
 
 @dataclass
@@ -114,8 +123,16 @@ class PipelineConfig:
     batch_size: int = 16  # rows per actor call
     max_concurrent_batches: int = 1  # batches a replica works on at once; past 1 needs engine.async_engine
     retries: int = 2  # LLM call retries before a row is rejected
+    # the run stops, naming the most common reason, once more than this share of the rows it has
+    # seen were rejected (checked from max_rejected_min_rows rows on)
+    max_rejected_fraction: float = 0.1
+    max_rejected_min_rows: int = 200
+    max_replica_restarts: int = 3  # per replica: a dead engine or a crashed process restarts it
     ray_address: str | None = None  # None: join a running cluster if there is one, else start one
     progress: bool = True
+    ray_progress_bars: bool = False  # Ray Data's own operator bars, besides arhn-ray's progress line
+    read_concurrency: int = 2  # parts read at once
+    block_bytes: int = 1 << 20  # Ray Data's target block size: results flow to the writer batch by batch
 
 
 @dataclass
@@ -161,6 +178,8 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
         raise ConfigError(f"config key {key!r}: {e.msg if hasattr(e, 'msg') else e}") from None
+    if cfg.stage1.output == "sentence_ids" and cfg.prompts.version == "paper-v1" and not cfg.prompts.dir:
+        cfg.prompts.version = "ids-v1"  # the paper's Stage 1 asks for copied text, not ids
     check(cfg)
     return cfg
 
@@ -172,23 +191,30 @@ def check(cfg: Config) -> None:
         value = flat[section][name]  # type: ignore[index]
         if value not in allowed:
             raise ConfigError(f"config key {key!r}: {value!r} is not one of {', '.join(allowed)}")
-    for key in ("engine.replicas", "engine.tensor_parallel_size", "engine.pipeline_parallel_size", "pipeline.batch_size", "pipeline.max_concurrent_batches"):
+    for key in ("engine.replicas", "engine.tensor_parallel_size", "engine.pipeline_parallel_size", "pipeline.batch_size",
+                "pipeline.max_concurrent_batches", "input.part_rows", "pipeline.read_concurrency", "pipeline.block_bytes"):  # fmt: skip
         section, name = key.split(".")
         if flat[section][name] < 1:  # type: ignore[index]
             raise ConfigError(f"config key {key!r}: must be at least 1")
+    if not 0.0 <= cfg.pipeline.max_rejected_fraction <= 1.0:
+        raise ConfigError("config key 'pipeline.max_rejected_fraction': must be between 0 and 1")
     if cfg.engine.kind == "replay" and not cfg.engine.replay_path:
         raise ConfigError("config key 'engine.replay_path': required when engine.kind=replay")
     if cfg.engine.kind == "openai" and not cfg.engine.base_url:
         raise ConfigError("config key 'engine.base_url': required when engine.kind=openai")
     if cfg.engine.async_engine and cfg.engine.kind == "openai":
-        raise ConfigError("config key 'engine.async_engine': the openai engine has no async mode (it already sends requests concurrently)")
+        raise ConfigError(
+            "config key 'engine.async_engine': the openai engine has no async mode (it already sends requests concurrently)"
+        )
     if cfg.pipeline.max_concurrent_batches > 1 and not cfg.engine.async_engine:
         raise ConfigError("config key 'pipeline.max_concurrent_batches': more than 1 needs engine.async_engine=true")
     if cfg.truncation.tokenizer:
         try:
             resolve_tokenizer(cfg.truncation.tokenizer)
         except RuntimeError as e:
-            raise ConfigError(f"config key 'truncation.tokenizer': {cfg.truncation.tokenizer}: {e} (the cpu extra installs it)") from None
+            raise ConfigError(
+                f"config key 'truncation.tokenizer': {cfg.truncation.tokenizer}: {e} (the cpu extra installs it)"
+            ) from None
     try:
         method_options(cfg)
     except ValueError as e:
@@ -208,6 +234,7 @@ def method_options(cfg: Config) -> MethodOptions:
         ungrounded_as_no_answer=m.ungrounded_as_no_answer,
         stage1_constraint=cfg.stage1.constraint,
         stage2_constraint=cfg.stage2.constraint,
+        stage1_output=cfg.stage1.output,
     )
 
 
@@ -230,7 +257,9 @@ def to_yaml(cfg: Config) -> str:
 
 
 def config_digest(cfg: Config) -> str:
-    return hashlib.sha256(json.dumps(_redact(OmegaConf.to_container(OmegaConf.structured(cfg))), sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(
+        json.dumps(_redact(OmegaConf.to_container(OmegaConf.structured(cfg))), sort_keys=True).encode()
+    ).hexdigest()[:16]
 
 
 def secret_values(cfg: Config) -> list[str]:

@@ -17,13 +17,59 @@ from helpers import ROOT, blocks
 from arhn_ray.config import load_config
 
 RAYJOB = ROOT / "jobs" / "kuberay" / "rayjob.yaml"
-# The fields of RayJobSpec in KubeRay's ray.io/v1 API (ray-operator/apis/ray/v1/rayjob_types.go).
-RAYJOB_SPEC_FIELDS = {
-    "activeDeadlineSeconds", "backoffLimit", "rayClusterSpec", "submitterPodTemplate", "metadata", "clusterSelector",
-    "submitterConfig", "managedBy", "deletionStrategy", "entrypoint", "runtimeEnvYAML", "jobId", "submissionMode",
-    "entrypointResources", "entrypointNumCpus", "entrypointNumGpus", "ttlSecondsAfterFinished", "shutdownAfterJobFinishes",
-    "suspend", "schedule",
-}  # fmt: skip
+STAGE_MODEL = ROOT / "jobs" / "kuberay" / "stage-model.yaml"
+RAYJOB_CRD = ROOT / "tests" / "data" / "kuberay-v1.7.0-ray.io_rayjobs.yaml"
+
+
+def rayjob_schema() -> dict:
+    crd = yaml.safe_load(RAYJOB_CRD.read_text())
+    (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    return v1["schema"]["openAPIV3Schema"]
+
+
+def unknown_fields(obj, schema: dict, path: str = "") -> list[str]:
+    """Fields the schema does not declare: the API server prunes them without a word."""
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return []
+    found = []
+    if isinstance(obj, dict):
+        props = schema.get("properties")
+        extra = schema.get("additionalProperties")
+        for k, v in obj.items():
+            if props is not None and k in props:
+                found += unknown_fields(v, props[k], f"{path}.{k}")
+            elif isinstance(extra, dict):
+                found += unknown_fields(v, extra, f"{path}.{k}")
+            elif props is not None:
+                found.append(f"{path}.{k}")
+    elif isinstance(obj, list) and isinstance(schema.get("items"), dict):
+        for i, v in enumerate(obj):
+            found += unknown_fields(v, schema["items"], f"{path}[{i}]")
+    return found
+
+
+def test_the_crd_check_catches_wrong_types_and_unknown_fields():
+    import jsonschema
+
+    job = yaml.safe_load(RAYJOB.read_text())
+    job["spec"]["ttlSecondAfterFinished"] = 60  # a typo the API server would drop silently
+    job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["imagePullPolice"] = "Always"
+    assert unknown_fields(job, rayjob_schema()) == [
+        ".spec.ttlSecondAfterFinished",
+        ".spec.rayClusterSpec.workerGroupSpecs[0].template.spec.containers[0].imagePullPolice",
+    ]
+    job = yaml.safe_load(RAYJOB.read_text())
+    job["spec"]["backoffLimit"] = "two"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(job, rayjob_schema())
+
+
+def test_rayjob_is_valid_against_kuberays_crd():
+    import jsonschema
+
+    job = yaml.safe_load(RAYJOB.read_text())
+    jsonschema.validate(job, rayjob_schema())
+    assert unknown_fields(job, rayjob_schema()) == []
 
 
 @pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.cpu"])
@@ -49,8 +95,12 @@ def test_rayjob_is_the_paper_setup_and_its_pods_are_valid():
     job = yaml.safe_load(RAYJOB.read_text())
     assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
     spec = job["spec"]
-    assert set(spec) <= RAYJOB_SPEC_FIELDS, set(spec) - RAYJOB_SPEC_FIELDS
-    assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] > 0
+    # the cluster is deleted soon after the job: 16 idle GPUs for an hour cost 16 GPU-hours
+    assert spec["shutdownAfterJobFinishes"] is True and 0 < spec["ttlSecondsAfterFinished"] <= 300
+    submitter = spec["submitterPodTemplate"]["spec"]
+    assert submitter["restartPolicy"] == "Never"
+    assert "nvidia.com/gpu" not in submitter["containers"][0]["resources"]["limits"]
+    assert int(submitter["containers"][0]["resources"]["limits"]["cpu"]) <= 1
     cluster = spec["rayClusterSpec"]
     gpus = sum(
         g["replicas"] * int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
@@ -63,12 +113,30 @@ def test_rayjob_is_the_paper_setup_and_its_pods_are_valid():
     assert head["volumes"][0]["configMap"]["name"] == "arhn-config"
     assert head["containers"][0]["envFrom"][0]["secretRef"]["name"] == "arhn-s3"
     assert any(v.get("persistentVolumeClaim") for v in worker["volumes"])
-    for template in [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]:
+    templates = [cluster["headGroupSpec"]["template"], spec["submitterPodTemplate"]] + [
+        g["template"] for g in cluster["workerGroupSpecs"]
+    ]
+    for template in templates:
         pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": template["spec"]}
         kubernetes_validate.validate(pod, "1.30", strict=True)
-    # the entrypoint runs the paper config with the overrides it names
+        # the image runs as uid 1000: fsGroup makes the model volume writable by it
+        assert template["spec"]["securityContext"]["fsGroup"] == 1000
+    for template in templates[:1] + templates[2:]:
+        env = {e["name"]: e.get("value") for e in template["spec"]["containers"][0]["env"]}
+        assert env["HF_HUB_OFFLINE"] == "1" and env["HF_HOME"].startswith(
+            "/models/"
+        )  # the staged copy, never a download per replica
+    stage = yaml.safe_load(STAGE_MODEL.read_text())
+    kubernetes_validate.validate(stage, "1.30", strict=True)
+    stage_pod = stage["spec"]["template"]["spec"]
+    assert (
+        stage_pod["volumes"][0]["persistentVolumeClaim"]["claimName"]
+        == worker["volumes"][0]["persistentVolumeClaim"]["claimName"]
+    )
+    assert stage_pod["containers"][0]["command"][-1] == load_config(str(ROOT / "conf" / "qwen3-32b-a100x16.yaml")).engine.model
+    # the entrypoint runs the paper config with the overrides it names, with the image's python3
     words = spec["entrypoint"].split()
-    assert words[:2] == ["python", "/opt/arhn-ray/jobs/refine.py"]
+    assert words[:2] == ["python3", "/opt/arhn-ray/jobs/refine.py"]
     cfg = load_config(str(ROOT / "conf" / words[2].rsplit("/", 1)[-1]), words[3:])
     assert (cfg.engine.replicas * cfg.engine.tensor_parallel_size) == gpus
 
@@ -79,16 +147,22 @@ def _recordings(tmp_path):
     from arhn_ray.data.readers import from_flagembedding
     from arhn_ray.method import labeling as lb
 
-    rows = load_jsonl(SAMPLES / "rlhn_msmarco.jsonl") + [from_flagembedding(r) for r in load_jsonl(SAMPLES / "flagembedding_msmarco.jsonl")]
+    rows = load_jsonl(SAMPLES / "rlhn_msmarco.jsonl") + [
+        from_flagembedding(r) for r in load_jsonl(SAMPLES / "flagembedding_msmarco.jsonl")
+    ]
     rec = []
     for row in rows:
         plan = lb.plan_row(row, lb.MethodOptions())
         for c, members in enumerate(plan.chunks):
-            snippets = [row["positive_passages"][0]["text"][:30]] + [row["negative_passages"][i]["text"][:30] if k % 3 == 0 else None for k, i in enumerate(members)]
+            snippets = [row["positive_passages"][0]["text"][:30]] + [
+                row["negative_passages"][i]["text"][:30] if k % 3 == 0 else None for k, i in enumerate(members)
+            ]
             rec.append({"query_id": row["query_id"], "stage": 1, "chunk": c, "text": blocks(snippets)})
             n = 1 + sum(1 for s in snippets[1:] if s)
             if n > 1:
-                rec.append({"query_id": row["query_id"], "stage": 2, "chunk": c, "text": " > ".join(f"[{i}]" for i in range(n, 0, -1))})
+                rec.append(
+                    {"query_id": row["query_id"], "stage": 2, "chunk": c, "text": " > ".join(f"[{i}]" for i in range(n, 0, -1))}
+                )
     path = tmp_path / "rec.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rec))
     return path, len(rows)
@@ -160,7 +234,7 @@ def test_ray_job_submit_runs_the_job(ray_head, tmp_path):
     stats = json.loads((out / "stats.json").read_text())
     assert stats["overall"]["queries"] + stats["overall"]["rejected"] == n_rows == 20
     assert stats["overall"]["rejected"] == 0
-    assert sorted(p.name for p in (out / "refined").glob("*.parquet")) == ["flagembedding_msmarco.parquet", "rlhn_msmarco.parquet"]
+    assert sorted(p.parent.name for p in (out / "refined").glob("*/*.parquet")) == ["flagembedding_msmarco", "rlhn_msmarco"]
 
 
 @pytest.mark.ray

@@ -29,7 +29,7 @@ def local_output(tmp_path_factory):
         timeout=3000,
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    return out, res.stdout
+    return out, res.stdout + res.stderr  # all the terminal shows
 
 
 def sample_ids() -> dict[str, set[str]]:
@@ -43,8 +43,8 @@ def test_every_sample_row_lands_in_exactly_one_output(local_output):
     expected = sample_ids()
     assert sum(len(v) for v in expected.values()) == 20
     for shard, ids in expected.items():
-        refined = pq.read_table(out / "refined" / f"{shard}.parquet")
-        rejected = pq.read_table(out / "rejected" / f"{shard}.parquet")
+        refined = pq.read_table(out / "refined" / shard)
+        rejected = pq.read_table(out / "rejected" / shard)
         assert refined.schema.equals(OUTPUT_SCHEMA) and rejected.schema.equals(REJECTED_SCHEMA)
         got = refined.column("query_id").to_pylist() + rejected.column("query_id").to_pylist()
         assert sorted(got) == sorted(ids)
@@ -58,10 +58,25 @@ def test_every_sample_row_lands_in_exactly_one_output(local_output):
         assert (out / name).stat().st_size > 0
 
 
+def test_the_terminal_shows_progress_and_the_summary_and_the_rest_goes_to_the_log(local_output):
+    out, terminal = local_output
+    lines = terminal.splitlines()
+    assert len(lines) <= 40, terminal
+    assert any(line.startswith("progress: 20 / 20 rows (100%)") for line in lines), terminal
+    assert "relabeled" in terminal and "NOT fit for training" in terminal  # the bundled model's labels are a demo
+    for noise in ("weight dtype", "shared memory broadcast", "MapBatches(", "INFO worker.py", "core_worker.cc"):
+        assert noise not in terminal
+    (log,) = (out / "logs").glob("refine-*.log")
+    text = log.read_text(errors="replace")
+    assert "Started a local Ray instance" in text or "ray" in text.lower()
+    card = (out / "README.md").read_text()
+    assert "NOT fit for training" in card and "filtered" in card
+
+
 def test_verbatim_snippets_of_the_real_run_are_exact(local_output):
     out, _ = local_output
     for shard in ("rlhn_msmarco", "flagembedding_msmarco"):
-        for row in pq.read_table(out / "refined" / f"{shard}.parquet").to_pylist():
+        for row in pq.read_table(out / "refined" / shard).to_pylist():
             for d in row["decisions"]:
                 assert d["grounding"] in (None, "exact")
             assert row["provenance"]["model"] == "bundled:smollm2"

@@ -51,14 +51,33 @@ def replay_output(ray_cluster, tmp_path_factory):
         for r in perfect_recordings(rows, verdicts):
             f.write(json.dumps(r) + "\n")
     out = tmp / "out"
-    code = main(["refine", str(ROOT / "conf" / "replay.yaml"), f"input.path={tmp / 'in'}", f"output.path={out}", f"engine.replay_path={tmp / 'rec.jsonl'}"])
+    code = main(
+        [
+            "refine",
+            str(ROOT / "conf" / "replay.yaml"),
+            f"input.path={tmp / 'in'}",
+            f"output.path={out}",
+            f"engine.replay_path={tmp / 'rec.jsonl'}",
+        ]
+    )
     assert code == 0
     return out
 
 
 def test_kappa_is_one_for_a_run_built_to_agree_with_rlhn(replay_output, tmp_path, capsys):
     result_file = tmp_path / "kappa.json"
-    code = main(["agreement", str(replay_output), "--reference", str(RLHN_STAGE1), "--stage2-reference", str(RLHN_STAGE2), "--json", str(result_file)])
+    code = main(
+        [
+            "agreement",
+            str(replay_output),
+            "--reference",
+            str(RLHN_STAGE1),
+            "--stage2-reference",
+            str(RLHN_STAGE2),
+            "--json",
+            str(result_file),
+        ]
+    )
     assert code == 0
     result = json.loads(result_file.read_text())
     assert result["overall"]["kappa"] == 1.0
@@ -73,20 +92,22 @@ def test_kappa_drops_when_filter_counts_as_false_negative_or_stage2_is_ignored(r
 
     assert agreement(str(replay_output), str(RLHN_STAGE1))["overall"]["kappa"] < 1.0
     csv_ref = tmp_path / "ref.csv"
-    rows = [r for r in pq.read_table(replay_output / "refined" / "msmarco.parquet").to_pylist()]
+    rows = [r for r in pq.read_table(replay_output / "refined" / "msmarco").to_pylist()]
     with open(csv_ref, "w") as f:
         f.write("query_id,docid,label\n")
         for r in rows:
             for d in r["decisions"]:
-                f.write(f"{r['query_id']},{d['docid']},{'false_negative' if d['action'] == 'relabel' or d['reason'] == 'duplicate_of_positive' else 'negative'}\n")
+                f.write(
+                    f"{r['query_id']},{d['docid']},{'false_negative' if d['action'] == 'relabel' or d['reason'] == 'duplicate_of_positive' else 'negative'}\n"
+                )
     assert agreement(str(replay_output), str(csv_ref))["overall"]["kappa"] == 1.0
 
 
 def test_relabel_recomputes_variants_without_an_llm(replay_output, tmp_path):
     out = tmp_path / "filter-variant"
     assert main(["relabel", str(replay_output), "--variant", "filter", "--out", str(out)]) == 0
-    before = {r["query_id"]: r for r in pq.read_table(replay_output / "refined" / "msmarco.parquet").to_pylist()}
-    after = {r["query_id"]: r for r in pq.read_table(out / "refined" / "msmarco.parquet").to_pylist()}
+    before = {r["query_id"]: r for r in pq.read_table(replay_output / "refined" / "msmarco").to_pylist()}
+    after = {r["query_id"]: r for r in pq.read_table(out / "refined" / "msmarco").to_pylist()}
     assert before.keys() == after.keys()
     changed = 0
     for qid, row in before.items():
@@ -113,10 +134,27 @@ def test_export_three_formats(replay_output, tmp_path):
     from datasets import load_dataset
 
     st = tmp_path / "st.parquet"
-    assert main(["export", str(replay_output), "--format", "sentence-transformers", "--negatives", "7", "--seed", "3", "--e5-prefixes", "--out", str(st)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(replay_output),
+                "--format",
+                "sentence-transformers",
+                "--negatives",
+                "7",
+                "--seed",
+                "3",
+                "--e5-prefixes",
+                "--out",
+                str(st),
+            ]
+        )
+        == 0
+    )
     ds = load_dataset("parquet", data_files=str(st), split="train")
     assert ds.column_names == ["anchor", "positive"] + [f"negative_{i}" for i in range(1, 8)]
-    refined = pq.read_table(replay_output / "refined" / "msmarco.parquet").to_pylist()
+    refined = pq.read_table(replay_output / "refined" / "msmarco").to_pylist()
     assert len(ds) == sum(len(r["positive_passages"]) for r in refined)
     assert all(a.startswith("query: ") for a in ds["anchor"]) and all(p.startswith("passage: ") for p in ds["negative_7"])
 
@@ -147,3 +185,64 @@ def test_export_three_formats(replay_output, tmp_path):
     again = tmp_path / "fe2.jsonl"
     main(["export", str(replay_output), "--format", "flagembedding", "--out", str(again)])
     assert again.read_text() == fe.read_text()
+
+
+def test_the_output_is_a_dataset_people_load(replay_output, tmp_path, capsys):
+    """refined/ loads with Hugging Face datasets as it is; so does every export format, in the
+    file type its name asks for; the output folder carries a dataset card."""
+    from datasets import load_dataset
+
+    refined = load_dataset("parquet", data_files=str(replay_output / "refined" / "*" / "*.parquet"), split="train")
+    stats = json.loads((replay_output / "stats.json").read_text())
+    assert len(refined) == stats["overall"]["queries"] and "decisions" in refined.column_names
+    card = (replay_output / "README.md").read_text()
+    assert card.startswith("---\nconfigs:") and "data_files: refined/*/*.parquet" in card
+    assert f"{stats['overall']['queries']} queries refined" in card and stats["config_hash"] in card
+    assert "NOT fit for training" not in card  # a replay of recorded labels, not the bundled model
+
+    for fmt in ("sentence-transformers", "flagembedding", "tevatron"):
+        for ext in ("parquet", "jsonl"):
+            out = tmp_path / f"{fmt}.{ext}"
+            assert main(["export", str(replay_output), "--format", fmt, "--out", str(out)]) == 0
+            assert capsys.readouterr().out.strip().endswith(f"as {ext}")
+            ds = load_dataset("parquet" if ext == "parquet" else "json", data_files=str(out), split="train")
+            assert len(ds) > 0
+            if ext == "parquet":
+                assert pq.read_metadata(out).num_rows == len(ds)  # a real parquet file, not JSON lines
+    assert main(["export", str(replay_output), "--format", "tevatron", "--out", str(tmp_path / "x.csv")]) == 2
+    assert "name a .parquet or a .jsonl file" in capsys.readouterr().err
+
+
+def test_the_card_warns_when_the_bundled_model_labeled_the_data():
+    from arhn_ray.card import render_card
+
+    base = {"overall": {"queries": 20, "rejected": 0, "negatives_in": 500, "relabel": 0, "filter": 481, "keep": 19,
+                        "per_query": {"relabel": 0, "filter": 24.05, "keep": 0.95}, "no_answer_rate": 0.038,
+                        "stage1_prompt_tokens": 1, "stage1_output_tokens": 1, "stage1_calls": 60, "stage2_prompt_tokens": 1,
+                        "stage2_output_tokens": 1, "stage2_calls": 59, "stage2_skipped": 1},
+            "subsets": {}, "grounding": {}, "stage2_status": {}, "decision_reasons": {}, "rejected_reasons": {}}  # fmt: skip
+    card = render_card({**base, "model": "bundled:smollm2"})
+    assert "NOT fit for training" in card and "filtered 481 of 500 negatives" in card
+    assert "NOT fit for training" not in render_card({**base, "model": "Qwen/Qwen3-32B"})
+
+
+def test_help_reads_as_plain_text_with_an_example_for_each_command(capsys):
+    import pytest
+
+    for argv in ([], ["refine"], ["plan"], ["stats"], ["relabel"], ["agreement"], ["export"], ["prepare-model"]):
+        with pytest.raises(SystemExit) as exit_:
+            main([*argv, "--help"])
+        assert exit_.value.code == 0
+        text = capsys.readouterr().out
+        assert "example" in text and "arhn-ray " in text.split("example", 1)[1], argv
+
+
+def test_plan_reports_the_shipped_sample_without_calling_an_llm(capsys):
+    assert main(["plan", str(ROOT / "conf" / "local.yaml"), "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert (plan["rows"], plan["stage1_calls"], plan["chunks"], plan["negatives"]) == (20, 60, 60, 500)
+    assert plan["stage2_calls_at_most"] == 60 and plan["stage1_prompt_tokens"] > 0
+    assert plan["tokenizer"].startswith("bundled:smollm2 (the model's own tokenizer")
+    assert main(["plan", str(ROOT / "conf" / "qwen3-32b-a100x16.yaml"), "input.path=arhn_ray/samples"]) == 0
+    text = capsys.readouterr().out
+    assert "on 16 GPUs" in text and "GPU-hours" in text and "not readable here" in text

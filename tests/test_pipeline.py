@@ -4,6 +4,7 @@ every row in exactly one output, resume, the paper's 16-GPU placement, s3:// in 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -57,9 +58,12 @@ def dataset(tmp_path: Path) -> tuple[Path, Path, dict]:
     return data, recordings, expected
 
 
+FIRST_PART = "bytes-0000000000000.parquet"  # a small JSONL file is one part, starting at byte 0
+
+
 def read_dir(path: Path) -> list[dict]:
     rows = []
-    for f in sorted(path.glob("*.parquet")):
+    for f in sorted(path.glob("*/*.parquet")):
         rows.extend(pq.read_table(f).to_pylist())
     return rows
 
@@ -77,7 +81,10 @@ def test_replay_job_gives_exact_decisions_and_every_row_once(ray_cluster, tmp_pa
     stats = run(replay_config(data, recordings, out))
     refined = read_dir(out / "refined")
     rejected = read_dir(out / "rejected")
-    assert sorted(p.name for p in (out / "refined").glob("*.parquet")) == ["part-0.parquet", "part-1.parquet"]
+    assert sorted(p.relative_to(out / "refined").as_posix() for p in (out / "refined").glob("*/*.parquet")) == [
+        f"part-0/{FIRST_PART}",
+        f"part-1/{FIRST_PART}",
+    ]
     assert sorted(r["query_id"] for r in refined) == ["a", "b", "c"]
     for row in refined:
         assert [(d["docid"], d["action"]) for d in row["decisions"]] == expected[row["query_id"]]
@@ -87,7 +94,9 @@ def test_replay_job_gives_exact_decisions_and_every_row_once(ray_cluster, tmp_pa
     assert [p["docid"] for p in a["negative_passages"]] == ["n2"]
     b = next(r for r in refined if r["query_id"] == "b")
     assert [c["stage2_text"] is None for c in b["llm"]] == [False, True]
-    assert [(r["source"], r["row_index"], r["field"]) for r in rejected] == [("part-0", 1, "query")]
+    # a JSONL row is named by the offset of its first byte: the bad row is the second line
+    second_line = len((data / "part-0.jsonl").read_bytes().split(b"\n")[0]) + 1
+    assert [(r["source"], r["row_index"], r["field"]) for r in rejected] == [("part-0", second_line, "query")]
     assert "query" in rejected[0]["reason"] and json.loads(rejected[0]["row"])["query_id"] == "bad"
     o = stats["overall"]
     assert (o["queries"], o["rejected"], o["relabel"], o["filter"], o["keep"]) == (3, 1, 3, 2, 12)
@@ -106,16 +115,16 @@ def test_staged_mode_gives_the_same_rows(ray_cluster, tmp_path):
     assert sorted(read_dir(fused / "refined"), key=key) == sorted(read_dir(staged / "refined"), key=key)
 
 
-def test_rerun_skips_complete_shards_and_never_takes_a_partial_one(ray_cluster, tmp_path):
+def test_rerun_skips_complete_parts_and_never_takes_a_partial_one(ray_cluster, tmp_path):
     data, recordings, _ = dataset(tmp_path)
     out = tmp_path / "out"
     run(replay_config(data, recordings, out))
-    first = (out / "refined" / "part-0.parquet").stat().st_mtime_ns
-    # a crashed run leaves a temp file and no manifest for part-1
-    (out / "_shards" / "part-1.json").unlink()
-    (out / "refined" / ".part-1.deadbeef.tmp").write_bytes(b"half")
+    first = (out / "refined" / "part-0" / FIRST_PART).stat().st_mtime_ns
+    # a crashed run leaves a temp file and no manifest for part-1's only part
+    (out / "_parts" / "part-1" / FIRST_PART.replace(".parquet", ".json")).unlink()
+    (out / "refined" / "part-1" / ".bytes-0000000000000.deadbeef.tmp").write_bytes(b"half")
     stats = run(replay_config(data, recordings, out))
-    assert (out / "refined" / "part-0.parquet").stat().st_mtime_ns == first
+    assert (out / "refined" / "part-0" / FIRST_PART).stat().st_mtime_ns == first
     assert stats["overall"]["queries"] == 3 and stats["overall"]["rejected"] == 1
     assert sorted(r["query_id"] for r in read_dir(out / "refined")) == ["a", "b", "c"]
 
@@ -155,7 +164,9 @@ def test_paper_config_runs_8_replicas_of_2_gpus(ray_cluster, tmp_path, monkeypat
     for g in groups:
         assert g["strategy"] == "STRICT_PACK"
         assert [b.get("GPU") for b in g["bundles"].values()] == [1.0, 1.0]
-    assert not [pid for pid in placement_group_table() if pid not in before and placement_group_table()[pid]["state"] != "REMOVED"]
+    assert not [
+        pid for pid in placement_group_table() if pid not in before and placement_group_table()[pid]["state"] != "REMOVED"
+    ]
     assert stats["overall"]["queries"] == 3 and stats["overall"]["rejected"] == 1
 
 
@@ -167,8 +178,11 @@ def test_s3_in_and_out(ray_cluster, tmp_path, s3_server):
 
     ck = s3_server["client_kwargs"]
     boto3.client(
-        "s3", endpoint_url=ck["endpoint_url"], region_name=ck["region_name"],
-        aws_access_key_id=s3_server["key"], aws_secret_access_key=s3_server["secret"],
+        "s3",
+        endpoint_url=ck["endpoint_url"],
+        region_name=ck["region_name"],
+        aws_access_key_id=s3_server["key"],
+        aws_secret_access_key=s3_server["secret"],
     ).create_bucket(Bucket="arhn-test")
     fs = s3fs.S3FileSystem(**s3_server)
     fs.put(str(data / "part-0.jsonl"), "arhn-test/in/part-0.jsonl")
@@ -179,8 +193,8 @@ def test_s3_in_and_out(ray_cluster, tmp_path, s3_server):
     )
     stats = run(cfg)
     assert stats["overall"]["queries"] == 3
-    assert sorted(fs.ls("arhn-test/out/refined")) == ["arhn-test/out/refined/part-0.parquet", "arhn-test/out/refined/part-1.parquet"]
-    with fs.open("arhn-test/out/refined/part-0.parquet", "rb") as f:
+    assert sorted(fs.find("arhn-test/out/refined")) == [f"arhn-test/out/refined/part-{i}/{FIRST_PART}" for i in (0, 1)]
+    with fs.open(f"arhn-test/out/refined/part-0/{FIRST_PART}", "rb") as f:
         assert sorted(r["query_id"] for r in pq.read_table(f).to_pylist()) == ["a", "b"]
     saved = fs.cat("arhn-test/out/config.yaml").decode()
     assert "testing-secret-value" not in saved and "testing-key-id" not in saved
@@ -198,7 +212,78 @@ def test_staged_pools_leave_room_to_read_on_a_two_cpu_machine(tmp_path):
     cmd = [sys.executable, "-m", "arhn_ray", "refine", str(ROOT / "conf" / "replay.yaml"), f"input.path={data}",
            f"output.path={tmp_path / 'out'}", f"engine.replay_path={recordings}", "pipeline.mode=staged",
            "engine.num_cpus=1", "pipeline.progress=false"]  # fmt: skip
-    script = "import ray, runpy, sys; ray.init(num_cpus=2); sys.argv = sys.argv[1:]; runpy.run_module('arhn_ray', run_name='__main__')"
+    script = (
+        "import ray, runpy, sys; ray.init(num_cpus=2); sys.argv = sys.argv[1:]; runpy.run_module('arhn_ray', run_name='__main__')"
+    )
     res = subprocess.run([sys.executable, "-c", script, *cmd[2:]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads((tmp_path / "out" / "stats.json").read_text())["overall"]["queries"] == 3
+
+
+def test_parts_are_written_while_the_run_goes_on(ray_cluster, tmp_path):
+    """Output flows: a part is durable as soon as its last row is in, long before the file is done."""
+    import threading
+
+    data = tmp_path / "in"
+    data.mkdir()
+    rows = [make_row(2, qid=f"f{i}") for i in range(24)]
+    write_jsonl(data / "one.jsonl", rows)
+    rec = [{"query_id": r["query_id"], "stage": 1, "chunk": 0, "text": blocks([ANCHOR, None, None])} for r in rows]
+    write_jsonl(tmp_path / "rec.jsonl", rec)
+    out = tmp_path / "out"
+    seen: list[int] = []
+    running = threading.Event()
+    running.set()
+
+    def watch() -> None:
+        while running.is_set():
+            seen.append(len(list((out / "_parts").glob("*/*.json"))) if (out / "_parts").exists() else 0)
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    cfg = replay_config(data, tmp_path / "rec.jsonl", out, "input.part_rows=4", "engine.replay_delay_s=0.3", "engine.replicas=1")
+    try:
+        stats = run(cfg)
+    finally:
+        running.clear()
+        watcher.join()
+    total = len(list((out / "_parts").glob("*/*.json")))
+    assert total >= 6 and stats["overall"]["queries"] == 24
+    # while the run was still going, some parts were already written and others not yet
+    assert any(0 < n < total for n in seen), seen
+
+
+def test_the_runs_counters_reach_rays_metrics_endpoint(ray_cluster, tmp_path):
+    """Rows, labels, tokens and engine errors go out through ray.util.metrics: what the Ray
+    dashboard and a Prometheus scrape of the node's metrics endpoint read."""
+    import re
+    import urllib.request
+
+    data, recordings, _ = dataset(tmp_path)
+    counted = [{**json.loads(line), "prompt_tokens": 100, "output_tokens": 10} for line in recordings.read_text().splitlines()]
+    write_jsonl(recordings, counted)
+    out = tmp_path / "out"
+    run(replay_config(data, recordings, out))
+    port = ray_cluster._private.worker.global_worker.node.metrics_export_port
+    want = {("arhn_rows", "outcome", "refined"): 3, ("arhn_rows", "outcome", "rejected"): 1,
+            ("arhn_negatives", "action", "relabel"): 3, ("arhn_negatives", "action", "filter"): 2,
+            ("arhn_negatives", "action", "keep"): 12}  # fmt: skip
+    got: dict = {}
+    deadline = time.time() + 90  # Ray exports metrics every few seconds
+    while time.time() < deadline:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        got = {}
+        for line in text.splitlines():
+            m = re.match(r"^\w*?(arhn_\w+?)(?:_total)?\{(.*)\} ([0-9.e+]+)$", line)
+            if m and f'output="{out}"' in m.group(2):
+                for (name, tag, value), _ in want.items():
+                    if m.group(1) == name and f'{tag}="{value}"' in m.group(2):
+                        got[(name, tag, value)] = float(m.group(3))
+                if m.group(1) == "arhn_llm_tokens" and 'stage="stage1"' in m.group(2) and 'kind="output"' in m.group(2):
+                    got["tokens"] = float(m.group(3))
+        if all(got.get(k) == v for k, v in want.items()) and got.get("tokens") == 40:
+            break
+        time.sleep(2)
+    assert {k: got.get(k) for k in want} == want
+    assert got.get("tokens") == 40  # 4 Stage 1 calls (a: 1 chunk, b: 2, c: 1) of 10 output tokens

@@ -31,9 +31,9 @@ ANCHOR = "X is a letter."
 
 def outputs(out: Path) -> tuple[list[dict], list[dict]]:
     refined, rejected = [], []
-    for f in sorted((out / "refined").glob("*.parquet")):
+    for f in sorted((out / "refined").glob("*/*.parquet")):
         refined.extend(pq.read_table(f).to_pylist())
-    for f in sorted((out / "rejected").glob("*.parquet")):
+    for f in sorted((out / "rejected").glob("*/*.parquet")):
         rejected.extend(pq.read_table(f).to_pylist())
     return refined, rejected
 
@@ -42,7 +42,14 @@ def good_recordings(rows: list[dict]) -> list[dict]:
     rec = []
     for r in rows:
         n = len(r["negative_passages"])
-        rec.append({"query_id": r["query_id"], "stage": 1, "chunk": 0, "text": blocks([ANCHOR] + [f"Negative passage number {i}." for i in range(n)])})
+        rec.append(
+            {
+                "query_id": r["query_id"],
+                "stage": 1,
+                "chunk": 0,
+                "text": blocks([ANCHOR] + [f"Negative passage number {i}." for i in range(n)]),
+            }
+        )
         rec.append({"query_id": r["query_id"], "stage": 2, "chunk": 0, "text": " > ".join(f"[{i}]" for i in range(n + 1, 0, -1))})
     return rec
 
@@ -72,8 +79,19 @@ BAD_ROWS = [
     ({"query_id": "b5", "query": "q", "positive_passages": "text"}, "positive_passages"),
     ({"query_id": "b6", "query": "q", "positive_passages": [passage("p", None)]}, "positive_passages[0].text"),
     ({"query_id": "b7", "query": "q", "positive_passages": [{"docid": "p", "text": 3}]}, "positive_passages[0].text"),
-    ({"query_id": "b8", "query": "q", "positive_passages": [passage("p", "t")], "negative_passages": [passage("p", "dup")]}, "negative_passages[0].docid"),
-    ({"query_id": "b9", "query": "q", "positive_passages": [passage("p", "t")], "negative_passages": [passage("n", "x" * 300_001)]}, "negative_passages[0].text"),
+    (
+        {"query_id": "b8", "query": "q", "positive_passages": [passage("p", "t")], "negative_passages": [passage("p", "dup")]},
+        "negative_passages[0].docid",
+    ),
+    (
+        {
+            "query_id": "b9",
+            "query": "q",
+            "positive_passages": [passage("p", "t")],
+            "negative_passages": [passage("n", "x" * 300_001)],
+        },
+        "negative_passages[0].text",
+    ),
     ({"query_id": "b10", "query": "q", "positive_passages": [{"text": "no id"}]}, "positive_passages[0].docid"),
     ({"query_id": "b11", "query": "q", "positive_passages": [passage("p", "   ")]}, "positive_passages[0].text"),
     ([1, 2, 3], "row"),
@@ -103,11 +121,13 @@ def test_bad_input_is_rejected_row_by_row_and_good_rows_refined(ray_cluster, tmp
     assert sorted(r["query_id"] for r in refined) == sorted([f"g{i}" for i in range(8)] + ["pq1"])
     assert len(rejected) == len(BAD_ROWS) + 3
     by_index = {r["row_index"]: r for r in rejected if r["source"] == "mixed"}
-    for i, line in enumerate(lines):
+    offset = 0  # a JSONL row is named by the offset of its first byte in the file
+    for line in lines:
         if line in [b for b, _ in BAD_ROWS]:
             field = dict((json.dumps(b), f) for b, f in BAD_ROWS)[json.dumps(line)]
-            assert by_index[i]["field"] == field, (line, by_index[i])
-            assert field.split(".")[-1].split("[")[0] in by_index[i]["reason"]
+            assert by_index[offset]["field"] == field, (line, by_index[offset])
+            assert field.split(".")[-1].split("[")[0] in by_index[offset]["reason"]
+        offset += len(line if isinstance(line, bytes) else (json.dumps(line) + "\n").encode())
     reasons = [r["reason"] for r in rejected]
     assert any("invalid UTF-8" in r for r in reasons) and any("invalid JSON" in r for r in reasons)
     assert any("duplicate query_id 'g0'" in r for r in reasons)
@@ -117,7 +137,9 @@ def test_bad_input_is_rejected_row_by_row_and_good_rows_refined(ray_cluster, tmp
 
 junk_value = st.one_of(st.none(), st.integers(), st.floats(allow_nan=True), st.text(max_size=5), st.booleans(),
                        st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))  # fmt: skip
-fuzz_passage = st.one_of(junk_value, st.fixed_dictionaries({}, optional={"docid": junk_value, "text": junk_value, "title": junk_value}))
+fuzz_passage = st.one_of(
+    junk_value, st.fixed_dictionaries({}, optional={"docid": junk_value, "text": junk_value, "title": junk_value})
+)
 fuzz_row = st.one_of(
     junk_value,
     st.fixed_dictionaries(
@@ -213,7 +235,9 @@ def test_a_replica_killed_mid_run_is_replaced_and_the_run_finishes(ray_cluster, 
     killer = threading.Thread(target=kill)
     killer.start()
     # One replica: the run can only finish if Ray replaces the one that was killed.
-    stats = run(replay_cfg(data, rec, tmp_path / "out", "pipeline.batch_size=2", "engine.replay_delay_s=0.3", "engine.replicas=1"))
+    stats = run(
+        replay_cfg(data, rec, tmp_path / "out", "pipeline.batch_size=2", "engine.replay_delay_s=0.3", "engine.replicas=1")
+    )
     finished = time.time()
     killer.join()
     assert killed and killed[0][0] is not None and killed[0][1] < finished
@@ -229,41 +253,46 @@ def test_driver_killed_then_rerun_equals_an_uninterrupted_run(tmp_path):
     data = tmp_path / "in"
     data.mkdir()
     all_rows = []
-    for s in range(6):
-        rows = [make_row(2, qid=f"s{s}r{i}") for i in range(6)]
+    for s in range(3):
+        rows = [make_row(2, qid=f"s{s}r{i}") for i in range(12)]
         all_rows += rows
         write_jsonl(data / f"shard-{s}.jsonl", rows)
     rec = tmp_path / "rec.jsonl"
     write_jsonl(rec, good_recordings(all_rows))
-    args = [f"input.path={data}", f"engine.replay_path={rec}", "pipeline.batch_size=2", "engine.replay_delay_s=0.4", "pipeline.progress=false"]
+    # parts of ~4 rows: each file is 3 parts, the unit the kill may cost
+    args = [f"input.path={data}", f"engine.replay_path={rec}", "pipeline.batch_size=2", "engine.replay_delay_s=0.4",
+            "pipeline.progress=false", "input.part_rows=4"]  # fmt: skip
     cmd = [sys.executable, "-m", "arhn_ray", "refine", str(ROOT / "conf" / "replay.yaml")]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
 
     interrupted = tmp_path / "interrupted"
     proc = subprocess.Popen(cmd + args + [f"output.path={interrupted}"], cwd=ROOT, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    shards_dir = interrupted / "_shards"
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    parts_dir = interrupted / "_parts"
     deadline = time.time() + 300
-    while time.time() < deadline and not (shards_dir.exists() and list(shards_dir.glob("*.json"))):
+    while time.time() < deadline and not (parts_dir.exists() and len(list(parts_dir.glob("*/*.json"))) >= 2):
         time.sleep(0.1)
-    done_before = sorted(p.name for p in (interrupted / "_shards").glob("*.json"))
+    done_before = sorted(p.relative_to(parts_dir).as_posix() for p in parts_dir.glob("*/*.json"))
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert 1 <= len(done_before) < 6, done_before
+    assert 2 <= len(done_before) < 9, done_before
     mtimes = {n: (interrupted / "refined" / n.replace(".json", ".parquet")).stat().st_mtime_ns for n in done_before}
 
     assert subprocess.run(cmd + args + [f"output.path={interrupted}"], cwd=ROOT, env=env, capture_output=True).returncode == 0
     whole = tmp_path / "whole"
     assert subprocess.run(cmd + args + [f"output.path={whole}"], cwd=ROOT, env=env, capture_output=True).returncode == 0
 
-    for n, t in mtimes.items():
+    for n, t in mtimes.items():  # parts written before the kill are kept as they were
         assert (interrupted / "refined" / n.replace(".json", ".parquet")).stat().st_mtime_ns == t
     a, _ = outputs(interrupted)
     b, _ = outputs(whole)
     key = lambda r: r["query_id"]  # noqa: E731
     assert len(a) == len(all_rows) and sorted(a, key=key) == sorted(b, key=key)
-    # a temp file the kill left behind is never taken for output
-    assert sorted(p.name for p in (interrupted / "refined").glob("*.parquet")) == [f"shard-{s}.parquet" for s in range(6)]
+    # every output file is a finished part with its manifest: a temp file the kill left is never output
+    written = sorted(p.relative_to(interrupted / "refined").as_posix() for p in (interrupted / "refined").glob("*/*.parquet"))
+    assert written == sorted(p.relative_to(parts_dir).as_posix().replace(".json", ".parquet") for p in parts_dir.glob("*/*.json"))
+    assert written == sorted(p.relative_to(whole / "refined").as_posix() for p in (whole / "refined").glob("*/*.parquet"))
+    assert len(written) >= 9  # parts of about 4 rows (JSONL parts are byte ranges sized from the mean row)
     sa = json.loads((interrupted / "stats.json").read_text())
     sb = json.loads((whole / "stats.json").read_text())
     assert sa["overall"] == sb["overall"]
@@ -272,9 +301,28 @@ def test_driver_killed_then_rerun_equals_an_uninterrupted_run(tmp_path):
 # --- 4. malformed model output through the refine path -------------------------------------
 
 FRAGMENTS = [
-    "[[[doc{d}]]]", "[[[/doc{d}]]]", "[doc{d}]", "\n", "\n\n", "NO_ANSWER", "no_answer.", '"NO_ANSWER"', "<think>", "</think>",
-    "```", "Negative passage number {i}.", "X is a letter.", "Sure, here you go:", "[{d}] > [{e}]", " > ", "[{e}]", "[[[", "]]]",
-    "It talks about topic {i}.", "random words", "[[[doc{d}]]]\nNegative passage number {i}.\n[[[/doc{d}]]]",
+    "[[[doc{d}]]]",
+    "[[[/doc{d}]]]",
+    "[doc{d}]",
+    "\n",
+    "\n\n",
+    "NO_ANSWER",
+    "no_answer.",
+    '"NO_ANSWER"',
+    "<think>",
+    "</think>",
+    "```",
+    "Negative passage number {i}.",
+    "X is a letter.",
+    "Sure, here you go:",
+    "[{d}] > [{e}]",
+    " > ",
+    "[{e}]",
+    "[[[",
+    "]]]",
+    "It talks about topic {i}.",
+    "random words",
+    "[[[doc{d}]]]\nNegative passage number {i}.\n[[[/doc{d}]]]",
 ]
 
 
@@ -287,7 +335,9 @@ def junk(rng: random.Random, n: int) -> str:
 
 def mangled_blocks(rng: random.Random, n_docs: int) -> str:
     """Mostly right blocks, then broken the ways models break them."""
-    choices = [ANCHOR] + [rng.choice([f"Negative passage number {i}.", None, "zzz", f"negative PASSAGE number {i}"]) for i in range(n_docs - 1)]
+    choices = [ANCHOR] + [
+        rng.choice([f"Negative passage number {i}.", None, "zzz", f"negative PASSAGE number {i}"]) for i in range(n_docs - 1)
+    ]
     parts = blocks(choices).split("\n\n")
     if rng.random() < 0.3:
         rng.shuffle(parts)
@@ -299,7 +349,11 @@ def mangled_blocks(rng: random.Random, n_docs: int) -> str:
     if rng.random() < 0.3:
         text = text.replace("[[[/doc", "[[[doc", 1) if rng.random() < 0.5 else text.rsplit("[[[/", 1)[0]
     if rng.random() < 0.3:
-        text = rng.choice(["<think>hmm [[[doc1]]] no</think>", "Sure!\n", "```\n"]) + text + rng.choice(["", "\n```", " Hope this helps."])
+        text = (
+            rng.choice(["<think>hmm [[[doc1]]] no</think>", "Sure!\n", "```\n"])
+            + text
+            + rng.choice(["", "\n```", " Hope this helps."])
+        )
     if rng.random() < 0.2:
         text = text + junk(rng, n_docs)
     return text
@@ -393,8 +447,13 @@ def test_secrets_never_reach_logs_config_or_provenance(ray_cluster, tmp_path, s3
 
     monkeypatch.setenv("ARHN_TEST_API_KEY", "sk-live-should-not-leak")
     ck = s3_server["client_kwargs"]
-    boto3.client("s3", endpoint_url=ck["endpoint_url"], region_name=ck["region_name"],
-                 aws_access_key_id=s3_server["key"], aws_secret_access_key=s3_server["secret"]).create_bucket(Bucket="secret-test")
+    boto3.client(
+        "s3",
+        endpoint_url=ck["endpoint_url"],
+        region_name=ck["region_name"],
+        aws_access_key_id=s3_server["key"],
+        aws_secret_access_key=s3_server["secret"],
+    ).create_bucket(Bucket="secret-test")
     fs = s3fs.S3FileSystem(**s3_server)
     rows = [make_row(2, qid="s1")]
     local = tmp_path / "in.jsonl"
@@ -407,9 +466,34 @@ def test_secrets_never_reach_logs_config_or_provenance(ray_cluster, tmp_path, s3
     caplog.set_level("DEBUG")
     run(replay_cfg("s3://secret-test/in/", rec, out, f"input.storage_options={so}", "engine.api_key_env=ARHN_TEST_API_KEY"))
     captured = capfd.readouterr()
-    texts = [caplog.text, captured.out, captured.err, (out / "config.yaml").read_text(), (out / "stats.json").read_text(), (out / "report.md").read_text()]
+    texts = [
+        caplog.text,
+        captured.out,
+        captured.err,
+        (out / "config.yaml").read_text(),
+        (out / "stats.json").read_text(),
+        (out / "report.md").read_text(),
+    ]
     refined, _ = outputs(out)
     texts.append(json.dumps(refined))
     for secret in (s3_server["secret"], s3_server["key"], "sk-live-should-not-leak"):
         assert not [t for t in texts if secret in t], secret
     assert "ARHN_TEST_API_KEY" in (out / "config.yaml").read_text()
+
+
+def test_a_run_full_of_rejections_stops_and_names_the_reason(ray_cluster, tmp_path, capsys):
+    """An engine that fails every request must not complete the data as rejections."""
+    from arhn_ray.cli import main
+
+    data = tmp_path / "in"
+    data.mkdir()
+    rows = [make_row(2, qid=f"r{i}") for i in range(40)]
+    write_jsonl(data / "part.jsonl", rows)
+    rec = tmp_path / "rec.jsonl"
+    write_jsonl(rec, good_recordings(rows[:4]))  # no recording for 36 of 40 rows: every call for them fails
+    args = ["refine", str(ROOT / "conf" / "replay.yaml"), f"input.path={data}", f"output.path={tmp_path / 'out'}",
+            f"engine.replay_path={rec}", "pipeline.max_rejected_min_rows=10", "pipeline.progress=false"]  # fmt: skip
+    assert main(args) == 3
+    err = capsys.readouterr().err
+    assert "over pipeline.max_rejected_fraction=0.1" in err and "most common reason: engine_error" in err
+    assert main([*args, "pipeline.max_rejected_fraction=1.0", "output.overwrite=true"]) == 0  # the bound is the user's

@@ -29,7 +29,7 @@ FORMATS = ("sentence-transformers", "flagembedding", "tevatron")
 
 def refined_rows(output: str, storage_options: dict | None = None) -> Iterator[dict]:
     fs, root = filesystem(output, storage_options)
-    for path in sorted(fs.glob(root.rstrip("/") + "/refined/*.parquet")):
+    for path in sorted(fs.glob(root.rstrip("/") + "/refined/*/*.parquet")):
         with fs.open(path, "rb") as f:
             yield from pq.read_table(f).to_pylist()
 
@@ -52,8 +52,11 @@ def sample_negatives(row: dict, k: int, seed: int, short: str) -> list[dict] | N
     return [negatives[i % len(negatives)] for i in range(k)]
 
 
-def export(output: str, fmt: str, out: str, negatives: int = 7, seed: int = 0, prefixes: bool = False, short: str = "repeat") -> int:
-    """Write ``out``; returns the number of training rows."""
+def export(
+    output: str, fmt: str, out: str, negatives: int = 7, seed: int = 0, prefixes: bool = False, short: str = "repeat"
+) -> int:
+    """Write ``out`` (parquet or JSONL, by its extension); returns the number of training rows."""
+    file_type(out)
     if fmt not in FORMATS:
         raise ValueError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if fmt == "sentence-transformers" and short == "keep":
@@ -89,10 +92,19 @@ def export(output: str, fmt: str, out: str, negatives: int = 7, seed: int = 0, p
                 }
             )
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "sentence-transformers" and out.endswith(".parquet"):
+    if file_type(out) == "parquet":
         pq.write_table(pa.Table.from_pylist(records), out)
     else:
         with open(out, "w", encoding="utf-8") as f:
             for rec in records:
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
     return len(records)
+
+
+def file_type(out: str) -> str:
+    """``parquet`` or ``jsonl``, from ``--out``'s extension."""
+    if out.endswith(".parquet"):
+        return "parquet"
+    if out.endswith((".jsonl", ".json")):
+        return "jsonl"
+    raise ValueError(f"--out {out!r}: name a .parquet or a .jsonl file")

@@ -1,19 +1,16 @@
-"""Input shards: find them (file, folder, glob, s3://), read their rows (parquet or JSONL).
+"""Input shards: find them (file, folder, glob, s3://) and map their rows to the RLHN shape.
 
 RLHN / Tevatron rows pass through; FlagEmbedding rows (``query``, ``pos``, ``neg``) get stable
-generated ids. A row that cannot be decoded is yielded as an error naming the shard and line,
-so the caller can reject it without losing the others.
+generated ids. Reading a shard, a part at a time, is arhn_ray/data/parts.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import fsspec
-import pyarrow.parquet as pq
 
 from arhn_ray.data.records import InvalidRow
 
@@ -70,7 +67,9 @@ def from_flagembedding(row: dict) -> dict:
     out = {
         "query_id": qid,
         "query": query,
-        "positive_passages": None if pos is None else [{"docid": f"{qid}:pos:{i}", "title": "", "text": t} for i, t in enumerate(pos)],
+        "positive_passages": None
+        if pos is None
+        else [{"docid": f"{qid}:pos:{i}", "title": "", "text": t} for i, t in enumerate(pos)],
         "negative_passages": [{"docid": f"{qid}:neg:{i}", "title": "", "text": t} for i, t in enumerate(neg or [])],
         "subset": row.get("subset") or row.get("type") or "",
     }
@@ -84,37 +83,3 @@ def to_canonical(row: Any, fmt: str) -> Any:
             raise InvalidRow("row", f"expected an object, got {type(row).__name__}")
         return from_flagembedding(row)
     return row
-
-
-def read_rows(uri: str, storage_options: dict | None = None) -> Iterator[tuple[int, Any, str | None]]:
-    """``(row_index, row, error)`` for each row of a shard (JSONL: the 0-based line number; blank
-    lines are not rows); error names what could not be decoded."""
-    fs, path = filesystem(uri, storage_options)
-    if path.endswith(".parquet"):
-        with fs.open(path, "rb") as f:
-            parquet = pq.ParquetFile(f)
-            index = 0
-            for batch in parquet.iter_batches(batch_size=256):
-                for row in batch.to_pylist():
-                    yield index, row, None
-                    index += 1
-        return
-    with fs.open(path, "rb") as f:
-        for index, line in enumerate(f):
-            if not line.strip():
-                continue
-            try:
-                yield index, json.loads(line.decode("utf-8")), None
-            except UnicodeDecodeError as e:
-                yield index, line.decode("utf-8", errors="replace"), f"invalid UTF-8 at byte {e.start}"
-            except json.JSONDecodeError as e:
-                yield index, line.decode("utf-8", errors="replace"), f"invalid JSON: {e.msg} at column {e.colno}"
-
-
-def count_rows(uri: str, storage_options: dict | None = None) -> int:
-    """Rows a shard holds (parquet metadata, or JSONL lines), read before any work."""
-    fs, path = filesystem(uri, storage_options)
-    with fs.open(path, "rb") as f:
-        if path.endswith(".parquet"):
-            return pq.ParquetFile(f).metadata.num_rows
-        return sum(1 for line in f if line.strip())

@@ -21,7 +21,7 @@ def load_recordings(path: str, storage_options: dict | None = None) -> dict[tupl
     fs, root = filesystem(path, storage_options)
     table: dict[tuple[str, int, int], dict] = {}
     if fs.isdir(root):
-        for file in sorted(fs.glob(root.rstrip("/") + "/refined/*.parquet")):
+        for file in sorted(fs.glob(root.rstrip("/") + "/refined/*/*.parquet")):
             with fs.open(file, "rb") as f:
                 for row in pq.read_table(f, columns=["query_id", "llm"]).to_pylist():
                     for call in row["llm"] or []:
@@ -41,7 +41,11 @@ def load_recordings(path: str, storage_options: dict | None = None) -> dict[tupl
             rec = json.loads(line)
             try:
                 key = (str(rec["query_id"]), int(rec["stage"]), int(rec["chunk"]))
-                table[key] = {"text": rec["text"], "prompt_tokens": rec.get("prompt_tokens", 0), "output_tokens": rec.get("output_tokens", 0)}
+                table[key] = {
+                    "text": rec["text"],
+                    "prompt_tokens": rec.get("prompt_tokens", 0),
+                    "output_tokens": rec.get("output_tokens", 0),
+                }
             except (KeyError, TypeError, ValueError) as e:
                 raise ValueError(f"{path}: line {n}: expected query_id, stage, chunk and text ({e})") from e
     return table

@@ -4,19 +4,24 @@
 ``AsyncVLLMEngine`` is ``AsyncLLMEngine`` (``agenerate``, requests join the running batch).
 Prompts over ``max_model_len`` are answered with an error result before the batch is sent,
 and a batch that still fails is retried one request at a time, so one bad request never
-costs the others. Qwen3 thinking is off by default and any ``<think>`` block is stripped.
+costs the others. A dead engine is not a request error: it raises ``EngineDead`` (or the
+watchdog ends the process), so the replica is replaced instead of rejecting the rest of its
+data. Qwen3 thinking is off by default and any ``<think>`` block is stripped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from arhn_ray.engines.base import ChatRequest, ChatResult
 from arhn_ray.engines.bundled import resolve_model
+from arhn_ray.engines.watchdog import EngineDead, Watchdog, is_engine_death
 from arhn_ray.method.snippets import strip_thinking
 
 log = logging.getLogger(__name__)
@@ -38,6 +43,7 @@ class VLLMOptions:
     top_p: float = 1.0
     chat_template_kwargs: dict[str, Any] = field(default_factory=lambda: {"enable_thinking": False})
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    stall_timeout_s: float = 600.0  # a call in flight with no engine step for this long: the engine is dead
 
 
 class _VLLMBase:
@@ -51,6 +57,22 @@ class _VLLMBase:
         self.options = options
         self.model = options.model
         self.path = resolve_model(options.model)
+        self.watchdog: Watchdog | None = None
+
+    def _watch(self) -> None:
+        """Once the engine is up: its processes are this one's children from here on."""
+        self.watchdog = Watchdog.for_children(self.options.stall_timeout_s).start()
+
+    def _dead(self, error: BaseException) -> EngineDead | None:
+        """An ``EngineDead`` when ``error`` means the engine is gone, None for a request error."""
+        reason = self.watchdog.check() if self.watchdog else None
+        if reason or is_engine_death(error):
+            return EngineDead(f"vllm: {reason or f'{type(error).__name__}: {error}'}")
+        return None
+
+    def _unwatch(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.stop()  # before the shutdown: its children exiting is no death
 
     def engine_args(self) -> dict[str, Any]:
         o = self.options
@@ -121,6 +143,15 @@ class VLLMEngine(_VLLMBase):
         self.llm = LLM(**self.engine_args())
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+        self._watch()
+        engine, step = self.llm.llm_engine, self.llm.llm_engine.step
+
+        def step_and_beat():  # every engine step is progress; none for stall_timeout_s is a hang
+            out = step()
+            self.watchdog.beat()  # type: ignore[union-attr]
+            return out
+
+        engine.step = step_and_beat
 
     def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
         results, ready = self._admit(requests)
@@ -128,22 +159,28 @@ class VLLMEngine(_VLLMBase):
             try:
                 outs = self._generate([p for _, p, _ in ready], [s for _, _, s in ready])
             except Exception as e:
+                if dead := self._dead(e):
+                    raise dead from e
                 log.warning("vLLM batch of %d failed (%s); retrying one request at a time", len(ready), e)
                 outs = []
                 for _, prompt, sampling in ready:
                     try:
                         outs.extend(self._generate([prompt], [sampling]))
                     except Exception as one:
+                        if dead := self._dead(one):
+                            raise dead from one
                         outs.append(one)
             for (i, _, _), out in zip(ready, outs):
                 results[i] = ChatResult.failed(f"vllm: {out}") if isinstance(out, Exception) else _result(out)
         return results  # type: ignore[return-value]
 
     def _generate(self, prompts: list[dict], params: list) -> list:
-        return self.llm.generate(prompts, params, use_tqdm=False)
+        with self.watchdog.busy():  # type: ignore[union-attr]
+            return self.llm.generate(prompts, params, use_tqdm=False)
 
     def close(self) -> None:
         """Stop the engine core process and free its memory (idempotent)."""
+        self._unwatch()
         llm = self.__dict__.pop("llm", None)
         if llm is None:
             return
@@ -169,13 +206,18 @@ class AsyncVLLMEngine(_VLLMBase):
 
         super().__init__(options)
         self.llm = vllm.AsyncLLMEngine.from_engine_args(vllm.AsyncEngineArgs(**self.engine_args()))
-        self.tokenizer = self.llm.get_tokenizer()
+        self.tokenizer = sync_tokenizer(self.llm)
         self.max_model_len = self.llm.model_config.max_model_len
         self._ids = itertools.count()
+        self._watch()
 
     async def agenerate(self, requests: list[ChatRequest]) -> list[ChatResult]:
         results, ready = self._admit(requests)
-        outs = await asyncio.gather(*(self._one(prompt, sampling) for _, prompt, sampling in ready), return_exceptions=True)
+        with self.watchdog.busy():  # type: ignore[union-attr]
+            outs = await asyncio.gather(*(self._one(prompt, sampling) for _, prompt, sampling in ready), return_exceptions=True)
+        for out in outs:
+            if isinstance(out, Exception) and (dead := self._dead(out)):
+                raise dead from out
         for (i, _, _), out in zip(ready, outs):
             results[i] = ChatResult.failed(f"vllm: {out}") if isinstance(out, BaseException) else _result(out)
         return results  # type: ignore[return-value]
@@ -183,14 +225,34 @@ class AsyncVLLMEngine(_VLLMBase):
     async def _one(self, prompt: dict, sampling):
         final = None
         async for out in self.llm.generate(prompt, sampling, request_id=f"arhn-{next(self._ids)}"):
+            self.watchdog.beat()  # type: ignore[union-attr]
             final = out
         return final
 
     def close(self) -> None:
         """Stop the engine core process (idempotent)."""
+        self._unwatch()
         llm = self.__dict__.pop("llm", None)
         if llm is not None:
             llm.shutdown()
+
+
+def sync_tokenizer(llm):
+    """The async engine's tokenizer, from a plain (not async) caller: ``get_tokenizer()`` is a
+    coroutine in some vLLM releases (0.10, 0.11) and a plain method in others (0.32)."""
+    tokenizer = llm.get_tokenizer()
+    if not inspect.isawaitable(tokenizer):
+        return tokenizer
+    box: dict[str, Any] = {}
+    # a thread of its own: this may run where an event loop is already running (a Ray async actor)
+    worker = threading.Thread(target=lambda: box.update(value=asyncio.run(_awaited(tokenizer))))
+    worker.start()
+    worker.join()
+    return box["value"]
+
+
+async def _awaited(awaitable):
+    return await awaitable
 
 
 def _result(out) -> ChatResult:

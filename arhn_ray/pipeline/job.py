@@ -1,4 +1,7 @@
-"""The whole job, top to bottom: list shards -> read + validate -> refine -> write -> report.
+"""The whole job, top to bottom: plan parts -> read + validate -> refine -> write -> report.
+
+Input files are split into parts of about ``input.part_rows`` rows (arhn_ray/data/parts.py);
+each part is read, refined and written on its own, and a rerun skips the parts already written.
 
 ``fused``: one actor pool, each replica takes a row through Stage 1, Stage 2 and labeling.
 ``staged``: a Stage 1 pool, then a Stage 2 pool (which may run another model).
@@ -15,11 +18,15 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from arhn_ray.config import Config, EngineConfig, config_digest, mask_secrets_in_logs, to_yaml
-from arhn_ray.data.readers import count_rows, filesystem, list_shards, shard_name
+from arhn_ray.card import render_card
+from arhn_ray.config import Config, ConfigError, EngineConfig, config_digest, mask_secrets_in_logs, to_yaml
+from arhn_ray.data.parts import Part, plan_parts
+from arhn_ray.data.readers import filesystem, list_shards, shard_name
 from arhn_ray.method.prompts import PromptSet
-from arhn_ray.pipeline.sink import ShardSink, complete_shards, shard_manifests
-from arhn_ray.pipeline.stages import AsyncRefineStage, RefineStage, read_shard
+from arhn_ray.pipeline.metrics import RunMetrics
+from arhn_ray.pipeline.progress import Progress
+from arhn_ray.pipeline.sink import PartSink, complete_parts, part_manifests
+from arhn_ray.pipeline.stages import AsyncRefineStage, RefineStage, read_parts
 from arhn_ray.stats import RunStats, write_report
 
 log = logging.getLogger(__name__)
@@ -61,11 +68,12 @@ def _remove_placement_groups() -> None:
         ray.util.remove_placement_group(_placement_groups.pop())
 
 
-def replica_resources(engine: EngineConfig) -> dict[str, Any]:
-    """``map_batches`` arguments that pin each replica: GPUs (placement group past one), else CPUs."""
+def replica_resources(engine: EngineConfig, restarts: int = 3) -> dict[str, Any]:
+    """``map_batches`` arguments that pin each replica: GPUs (placement group past one), else CPUs.
+    A replica whose process dies (its engine died, or it crashed) is restarted and its batch retried."""
     from functools import partial
 
-    args: dict[str, Any] = {"max_restarts": 3, "max_task_retries": 3}
+    args: dict[str, Any] = {"max_restarts": restarts, "max_task_retries": restarts}
     if not _use_gpus(engine):
         return {**args, "num_cpus": engine.num_cpus}
     gpus = engine.tensor_parallel_size * engine.pipeline_parallel_size
@@ -86,7 +94,7 @@ def _pool(ds, cfg: Config, step: str, engine: EngineConfig):
         batch_size=cfg.pipeline.batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=engine.replicas, max_concurrent_calls_per_actor=calls),
-        **replica_resources(engine),
+        **replica_resources(engine, cfg.pipeline.max_replica_restarts),
     )
 
 
@@ -97,8 +105,14 @@ def stage2_engine(cfg: Config) -> EngineConfig:
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
 
-def plan_shards(cfg: Config) -> tuple[dict[str, str], dict[str, int], list[str], dict[str, str]]:
-    """Input shards to run (name -> uri), their row counts, shards already complete, unreadable ones."""
+class TooManyRejected(RuntimeError):
+    """More of the rows seen were rejected than ``pipeline.max_rejected_fraction`` allows."""
+
+
+def plan(cfg: Config, done: dict[str, dict] | None = None) -> tuple[list[Part], list[dict], dict[str, str]]:
+    """Parts to run, manifests of parts already written, unreadable files (name -> reason).
+    Reads parquet footers and the first MiB of JSONL files, nothing more. ``done``: the parts
+    already written, when the caller has read them (else they are read from the output)."""
     shards = list_shards(cfg.input.path, cfg.input.storage_options)
     by_name: dict[str, str] = {}
     for uri in shards:
@@ -106,20 +120,24 @@ def plan_shards(cfg: Config) -> tuple[dict[str, str], dict[str, int], list[str],
         if name in by_name:
             raise ValueError(f"input shards {by_name[name]} and {uri} would both write output {name!r}: rename one")
         by_name[name] = uri
-    done = set() if cfg.output.overwrite else complete_shards(cfg.output.path, cfg.output.storage_options)
-    todo, counts, unreadable = {}, {}, {}
+    if done is None:
+        done = {} if cfg.output.overwrite else complete_parts(cfg.output.path, cfg.output.storage_options)
+    for manifest in done.values():
+        if manifest["part_rows"] != cfg.input.part_rows:
+            raise ConfigError(
+                f"config key 'input.part_rows': {cfg.output.path} holds parts written with input.part_rows={manifest['part_rows']}: "
+                f"rerun with that value, or set output.overwrite=true to start again"
+            )
+    todo, unreadable = [], {}
     for name, uri in by_name.items():
-        if name in done:
-            continue
         try:
-            n = count_rows(uri, cfg.input.storage_options)
+            parts = plan_parts(uri, cfg.input.part_rows, cfg.input.storage_options, cfg.input.limit)
         except Exception as e:
             unreadable[name] = f"{uri}: {type(e).__name__}: {e}"
             log.error("input shard %s cannot be read and is skipped: %s", uri, unreadable[name])
             continue
-        todo[name] = uri
-        counts[name] = n if cfg.input.limit is None else min(n, cfg.input.limit)
-    return todo, counts, sorted(done & set(by_name)), unreadable
+        todo += [p for p in parts if p.key not in done]
+    return todo, list(done.values()), unreadable
 
 
 def run(cfg: Config) -> dict[str, Any]:
@@ -128,33 +146,37 @@ def run(cfg: Config) -> dict[str, Any]:
 
     started = time.time()
     mask_secrets_in_logs(cfg)
-    todo, counts, skipped, unreadable = plan_shards(cfg)
     fs, root = filesystem(cfg.output.path, cfg.output.storage_options)
-    fs.makedirs(root, exist_ok=True)
     if cfg.output.overwrite:
-        for sub in ("_shards", "refined", "rejected"):
+        for sub in ("_parts", "refined", "rejected"):
             if fs.exists(f"{root}/{sub}"):
                 fs.rm(f"{root}/{sub}", recursive=True)
+    todo, done, unreadable = plan(cfg)
+    fs.makedirs(root, exist_ok=True)
     with fs.open(f"{root}/config.yaml", "wt") as f:
         f.write(to_yaml(cfg))
-    log.info("%d shards to refine (%d rows), %d already complete, %d unreadable", len(todo), sum(counts.values()), len(skipped), len(unreadable))
+    progress = Progress(todo, done)
+    progress.announce(unreadable)
 
-    sink = ShardSink(cfg.output.path, counts, cfg.output.storage_options)
-    total = sum(counts.values())
-    if total:
+    sink = PartSink(cfg.output.path, todo, cfg.output.storage_options)
+    if todo:
         init_ray(cfg)
         ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = cfg.pipeline.progress
-        ds = ray.data.from_items([{"shard": todo[n]} for n, c in counts.items() if c], override_num_blocks=max(1, len(todo)))
-        ds = ds.flat_map(
-            read_shard,
-            # reading is light I/O: it must not wait for a CPU slot that the engines hold
+        ctx.enable_progress_bars = cfg.pipeline.progress and cfg.pipeline.ray_progress_bars
+        # small blocks: a batch's results reach the writer when the batch is done, not with its whole part
+        ctx.target_max_block_size = cfg.pipeline.block_bytes
+        ds = ray.data.from_items([{"part": p.to_json()} for p in todo], override_num_blocks=len(todo))
+        ds = ds.map_batches(
+            read_parts,
+            batch_size=1,
+            # reading is light I/O: it must not wait for a CPU slot that the engines hold; a cap on
+            # parts read at once keeps memory to a few parts whatever the size of the files
             num_cpus=0,
+            compute=ray.data.TaskPoolStrategy(size=cfg.pipeline.read_concurrency),
             fn_kwargs={
                 "fmt": cfg.input.format,
                 "max_passage_chars": cfg.input.max_passage_chars,
                 "storage_options": dict(cfg.input.storage_options),
-                "limit": cfg.input.limit,
             },
         )
         if cfg.pipeline.mode == "fused":
@@ -162,26 +184,40 @@ def run(cfg: Config) -> dict[str, Any]:
         else:
             ds = _pool(ds, cfg, "stage1", cfg.engine)
             ds = _pool(ds, cfg, "stage2", stage2_engine(cfg))
-        last = 0.0
+        metrics = RunMetrics(cfg.output.path)
         try:
             for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
                 sink.add(batch.to_pylist())
-                if time.time() - last > 10:
-                    last = time.time()
-                    log.info("progress: %d / %d rows written", sink.rows_done, total)
+                progress.update(sink)
+                metrics.update(sink)
+                _check_rejections(cfg, sink)
         finally:
             _remove_placement_groups()
     sink.close()
+    progress.update(sink, force=True)
     for name, reason in sink.failed.items():
         unreadable[name] = reason
     return finalize(cfg, started, unreadable)
+
+
+def _check_rejections(cfg: Config, sink: PartSink) -> None:
+    seen = sink.rows_done
+    if seen < max(1, cfg.pipeline.max_rejected_min_rows):
+        return
+    if sink.rejected / seen > cfg.pipeline.max_rejected_fraction:
+        reason, count = sink.reasons.most_common(1)[0]
+        raise TooManyRejected(
+            f"{sink.rejected} of {seen} rows rejected ({sink.rejected / seen:.0%}), over "
+            f"pipeline.max_rejected_fraction={cfg.pipeline.max_rejected_fraction:g}; most common reason: "
+            f"{reason} ({count} rows). Parts already written are kept: fix the cause and run again."
+        )
 
 
 def finalize(cfg: Config, started: float, unreadable: dict[str, str] | None = None) -> dict[str, Any]:
     """stats.json, report.md and report.png over every complete shard (this run's and earlier ones)."""
     fs, root = filesystem(cfg.output.path, cfg.output.storage_options)
     stats = RunStats()
-    for manifest in shard_manifests(cfg.output.path, cfg.output.storage_options):
+    for manifest in part_manifests(cfg.output.path, cfg.output.storage_options):
         stats.merge(RunStats.from_dict(manifest["stats"]))
     prompts = PromptSet.load(cfg.prompts.version, cfg.prompts.dir)
     wall = time.time() - started
@@ -199,6 +235,8 @@ def finalize(cfg: Config, started: float, unreadable: dict[str, str] | None = No
     data["throughput"] = {"wall_s": round(wall, 2), "queries_per_s": data["overall"]["queries"] / wall if wall else 0.0}
     with fs.open(f"{root}/stats.json", "wt") as f:
         json.dump(data, f, indent=2)
+    with fs.open(f"{root}/README.md", "wt") as f:
+        f.write(render_card(data))
     if "file" in fs.protocol:  # a str or a tuple of names, ("file", "local") for the local disk
         write_report(data, root)
     else:

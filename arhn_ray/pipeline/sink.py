@@ -1,8 +1,10 @@
-"""Output files named after their input shard, finished shard by shard, so a rerun can skip them.
+"""Output written part by part as the run goes, so a rerun skips every finished part.
 
-A shard is complete when its manifest ``_shards/<name>.json`` exists; the manifest is written
-last, after ``refined/<name>.parquet`` and ``rejected/<name>.parquet`` are in place, so a
-half-written shard is never taken for complete.
+A part of input file ``<shard>`` is written as ``refined/<shard>/<part>.parquet`` and
+``rejected/<shard>/<part>.parquet``, then its manifest ``_parts/<shard>/<part>.json``. A part
+is complete when its manifest exists; the manifest is written last, so a half-written part is
+never taken for complete. Rows are streamed into temporary files while a part is open: the
+driver holds at most ``flush_rows`` rows of each part in flight.
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from arhn_ray.data.parts import Part
 from arhn_ray.data.readers import filesystem
 from arhn_ray.data.records import INPUT_SCHEMA, OUTPUT_SCHEMA, REJECTED_SCHEMA
 from arhn_ray.stats import RunStats
@@ -23,27 +26,25 @@ log = logging.getLogger(__name__)
 INPUT_FIELDS = [f.name for f in INPUT_SCHEMA]
 
 
-def complete_shards(output: str, storage_options: dict | None = None) -> set[str]:
-    fs, root = filesystem(output, storage_options)
-    folder = root.rstrip("/") + "/_shards"
-    if not fs.exists(folder):
-        return set()
-    return {p.rsplit("/", 1)[-1][: -len(".json")] for p in fs.glob(folder + "/*.json")}
+def complete_parts(output: str, storage_options: dict | None = None) -> dict[str, dict]:
+    """Manifests of the parts already written, by part key (``<shard>/<part>``)."""
+    return {f"{m['shard']}/{m['part']}": m for m in part_manifests(output, storage_options)}
 
 
-def shard_manifests(output: str, storage_options: dict | None = None) -> list[dict]:
+def part_manifests(output: str, storage_options: dict | None = None) -> list[dict]:
     fs, root = filesystem(output, storage_options)
     out = []
-    for p in sorted(fs.glob(root.rstrip("/") + "/_shards/*.json")):
+    for p in sorted(fs.glob(root.rstrip("/") + "/_parts/*/*.json")):
         with fs.open(p, "rt") as f:
             out.append(json.load(f))
     return out
 
 
-class _Shard:
-    def __init__(self, sink: ShardSink, name: str, expected: int):
-        self.name = name
-        self.expected = expected
+class _Part:
+    def __init__(self, sink: PartSink, part: Part):
+        self.part = part
+        self.name = f"{part.shard}/{part.id}"
+        self.expected = part.rows  # JSONL: known when the reader's end marker arrives
         self.seen: set[int] = set()
         self.stats = RunStats()
         self.refined: list[dict] = []
@@ -58,7 +59,7 @@ class _Shard:
             return
         schema = OUTPUT_SCHEMA if kind == "refined" else REJECTED_SCHEMA
         if kind not in self.writers:
-            tmp = f"{self.sink.root}/{kind}/.{self.name}.{uuid.uuid4().hex[:8]}.tmp"
+            tmp = f"{self.sink.root}/{kind}/{self.part.shard}/.{self.part.id}.{uuid.uuid4().hex[:8]}.tmp"
             handle = self.sink.fs.open(tmp, "wb")
             self.writers[kind] = (pq.ParquetWriter(handle, schema), tmp, handle)
         self.writers[kind][0].write_table(pa.Table.from_pylist(rows, schema=schema))
@@ -80,8 +81,16 @@ class _Shard:
                     pq.write_table(schema.empty_table(), f)
         counts["refined"] = sum(c["queries"] for c in self.stats.subsets.values())
         counts["rejected"] = sum(c["rejected"] for c in self.stats.subsets.values())
-        manifest = {"shard": self.name, "rows": self.expected, **counts, "stats": self.stats.to_dict()}
-        with fs.open(f"{root}/_shards/{self.name}.json", "wt") as f:
+        manifest = {
+            "shard": self.part.shard,
+            "part": self.part.id,
+            "uri": self.part.uri,
+            "part_rows": self.part.part_rows,
+            "rows": len(self.seen),
+            **counts,
+            "stats": self.stats.to_dict(),
+        }
+        with fs.open(f"{root}/_parts/{self.name}.json", "wt") as f:
             json.dump(manifest, f)
         return manifest
 
@@ -96,66 +105,87 @@ class _Shard:
         self.writers.clear()
 
 
-class ShardSink:
-    """Takes the pipeline's envelopes at the driver and writes each shard's two files."""
+class PartSink:
+    """Takes the pipeline's envelopes at the driver and writes each part's two files as soon as
+    its last row is in."""
 
-    def __init__(self, output: str, expected: dict[str, int], storage_options: dict | None = None, flush_rows: int = 512):
+    def __init__(self, output: str, parts: list[Part], storage_options: dict | None = None, flush_rows: int = 256):
         self.fs, root = filesystem(output, storage_options)
         self.root = root.rstrip("/")
-        for sub in ("refined", "rejected", "_shards"):
-            self.fs.makedirs(f"{self.root}/{sub}", exist_ok=True)
+        for sub in ("refined", "rejected", "_parts"):
+            for shard in {p.shard for p in parts}:
+                self.fs.makedirs(f"{self.root}/{sub}/{shard}", exist_ok=True)
         self.flush_rows = flush_rows
-        self.shards = {name: _Shard(self, name, n) for name, n in expected.items()}
+        self.parts = {p.key: _Part(self, p) for p in parts}
         self.finished: list[dict] = []
         self.failed: dict[str, str] = {}
         self.rows_done = 0
-        for name, n in expected.items():
-            if n == 0:
-                self.finished.append(self.shards.pop(name).finish())
+        self.rejected = 0
+        self.reasons: Counter = Counter()
+        self.actions: Counter = Counter()
+        self.tokens: Counter = Counter()  # (stage, prompt|output) -> tokens of the rows written
+        self.engine_errors = 0
+        for key, part in list(self.parts.items()):
+            if part.expected == 0:
+                self.finished.append(self.parts.pop(key).finish())
 
     def add(self, envelopes: list[dict]) -> None:
-        by_shard = defaultdict(list)
+        by_part = defaultdict(list)
         for env in envelopes:
-            by_shard[env["shard"]].append(env)
-        for name, envs in by_shard.items():
-            shard = self.shards.get(name)
-            if shard is None:
+            by_part[env["part"]].append(env)
+        for key, envs in by_part.items():
+            part = self.parts.get(key)
+            if part is None:
                 continue
             for env in envs:
                 if env["status"] == "file_error":
-                    shard.error = env["reason"]
+                    part.error = env["reason"]
                     continue
-                if env["row_index"] in shard.seen:
-                    raise RuntimeError(f"shard {name}: row {env['row_index']} arrived twice")
-                shard.seen.add(env["row_index"])
-                self._route(shard, env)
+                if env["status"] == "part_end":
+                    part.expected = env["row_index"]
+                    continue
+                if env["row_index"] in part.seen:
+                    raise RuntimeError(f"part {key}: row {env['row_index']} arrived twice")
+                part.seen.add(env["row_index"])
+                self._route(part, env)
                 self.rows_done += 1
-            shard.flush("refined")
-            shard.flush("rejected")
-            if shard.error:
-                log.error("input shard %s could not be read: %s; its partial output is discarded", name, shard.error)
-                shard.abandon()
-                self.failed[name] = shard.error
-                del self.shards[name]
-            elif len(shard.seen) == shard.expected:
-                self.finished.append(shard.finish())
-                del self.shards[name]
-                log.info("shard %s complete: %d rows", name, shard.expected)
+            part.flush("refined")
+            part.flush("rejected")
+            if part.error:
+                log.error("input part %s could not be read: %s; its partial output is discarded", key, part.error)
+                part.abandon()
+                self.failed[key] = part.error
+                del self.parts[key]
+            elif part.expected is not None and len(part.seen) == part.expected:
+                self.finished.append(part.finish())
+                del self.parts[key]
+                log.info("part %s written: %d rows", key, part.expected)
 
-    def _route(self, shard: _Shard, env: dict) -> None:
+    def _route(self, shard: _Part, env: dict) -> None:
         shard.stats.add_timing(env.get("engine_s") or 0.0, env.get("start_s") or 0.0)
         record = json.loads(env["record"])
         if env["status"] == "ok":
             shard.refined.append(record)
             shard.stats.add_refined(record)
+            self.actions.update(d["action"] for d in record.get("decisions") or [])
+            for call in record.get("llm") or []:
+                for stage in (1, 2):
+                    for kind in ("prompt", "output"):
+                        self.tokens[(stage, kind)] += call.get(f"stage{stage}_{kind}_tokens") or 0
             return
+        self.rejected += 1
+        reason = (env["reason"] or "unknown").split(":")[0]
+        self.reasons[reason] += 1
+        self.engine_errors += reason in ("engine_error", "refine_error")
         subset = record.get("subset") if isinstance(record, dict) else None
         qid = record.get("query_id") if isinstance(record, dict) else None
-        original = {k: record.get(k) for k in INPUT_FIELDS if k in record} if isinstance(record, dict) and "llm" in record else record
+        original = (
+            {k: record.get(k) for k in INPUT_FIELDS if k in record} if isinstance(record, dict) and "llm" in record else record
+        )
         shard.rejected.append(
             {
                 "query_id": qid if isinstance(qid, str) else None,
-                "source": shard.name,
+                "source": shard.part.shard,
                 "row_index": env["row_index"],
                 "field": env["field"],
                 "reason": env["reason"],
@@ -165,9 +195,8 @@ class ShardSink:
         shard.stats.add_rejected(subset if isinstance(subset, str) else None, env["reason"] or "unknown")
 
     def close(self) -> None:
-        for name, shard in list(self.shards.items()):
-            missing = shard.expected - len(shard.seen)
-            shard.abandon()
-            self.failed[name] = f"{missing} of {shard.expected} rows did not come back"
-            log.error("shard %s incomplete: %s", name, self.failed[name])
-        self.shards.clear()
+        for name, part in list(self.parts.items()):
+            part.abandon()
+            self.failed[name] = f"{len(part.seen)} of {part.expected if part.expected is not None else '?'} rows came back"
+            log.error("part %s incomplete: %s", name, self.failed[name])
+        self.parts.clear()

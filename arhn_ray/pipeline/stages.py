@@ -1,8 +1,10 @@
-"""The Ray Data stages: read a shard, then refine in an actor pool (one engine per replica).
+"""The Ray Data stages: read a part of a file, then refine in an actor pool (one engine per replica).
 
-Rows travel between stages as envelopes ``{shard, row_index, status, field, reason, record}``
+Rows travel between stages as envelopes ``{shard, part, row_index, status, field, reason, record}``
 with the row as JSON in ``record``: a rejected row keeps its raw form, and every row can be
-followed from its input shard to exactly one output.
+followed from its input part to exactly one output. Each part ends with a ``part_end``
+envelope whose ``row_index`` is the number of rows the part held, so the writer knows when a
+part is whole without counting the file first.
 """
 
 from __future__ import annotations
@@ -11,15 +13,18 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import fields
 from typing import Any
 
 import pyarrow as pa
 
 from arhn_ray.config import Config, EngineConfig, method_options
-from arhn_ray.data.readers import read_rows, shard_name, to_canonical
+from arhn_ray.data.parts import Part, read_part
+from arhn_ray.data.readers import to_canonical
 from arhn_ray.data.records import InvalidRow, validate_row
 from arhn_ray.engines.base import AsyncEngine, Engine
+from arhn_ray.engines.watchdog import is_engine_death, leave
 from arhn_ray.method.prompts import PromptSet
 from arhn_ray.refine import Outcome, Refiner
 
@@ -28,8 +33,9 @@ log = logging.getLogger(__name__)
 ENVELOPE = pa.schema(
     [
         ("shard", pa.string()),
-        ("row_index", pa.int64()),
-        ("status", pa.string()),  # ok | rejected | file_error
+        ("part", pa.string()),  # <shard>/<part id>
+        ("row_index", pa.int64()),  # parquet: the row's number; JSONL: its first byte's offset
+        ("status", pa.string()),  # ok | rejected | file_error | part_end
         ("field", pa.string()),
         ("reason", pa.string()),
         ("record", pa.string()),
@@ -39,37 +45,48 @@ ENVELOPE = pa.schema(
 )
 
 
-def _envelope(shard: str, index: int, record: Any, status: str = "ok", field: str | None = None, reason: str | None = None) -> dict:
+def _envelope(
+    part: Part, index: int, record: Any, status: str = "ok", field: str | None = None, reason: str | None = None
+) -> dict:
     text = json.dumps(record, ensure_ascii=False, default=str)
-    return {"shard": shard, "row_index": index, "status": status, "field": field, "reason": reason, "record": text, "engine_s": 0.0, "start_s": 0.0}
+    return {"shard": part.shard, "part": part.key, "row_index": index, "status": status, "field": field, "reason": reason,
+            "record": text, "engine_s": 0.0, "start_s": 0.0}  # fmt: skip
 
 
-def read_shard(item: dict, fmt: str, max_passage_chars: int, storage_options: dict, limit: int | None) -> list[dict]:
-    """Every row of one shard, validated; a bad row is rejected here with the field named."""
-    uri = item["shard"]
-    name = shard_name(uri)
-    out: list[dict] = []
-    first_seen: dict[str, int] = {}
+def read_parts(batch: dict, fmt: str, max_passage_chars: int, storage_options: dict, block_rows: int = 64) -> Iterator[pa.Table]:
+    """The rows of each part in ``batch["part"]``, validated, ``block_rows`` at a time (a bad row
+    is rejected here with the field named), then the part's end marker. Memory is a block, not the file."""
+    for spec in batch["part"]:
+        part = Part.from_json(str(spec))
+        out: list[dict] = []
+        first_seen: dict[str, int] = {}
+        n = 0
+        try:
+            for index, raw, error in read_part(part, storage_options):
+                n += 1
+                out.append(_validated(part, index, raw, error, fmt, max_passage_chars, first_seen))
+                if len(out) >= block_rows:
+                    yield pa.Table.from_pylist(out, schema=ENVELOPE)
+                    out = []
+        except Exception as e:  # an unreadable part: named, and the other parts go on
+            out = [_envelope(part, -1, None, "file_error", "file", f"{part.uri} ({part.id}): {type(e).__name__}: {e}")]
+        else:
+            out.append(_envelope(part, n, None, "part_end"))
+        yield pa.Table.from_pylist(out, schema=ENVELOPE)
+
+
+def _validated(part: Part, index: int, raw: Any, error: str | None, fmt: str, max_chars: int, first_seen: dict[str, int]) -> dict:
+    if error:
+        return _envelope(part, index, raw, "rejected", "row", error)
     try:
-        for n, (index, raw, error) in enumerate(read_rows(uri, storage_options)):
-            if limit is not None and n >= limit:
-                break
-            if error:
-                out.append(_envelope(name, index, raw, "rejected", "row", error))
-                continue
-            try:
-                row = validate_row(to_canonical(raw, fmt), max_passage_chars)
-                qid = row["query_id"]
-                if qid in first_seen:
-                    raise InvalidRow("query_id", f"duplicate query_id {qid!r} (first at row {first_seen[qid]})")
-                first_seen[qid] = index
-            except InvalidRow as e:
-                out.append(_envelope(name, index, raw, "rejected", e.field, f"invalid {e.field}: {e.message}"))
-                continue
-            out.append(_envelope(name, index, row))
-    except Exception as e:  # an unreadable file: named, and the other shards go on
-        return [_envelope(name, -1, None, "file_error", "file", f"{uri}: {type(e).__name__}: {e}")]
-    return out
+        row = validate_row(to_canonical(raw, fmt), max_chars)
+        qid = row["query_id"]
+        if qid in first_seen:
+            raise InvalidRow("query_id", f"duplicate query_id {qid!r} (first at row {first_seen[qid]})")
+        first_seen[qid] = index
+    except InvalidRow as e:
+        return _envelope(part, index, raw, "rejected", e.field, f"invalid {e.field}: {e.message}")
+    return _envelope(part, index, row)
 
 
 def engine_options(cls, engine: EngineConfig):
@@ -138,7 +155,9 @@ class RefineStage:
             began = self._tick(+1)
             try:
                 outcomes: list[Outcome] | Exception = self.run(rows)
-            except Exception as e:  # a bug or an engine crash
+            except Exception as e:  # a bug (the batch's rows are rejected) or a dead engine (the replica goes)
+                if is_engine_death(e):
+                    leave(str(e))
                 outcomes = e
             self._finish(todo, outcomes, began, self._tick(-1))
         return pa.Table.from_pylist(envelopes, schema=ENVELOPE)
@@ -151,7 +170,7 @@ class RefineStage:
 
     def _open(self, batch: pa.Table) -> tuple[list[dict], list[dict], list[dict]]:
         envelopes = batch.to_pylist()
-        todo = [e for e in envelopes if e["status"] == "ok"]
+        todo = [e for e in envelopes if e["status"] == "ok"]  # rejected rows and part markers pass through
         return envelopes, todo, [json.loads(e["record"]) for e in todo]
 
     def _tick(self, change: int) -> float:
@@ -206,7 +225,9 @@ class AsyncRefineStage(RefineStage):
                 began = self._tick(+1)
                 try:
                     outcomes: list[Outcome] | Exception = await self.run(rows)
-                except Exception as e:  # a bug or an engine crash
+                except Exception as e:
+                    if is_engine_death(e):
+                        leave(str(e))
                     outcomes = e
                 self._finish(todo, outcomes, began, self._tick(-1))
         return pa.Table.from_pylist(envelopes, schema=ENVELOPE)

@@ -1,0 +1,88 @@
+"""What a user sees while a run goes: one progress line and the summary. Everything else
+(Ray's and vLLM's logs, the C++ core worker's lines, worker output Ray forwards to the driver)
+goes to a log file, on the terminal only with ``-v``.
+
+File descriptors 1 and 2 are pointed at the log file, not just ``sys.stdout``: Ray's core
+worker writes to fd 2 from C++. The terminal keeps a descriptor of its own for arhn-ray's lines,
+so the same holds under ``ray job submit`` (whose driver output is what ``ray job logs`` shows).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TextIO
+
+PROGRESS_LOGGER = "arhn_ray.progress"
+
+
+@contextmanager
+def quiet(log_path: str) -> Iterator[TextIO]:
+    """Send fds 1 and 2 to ``log_path`` while the block runs; yields a stream to the terminal."""
+    os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    log = open(log_path, "ab")
+    console = os.fdopen(os.dup(saved[1]), "w", buffering=1)
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    try:
+        yield console
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+        log.close()
+        console.close()
+
+
+class ProgressHandler(logging.Handler):
+    """The progress line on the terminal: rewritten in place on a TTY, one line every
+    ``every_s`` otherwise (a log a person reads later, or ``ray job logs``). Warnings and errors
+    are printed as they come."""
+
+    def __init__(self, stream: TextIO, every_s: float = 30.0):
+        super().__init__(logging.INFO)
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.every_s = every_s
+        self.last = 0.0
+        self.open_line = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = self.format(record)
+        if record.levelno >= logging.WARNING:
+            self._end_line()
+            self.stream.write(f"arhn-ray: {record.levelname.lower()}: {text}\n")
+        elif record.name == PROGRESS_LOGGER:
+            now = time.monotonic()
+            final = text.startswith("progress:") and "done" in text.split(";")[0]
+            if self.tty:
+                self.stream.write("\r" + text[: os.get_terminal_size(self.stream.fileno()).columns - 1].ljust(1) + "\x1b[K")
+                self.open_line = True
+            elif final or now - self.last >= self.every_s:
+                self.stream.write(text + "\n")
+                self.last = now
+        self.stream.flush()
+
+    def _end_line(self) -> None:
+        if self.open_line:
+            self.stream.write("\n")
+            self.open_line = False
+
+    def close(self) -> None:
+        self._end_line()
+        super().close()
+
+
+def only_ours(record: logging.LogRecord) -> bool:
+    """The terminal shows arhn-ray's progress and any warning or error from arhn-ray."""
+    return record.name == PROGRESS_LOGGER or (record.name.startswith("arhn_ray") and record.levelno >= logging.WARNING)

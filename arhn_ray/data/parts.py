@@ -1,0 +1,169 @@
+"""Parts of input files: the unit of work, of memory and of resume.
+
+At the paper's scale one file may hold 490K queries, so a file is split into parts of about
+``input.part_rows`` rows, each read, refined and written on its own. Parquet files split along
+their row groups (a row group larger than a part is read in slices); JSONL files split into byte
+ranges, a line belonging to the part its first byte falls in. Planning reads only a parquet
+file's footer or the first MiB of a JSONL file: no pass over the data before the work starts.
+
+A part's id is derived from where it starts, so a rerun with the same ``part_rows`` plans the
+same parts and can skip those already written.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from arhn_ray.data.readers import filesystem, shard_name
+
+SAMPLE_BYTES = 1 << 20  # what planning reads of a JSONL file to estimate its bytes per row
+READ_BLOCK_BYTES = 4 << 20  # remote reads fetch this much at a time: a part over-reads at most one block
+
+
+@dataclass(frozen=True)
+class Part:
+    """Rows ``[start, end)`` of a parquet file, or the lines starting in bytes ``[start, end)`` of a JSONL file."""
+
+    uri: str
+    kind: str  # parquet | jsonl
+    start: int
+    end: int
+    rows: int | None  # exact for parquet; JSONL: known once read
+    estimated_rows: int
+    part_rows: int
+    limit: int | None = None  # input.limit: stop after this many rows
+
+    @property
+    def shard(self) -> str:
+        return shard_name(self.uri)
+
+    @property
+    def id(self) -> str:
+        return f"rows-{self.start:010d}" if self.kind == "parquet" else f"bytes-{self.start:013d}"
+
+    @property
+    def key(self) -> str:
+        return f"{self.shard}/{self.id}"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Part:
+        return cls(**json.loads(text))
+
+
+def plan_parts(uri: str, part_rows: int, storage_options: dict | None = None, limit: int | None = None) -> list[Part]:
+    """The parts of one input file, from its metadata (parquet) or its size and first MiB (JSONL)."""
+    fs, path = filesystem(uri, storage_options)
+    if path.endswith(".parquet"):
+        with fs.open(path, "rb") as f:
+            meta = pq.ParquetFile(f).metadata
+        sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+        total = sum(sizes) if limit is None else min(sum(sizes), limit)
+        return [Part(uri, "parquet", a, b, b - a, b - a, part_rows) for a, b in _row_ranges(sizes, part_rows, total)]
+    size = fs.size(path)
+    with fs.open(path, "rb") as f:
+        sample = f.read(SAMPLE_BYTES)
+    lines = [line for line in sample.split(b"\n") if line.strip()]
+    if len(sample) == size and not lines:
+        return [Part(uri, "jsonl", 0, size, 0, 0, part_rows, limit)]
+    # a sample ending mid-line still gives a fair mean; a JSONL row is never empty
+    per_row = max(1, len(sample) // max(1, len(lines)))
+    if limit is not None:
+        return [Part(uri, "jsonl", 0, size, None, min(limit, max(1, size // per_row)), part_rows, limit)]
+    step = max(per_row, per_row * part_rows)
+    starts = list(range(0, size, step)) or [0]
+    return [
+        Part(uri, "jsonl", a, min(a + step, size), None, max(1, (min(a + step, size) - a) // per_row), part_rows) for a in starts
+    ]
+
+
+def _row_ranges(sizes: list[int], part_rows: int, total: int) -> Iterator[tuple[int, int]]:
+    """Consecutive row groups up to ``part_rows`` rows; a larger row group in slices of ``part_rows``;
+    nothing past row ``total``."""
+    for a, b in _group_ranges(sizes, part_rows):
+        if a >= total:
+            return
+        yield a, min(b, total)
+
+
+def _group_ranges(sizes: list[int], part_rows: int) -> Iterator[tuple[int, int]]:
+    start = end = 0
+    for n in sizes:
+        if end > start and end - start + n > part_rows:
+            yield start, end
+            start = end
+        end += n
+        while end - start > part_rows:
+            yield start, start + part_rows
+            start += part_rows
+    if end > start:
+        yield start, end
+
+
+def read_part(part: Part, storage_options: dict | None = None) -> Iterator[tuple[int, Any, str | None]]:
+    """``(row_index, row, error)`` for each row of the part; error names what could not be decoded.
+    ``row_index`` is the row's number in a parquet file and its first byte's offset in a JSONL
+    file: either names the row in its file, and neither needs the parts before it."""
+    fs, path = filesystem(part.uri, storage_options)
+    if part.kind == "parquet":
+        yield from _read_parquet(fs, path, part)
+        return
+    n = 0
+    with fs.open(path, "rb", block_size=READ_BLOCK_BYTES) as f:
+        if part.start:
+            f.seek(part.start - 1)
+            f.readline()  # the line holding byte start-1 belongs to the part before
+        while part.limit is None or n < part.limit:
+            offset = f.tell()
+            if offset >= part.end:
+                return
+            line = f.readline()
+            if not line:
+                return
+            if not line.strip():
+                continue
+            n += 1
+            try:
+                yield offset, json.loads(line.decode("utf-8")), None
+            except UnicodeDecodeError as e:
+                yield (
+                    offset,
+                    line.decode("utf-8", errors="replace"),
+                    f"invalid UTF-8 at byte {e.start} of the line at byte {offset}",
+                )
+            except json.JSONDecodeError as e:
+                yield (
+                    offset,
+                    line.decode("utf-8", errors="replace"),
+                    f"invalid JSON: {e.msg} at column {e.colno} of the line at byte {offset}",
+                )
+
+
+def _read_parquet(fs, path: str, part: Part) -> Iterator[tuple[int, Any, None]]:
+    with fs.open(path, "rb", block_size=READ_BLOCK_BYTES) as f:
+        parquet = pq.ParquetFile(f)
+        groups, first, row = [], None, 0
+        for i in range(parquet.metadata.num_row_groups):
+            n = parquet.metadata.row_group(i).num_rows
+            if row + n > part.start and row < part.end:
+                groups.append(i)
+                first = row if first is None else first
+            row += n
+        index = first or 0
+        for batch in parquet.iter_batches(batch_size=256, row_groups=groups):
+            if index + batch.num_rows <= part.start:
+                index += batch.num_rows
+                continue
+            for row in batch.to_pylist():
+                if index >= part.end:
+                    return
+                if index >= part.start:
+                    yield index, row, None
+                index += 1

@@ -1,0 +1,48 @@
+"""The run's counters on Ray's own metrics (``ray.util.metrics``): the Ray dashboard, and
+Prometheus / Grafana scraping each node's metrics endpoint, show a long run's progress.
+
+Counted at the driver, where every row arrives: rows written by outcome, negatives by action,
+LLM tokens by stage and kind, rows rejected for an engine error. Each series carries the
+run's output path as a tag, so two runs on one cluster stay apart.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+
+class RunMetrics:
+    def __init__(self, output: str):
+        from ray.util.metrics import Counter as RayCounter
+
+        self.output = output
+        self.rows = RayCounter("arhn_rows", "rows written, by outcome (refined or rejected)", tag_keys=("output", "outcome"))
+        self.negatives = RayCounter("arhn_negatives", "negatives decided, by action (relabel, filter, keep)", tag_keys=("output", "action"))
+        self.tokens = RayCounter("arhn_llm_tokens", "LLM tokens of the rows written, by stage and kind", tag_keys=("output", "stage", "kind"))
+        self.engine_errors = RayCounter("arhn_engine_errors", "rows rejected because an LLM call failed", tag_keys=("output",))
+        self.last: Counter = Counter()
+
+    def update(self, sink) -> None:
+        """Adds what the writer counted since the last call."""
+        now: Counter = Counter()
+        now[("rows", "refined")] = sink.rows_done - sink.rejected
+        now[("rows", "rejected")] = sink.rejected
+        for action, n in sink.actions.items():
+            now[("negatives", action)] = n
+        for (stage, kind), n in sink.tokens.items():
+            now[("tokens", f"stage{stage}", kind)] = n
+        now[("engine_errors",)] = sink.engine_errors
+        for key, value in now.items():
+            delta = value - self.last[key]
+            if delta <= 0:
+                continue
+            tags = {"output": self.output}
+            if key[0] == "rows":
+                self.rows.inc(delta, {**tags, "outcome": key[1]})
+            elif key[0] == "negatives":
+                self.negatives.inc(delta, {**tags, "action": key[1]})
+            elif key[0] == "tokens":
+                self.tokens.inc(delta, {**tags, "stage": key[1], "kind": key[2]})
+            else:
+                self.engine_errors.inc(delta, tags)
+        self.last = now

@@ -1,0 +1,77 @@
+"""The run's progress line: rows done of the total, rate, time left, and what the labels did so far.
+
+Counts come from the writer as parts flow in; the total comes from parquet metadata and, for
+JSONL, from an estimate that each finished part replaces with its real count.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from arhn_ray.data.parts import Part
+
+log = logging.getLogger("arhn_ray.progress")
+
+
+class Progress:
+    def __init__(self, todo: list[Part], done: list[dict], every_s: float = 10.0):
+        self.before = sum(m["rows"] for m in done)
+        self.parts_before = len(done)
+        self.sizes = {p.key: p.rows if p.rows is not None else p.estimated_rows for p in todo}
+        self.exact = {p.key for p in todo if p.rows is not None}
+        self.files = len({p.uri for p in todo})
+        self.every_s = every_s
+        self.started = time.monotonic()
+        self.last = self.started
+        self.lines: list[str] = []
+
+    @property
+    def total(self) -> int:
+        return self.before + sum(self.sizes.values())
+
+    def plan_line(self, unreadable: dict[str, str]) -> str:
+        about = "" if len(self.exact) == len(self.sizes) else "~"
+        return (
+            f"{len(self.sizes)} parts to refine ({about}{sum(self.sizes.values()):,} rows) in {self.files} files; "
+            f"{self.parts_before} parts ({self.before:,} rows) already written; {len(unreadable)} unreadable files"
+        )
+
+    def announce(self, unreadable: dict[str, str]) -> None:
+        log.info("%s", self.plan_line(unreadable))
+
+    def line(self, sink) -> str:
+        for manifest in sink.finished:
+            key = f"{manifest['shard']}/{manifest['part']}"
+            if key not in self.exact:
+                self.sizes[key] = manifest["rows"]
+                self.exact.add(key)
+        done = sink.rows_done
+        elapsed = time.monotonic() - self.started
+        rate = done / elapsed if elapsed > 0 else 0.0
+        left = max(0, self.total - self.before - done)
+        eta = f"{_duration(left / rate)} left" if rate > 0 and left else ("done" if not left else "time left unknown")
+        about = "" if len(self.exact) == len(self.sizes) else "~"
+        a = sink.actions
+        return (
+            f"progress: {self.before + done:,} / {about}{self.total:,} rows ({(self.before + done) / max(1, self.total):.0%}), "
+            f"{rate:.2f} rows/s, {eta}; parts written {self.parts_before + len(sink.finished)}/{self.parts_before + len(self.sizes)}; "
+            f"relabeled {a['relabel']:,}, filtered {a['filter']:,}, kept {a['keep']:,}; rejected {sink.rejected:,}"
+        )
+
+    def update(self, sink, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self.last >= self.every_s:
+            self.last = now
+            text = self.line(sink)
+            self.lines.append(text)
+            log.info("%s", text)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"

