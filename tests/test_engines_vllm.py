@@ -56,6 +56,21 @@ def test_verbatim_constraint_gives_exact_snippets(engine, rows, truncate):
     assert snippets > 0
 
 
+def test_sentence_ids_give_exact_snippets_for_a_fraction_of_the_output(engine, rows, truncate):
+    """Issue 12: the real engine answers sentence ids under the ids constraint; every snippet is
+    cut from its passage (exact), and Stage 1 writes far fewer tokens than copying does."""
+    options = lb.MethodOptions(stage1_constraint="verbatim", stage2_constraint="format", stage1_output="sentence_ids")
+    outs = Refiner(engine, options, PromptSet.load("ids-v1"), truncate).refine([dict(r) for r in rows])
+    assert all(o.rejected is None for o in outs)
+    groundings = [d["grounding"] for o in outs for d in o.row["decisions"] if d["snippet"] is not None]
+    assert groundings and set(groundings) == {EXACT}
+    for o in outs:
+        for call in o.row["llm"]:
+            body = [line for line in call["stage1_text"].splitlines() if line and not line.startswith("[[[")]
+            assert all(line == "NO_ANSWER" or line.startswith("S") for line in body), call["stage1_text"]
+            assert call["stage1_output_tokens"] <= 20 * 11  # at most ~20 tokens a block of 11 documents
+
+
 def test_format_constraint_never_falls_back(engine, rows, truncate):
     options = lb.MethodOptions(stage1_constraint="format", stage2_constraint="format")
     refiner = Refiner(engine, options, PromptSet.load(), truncate, stage1_max_tokens=1500)

@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 from arhn_ray.method import ranking as rk
 from arhn_ray.method.constraints import stage1_format, stage1_verbatim, stage2_format
 from arhn_ray.method.prompts import PromptSet, neutralize
+from arhn_ray.method.sentence_ids import ground_ids, ids_constraint, numbered
 from arhn_ray.method.snippets import UNGROUNDED, Grounded, ParsedSnippet, ground, parse_stage1
 
 VARIANTS = ("rf", "relabel", "filter")
 POSITIVE_NO_ANSWER = ("paper", "keep", "reject")
 STAGE2_INPUTS = ("snippet", "passage")
 STAGE1_CONSTRAINTS = ("none", "format", "verbatim")
+STAGE1_OUTPUTS = ("text", "sentence_ids")  # the paper's copied snippet, or ids of the passage's sentences
 STAGE2_CONSTRAINTS = ("none", "format")
 RELABEL, FILTER, KEEP = "relabel", "filter", "keep"
 
@@ -42,9 +44,11 @@ class MethodOptions:
     ungrounded_as_no_answer: bool = True
     stage1_constraint: str = "none"
     stage2_constraint: str = "none"
+    stage1_output: str = "text"
 
     def __post_init__(self) -> None:
         for name, allowed in (
+            ("stage1_output", STAGE1_OUTPUTS),
             ("variant", VARIANTS),
             ("positive_no_answer", POSITIVE_NO_ANSWER),
             ("stage2_input", STAGE2_INPUTS),
@@ -116,6 +120,10 @@ def chunk_passages(plan: Plan, chunk: int) -> list[str]:
 def stage1_request(plan: Plan, chunk: int, prompts: PromptSet, options: MethodOptions) -> tuple[str, str | None]:
     """The Stage 1 prompt and its decoding constraint (a regex or None)."""
     passages = chunk_passages(plan, chunk)
+    if options.stage1_output == "sentence_ids":
+        neutral = [neutralize(p) for p in passages]
+        prompt = prompts.stage1_prompt(plan.row["query"], [numbered(p) for p in neutral])
+        return prompt, None if options.stage1_constraint == "none" else ids_constraint(neutral)
     prompt = prompts.stage1_prompt(plan.row["query"], passages)
     if options.stage1_constraint == "verbatim":
         return prompt, stage1_verbatim([neutralize(p) for p in passages])
@@ -133,7 +141,7 @@ class ChunkSnippets:
 
     def snippet(self, pos: int, options: MethodOptions) -> str | None:
         g = self.grounded[pos]
-        if g.grounding == UNGROUNDED and not options.ungrounded_as_no_answer:
+        if g.grounding == UNGROUNDED and not options.ungrounded_as_no_answer and options.stage1_output == "text":
             return self.parsed[pos].text
         return g.snippet
 
@@ -141,6 +149,8 @@ class ChunkSnippets:
 def read_stage1(plan: Plan, chunk: int, text: str, options: MethodOptions) -> ChunkSnippets:
     passages = chunk_passages(plan, chunk)
     parsed = parse_stage1(text, len(passages))
+    if options.stage1_output == "sentence_ids":
+        return ChunkSnippets(parsed, [ground_ids(p.text, passage, neutralize(passage)) for p, passage in zip(parsed, passages)])
     grounded = []
     for p, passage in zip(parsed, passages):
         neutral = neutralize(passage)
