@@ -46,6 +46,9 @@ class EngineConfig:
     tokenizer: str | None = None
     replay_path: str | None = None
     replay_delay_s: float = 0.0  # replay: latency per batch, standing in for an engine (benchmarks, fault tests)
+    # replay: hold each request for its recorded tokens' time in max_num_seqs slots (engines/latency.py:
+    # prefill_tokens_per_s, decode_tokens_per_s, max_num_seqs, time_scale, trace_dir)
+    replay_latency: dict[str, Any] | None = None
     replicas: int = 1
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1

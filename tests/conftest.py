@@ -53,3 +53,12 @@ def s3_server():
     yield options
     proc.terminate()
     proc.wait(timeout=10)
+
+
+def create_bucket(s3_options: dict, name: str) -> None:
+    """A bucket on the loopback S3 server of ``s3_server``."""
+    import boto3
+
+    ck = s3_options["client_kwargs"]
+    boto3.client("s3", endpoint_url=ck["endpoint_url"], region_name=ck["region_name"],
+                 aws_access_key_id=s3_options["key"], aws_secret_access_key=s3_options["secret"]).create_bucket(Bucket=name)  # fmt: skip

@@ -231,6 +231,10 @@ def test_ray_job_submit_runs_the_job(ray_head, tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "succeeded" in (res.stdout + res.stderr).lower()
+    # what `ray job logs` shows of the driver: arhn-ray's lines, not Ray Data's or the workers'
+    shown = res.stdout + res.stderr
+    assert "progress: 20 / 20 rows (100%)" in shown and "rows in       20" in shown
+    assert "MapBatches(" not in shown and "core_worker.cc" not in shown
     stats = json.loads((out / "stats.json").read_text())
     assert stats["overall"]["queries"] + stats["overall"]["rejected"] == n_rows == 20
     assert stats["overall"]["rejected"] == 0

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import create_bucket
 from helpers import ROOT, blocks, make_row
 
 from arhn_ray.config import load_config
@@ -174,16 +175,7 @@ def test_s3_in_and_out(ray_cluster, tmp_path, s3_server):
     import s3fs
 
     data, recordings, expected = dataset(tmp_path)
-    import boto3
-
-    ck = s3_server["client_kwargs"]
-    boto3.client(
-        "s3",
-        endpoint_url=ck["endpoint_url"],
-        region_name=ck["region_name"],
-        aws_access_key_id=s3_server["key"],
-        aws_secret_access_key=s3_server["secret"],
-    ).create_bucket(Bucket="arhn-test")
+    create_bucket(s3_server, "arhn-test")
     fs = s3fs.S3FileSystem(**s3_server)
     fs.put(str(data / "part-0.jsonl"), "arhn-test/in/part-0.jsonl")
     fs.put(str(data / "part-1.jsonl"), "arhn-test/in/part-1.jsonl")

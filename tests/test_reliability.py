@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from conftest import create_bucket
 from helpers import ROOT, ScriptedEngine, blocks, make_row, passage
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -442,18 +443,10 @@ def test_hostile_passages_cannot_steer_attribution_or_ranking():
 
 
 def test_secrets_never_reach_logs_config_or_provenance(ray_cluster, tmp_path, s3_server, caplog, capfd, monkeypatch):
-    import boto3
     import s3fs
 
     monkeypatch.setenv("ARHN_TEST_API_KEY", "sk-live-should-not-leak")
-    ck = s3_server["client_kwargs"]
-    boto3.client(
-        "s3",
-        endpoint_url=ck["endpoint_url"],
-        region_name=ck["region_name"],
-        aws_access_key_id=s3_server["key"],
-        aws_secret_access_key=s3_server["secret"],
-    ).create_bucket(Bucket="secret-test")
+    create_bucket(s3_server, "secret-test")
     fs = s3fs.S3FileSystem(**s3_server)
     rows = [make_row(2, qid="s1")]
     local = tmp_path / "in.jsonl"

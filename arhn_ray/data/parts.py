@@ -62,13 +62,13 @@ def plan_parts(uri: str, part_rows: int, storage_options: dict | None = None, li
     """The parts of one input file, from its metadata (parquet) or its size and first MiB (JSONL)."""
     fs, path = filesystem(uri, storage_options)
     if path.endswith(".parquet"):
-        with fs.open(path, "rb") as f:
+        with fs.open(path, "rb", block_size=READ_BLOCK_BYTES) as f:  # s3fs would read ahead 50 MiB
             meta = pq.ParquetFile(f).metadata
         sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
         total = sum(sizes) if limit is None else min(sum(sizes), limit)
         return [Part(uri, "parquet", a, b, b - a, b - a, part_rows) for a, b in _row_ranges(sizes, part_rows, total)]
     size = fs.size(path)
-    with fs.open(path, "rb") as f:
+    with fs.open(path, "rb", block_size=SAMPLE_BYTES) as f:
         sample = f.read(SAMPLE_BYTES)
     lines = [line for line in sample.split(b"\n") if line.strip()]
     if len(sample) == size and not lines:

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 
 from arhn_ray.data.readers import filesystem
 from arhn_ray.engines.base import ChatRequest, ChatResult
+from arhn_ray.engines.latency import LatencyModel, SlotEngine
 
 
 def load_recordings(path: str, storage_options: dict | None = None) -> dict[tuple[str, int, int], dict]:
@@ -52,23 +53,42 @@ def load_recordings(path: str, storage_options: dict | None = None) -> dict[tupl
 
 
 class ReplayEngine:
-    """``delay_s`` adds a fixed latency per batch, to stand in for an engine in pipeline benchmarks and fault tests."""
+    """``delay_s`` adds a fixed latency per batch, to stand in for an engine in pipeline benchmarks
+    and fault tests; ``latency`` holds each request for the time its recorded tokens would take
+    (engines/latency.py), in at most ``max_num_seqs`` slots."""
 
-    def __init__(self, path: str, model: str = "replay", storage_options: dict | None = None, delay_s: float = 0.0):
+    def __init__(
+        self,
+        path: str,
+        model: str = "replay",
+        storage_options: dict | None = None,
+        delay_s: float = 0.0,
+        latency: LatencyModel | None = None,
+    ):
         self.model = model
         self.delay_s = delay_s
         self.recordings = load_recordings(path, storage_options)
+        self.slots = SlotEngine(latency) if latency else None
 
     def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
         if self.delay_s:
             time.sleep(self.delay_s)
-        return self._lookup(requests)
+        results = self._lookup(requests)
+        if self.slots:  # a blocking call: the batch ends when its slowest request ends
+            asyncio.run(self._hold(results))
+        return results
 
     async def agenerate(self, requests: list[ChatRequest]) -> list[ChatResult]:
         """The same lookup; the delay is awaited, so concurrent calls overlap as in an async engine."""
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
-        return self._lookup(requests)
+        results = self._lookup(requests)
+        if self.slots:
+            await self._hold(results)
+        return results
+
+    async def _hold(self, results: list[ChatResult]) -> None:
+        await asyncio.gather(*(self.slots.hold(r.prompt_tokens, r.output_tokens) for r in results if not r.error))  # type: ignore[union-attr]
 
     def _lookup(self, requests: list[ChatRequest]) -> list[ChatResult]:
         out = []
@@ -81,4 +101,5 @@ class ReplayEngine:
         return out
 
     def close(self) -> None:
-        pass
+        if self.slots:
+            self.slots.flush()

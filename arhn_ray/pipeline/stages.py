@@ -97,9 +97,11 @@ def engine_options(cls, engine: EngineConfig):
 
 def make_engine(engine: EngineConfig) -> Engine | AsyncEngine:
     if engine.kind == "replay":
+        from arhn_ray.engines.latency import LatencyModel
         from arhn_ray.engines.replay import ReplayEngine
 
-        return ReplayEngine(engine.replay_path or "", model=engine.model or "replay", delay_s=engine.replay_delay_s)
+        latency = LatencyModel(**engine.replay_latency) if engine.replay_latency else None
+        return ReplayEngine(engine.replay_path or "", model=engine.model or "replay", delay_s=engine.replay_delay_s, latency=latency)
     if engine.kind == "openai":
         if engine.async_engine:
             raise ValueError("engine.async_engine: the openai engine has no async mode")
