@@ -177,6 +177,9 @@ def run(cfg: Config) -> dict[str, Any]:
                 "fmt": cfg.input.format,
                 "max_passage_chars": cfg.input.max_passage_chars,
                 "storage_options": dict(cfg.input.storage_options),
+                # a block per batch: a replica's task is one batch, so its results reach the writer
+                # when the batch is done and a crash costs only the batches in flight
+                "block_rows": cfg.pipeline.batch_size,
             },
         )
         if cfg.pipeline.mode == "fused":
