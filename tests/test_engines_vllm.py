@@ -68,7 +68,8 @@ def test_sentence_ids_give_exact_snippets_for_a_fraction_of_the_output(engine, r
         for call in o.row["llm"]:
             body = [line for line in call["stage1_text"].splitlines() if line and not line.startswith("[[[")]
             assert all(line == "NO_ANSWER" or line.startswith("S") for line in body), call["stage1_text"]
-            assert call["stage1_output_tokens"] <= 20 * 11  # at most ~20 tokens a block of 11 documents
+            # ~21 tokens a document, nearly all of them the block markers (copying averaged ~630 a call)
+            assert call["stage1_output_tokens"] <= 25 * 11
 
 
 def test_format_constraint_never_falls_back(engine, rows, truncate):

@@ -131,7 +131,13 @@ def run_measured(cmd: list[str], kill_at_calls: int | None = None) -> dict:
             peaks["by_kind"][kind] = max(peaks["by_kind"].get(kind, 0), rss)
         peaks["total"] = max(peaks["total"], total)
         if kill_at_calls is not None and FakeLLM.calls - calls0 >= kill_at_calls:
+            for p in procs:  # the driver and every process below it (raylet, workers): a whole node lost
+                try:
+                    p.kill()
+                except psutil.Error:
+                    pass
             os.killpg(proc.pid, signal.SIGKILL)
+            psutil.wait_procs(procs, timeout=30)
             killed = True
             break
         time.sleep(0.2)
@@ -198,7 +204,10 @@ def s3_bytes_per_input_byte(folder: Path, base_url: str, tmp: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=100_000, help="queries in the 7-file layout")
+    ap.add_argument("--memory-rows", type=int, default=2_000, help="the small file of the memory comparison; the large one is 10x")
+    ap.add_argument("--kill-rows", type=int, default=30_000, help="the one file killed at 60%% and run again")
     ap.add_argument("--skip-s3", action="store_true")
+    ap.add_argument("--skip-layout-kill", action="store_true", help="kill only the 30,000-query file, not the whole layout")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="arhn-scale-"))
     _, url = serve(FakeLLM)
@@ -212,18 +221,21 @@ def main() -> None:
     print(json.dumps(report, indent=2), flush=True)
 
     small, large = tmp / "one-2k", tmp / "one-20k"
-    make_layout(small, 2_000, {"msmarco": 1.0}, seed=1)
-    make_layout(large, 20_000, {"msmarco": 1.0}, seed=2)
+    make_layout(small, args.memory_rows, {"msmarco": 1.0}, seed=1)
+    make_layout(large, 10 * args.memory_rows, {"msmarco": 1.0}, seed=2)
     a = run_measured(job(str(small), tmp / "out-2k", url))
     b = run_measured(job(str(large), tmp / "out-20k", url))
-    report["2. memory, one file"] = {"rss_2k_mb": round(a["total"] / 2**20), "rss_20k_mb": round(b["total"] / 2**20),
+    report["2. memory, one file"] = {"rows": [args.memory_rows, 10 * args.memory_rows], "rss_small_mb": round(a["total"] / 2**20), "rss_10x_mb": round(b["total"] / 2**20),
                                      "ratio": round(b["total"] / a["total"], 3),
                                      "per_process_ratio": {k: round(b["by_kind"][k] / a["by_kind"][k], 3) for k in a["by_kind"] if k in b["by_kind"]}}  # fmt: skip
     print(json.dumps(report, indent=2), flush=True)
 
     one = tmp / "one-30k"
-    queries = make_layout(one, 30_000, {"msmarco": 1.0}, seed=3)
-    for label, data, rows, at in (("one 30,000-query file killed at 60%", one, queries, 0.6), ("7-file layout killed at 50%", layout, n, 0.5)):
+    queries = make_layout(one, args.kill_rows, {"msmarco": 1.0}, seed=3)
+    kills = [(f"one {queries:,}-query file killed at 60%", one, queries, 0.6)]
+    if not args.skip_layout_kill:
+        kills.append(("7-file layout killed at 50%", layout, n, 0.5))
+    for label, data, rows, at in kills:
         out = tmp / f"killed-{at}"
         first = run_measured(job(str(data), out, url), kill_at_calls=int(rows * at))
         second = run_measured(job(str(data), out, url))
