@@ -116,7 +116,9 @@ def read_part(part: Part, storage_options: dict | None = None) -> Iterator[tuple
         yield from _read_parquet(fs, path, part)
         return
     n = 0
-    with fs.open(path, "rb", block_size=READ_BLOCK_BYTES) as f:
+    # read-ahead past the part's end is wasted: at most an eighth of the part (and 4 MiB)
+    block = min(READ_BLOCK_BYTES, max(1 << 16, (part.end - part.start) // 8))
+    with fs.open(path, "rb", block_size=block) as f:
         if part.start:
             f.seek(part.start - 1)
             f.readline()  # the line holding byte start-1 belongs to the part before
