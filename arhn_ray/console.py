@@ -56,13 +56,15 @@ class ProgressHandler(logging.Handler):
         self.every_s = every_s
         self.last = 0.0
         self.open_line = False
+        self.printed = ""
 
     def emit(self, record: logging.LogRecord) -> None:
         text = self.format(record)
         if record.levelno >= logging.WARNING:
             self._end_line()
             self.stream.write(f"arhn-ray: {record.levelname.lower()}: {text}\n")
-        elif record.name == PROGRESS_LOGGER:
+        elif record.name == PROGRESS_LOGGER and text != self.printed:
+            self.printed = text
             now = time.monotonic()
             final = text.startswith("progress:") and "done" in text.split(";")[0]
             if self.tty:

@@ -55,7 +55,7 @@ class Progress:
         a = sink.actions
         return (
             f"progress: {self.before + done:,} / {about}{self.total:,} rows ({(self.before + done) / max(1, self.total):.0%}), "
-            f"{rate:.2f} rows/s, {eta}; parts written {self.parts_before + len(sink.finished)}/{self.parts_before + len(self.sizes)}; "
+            f"{rate:.3g} rows/s, {eta}; parts written {self.parts_before + len(sink.finished)}/{self.parts_before + len(self.sizes)}; "
             f"relabeled {a['relabel']:,}, filtered {a['filter']:,}, kept {a['keep']:,}; rejected {sink.rejected:,}"
         )
 
