@@ -50,7 +50,12 @@ def _quietly(run, cfg):
             handler = ProgressHandler(console)
             handler.addFilter(only_ours)
             logging.getLogger().addHandler(handler)
-            return run(cfg)
+            stats = run(cfg)
+            import ray
+
+            if ray.is_initialized():  # workers' last lines (their shutdown) go to the log, not the terminal
+                ray.shutdown()
+            return stats
     finally:
         if handler is not None:
             logging.getLogger().removeHandler(handler)
