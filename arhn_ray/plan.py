@@ -168,12 +168,10 @@ def token_counter(cfg: Config):
 
 
 def _truncator(cfg: Config):
-    if not cfg.truncation.tokenizer:
-        return None
-    try:
-        from arhn_ray.data.truncation import Truncator, resolve_tokenizer
+    from arhn_ray.pipeline.stages import make_truncator
 
-        return Truncator(resolve_tokenizer(cfg.truncation.tokenizer), cfg.truncation.max_seq_len)
+    try:
+        return make_truncator(cfg)
     except Exception:  # not on this machine: the plan counts untruncated passages, an upper bound
         return None
 

@@ -43,7 +43,7 @@ def part_manifests(output: str, storage_options: dict | None = None) -> list[dic
 class _Part:
     def __init__(self, sink: PartSink, part: Part):
         self.part = part
-        self.name = f"{part.shard}/{part.id}"
+        self.name = part.key
         self.expected = part.rows  # JSONL: known when the reader's end marker arrives
         self.seen: set[int] = set()
         self.stats = RunStats()
