@@ -14,8 +14,8 @@ from arhn_ray.config import load_config, method_options
 from arhn_ray.method import labeling as lb
 from arhn_ray.method.constraints import sentences
 from arhn_ray.method.prompts import PromptSet
-from arhn_ray.method.sentence_ids import ground_ids, ids_constraint, numbered, parse_ids, rebuild
-from arhn_ray.method.snippets import EXACT, UNGROUNDED
+from arhn_ray.method.sentence_ids import ground_ids, ids_constraint, numbered, parse_answers, parse_ids, rebuild
+from arhn_ray.method.snippets import EXACT, MISSING, OK, UNGROUNDED
 from arhn_ray.refine import Refiner
 
 PASSAGE = "Paris is the capital of France. It lies on the Seine!  Its population is about 2 million?\nMuseums abound."
@@ -56,29 +56,43 @@ def test_every_valid_range_rebuilds_its_sentences(passage):
 
 
 def test_the_constraint_admits_exactly_the_valid_answers():
-    regex = re.compile(ids_constraint([PASSAGE]))
+    regex = re.compile(ids_constraint([PASSAGE, "One sentence."]))
     n = len(sentences(PASSAGE))
     assert n == 4
-
-    def block(body: str) -> str:
-        return f"[[[doc1]]]\n{body}\n[[[/doc1]]]"
-
     valid = {"NO_ANSWER"} | {f"S{a}" + (f"-S{b}" if b > a else "") for a in range(1, 5) for b in range(a, min(4, a + 2) + 1)}
     for body in valid:
-        assert regex.fullmatch(block(body)), body
+        assert regex.fullmatch(f"doc1: {body}\ndoc2: S1"), body
     for body in ("S0", "S5", "S1-S4", "S2-S1", "S1-S1", "Paris", "S1 ", "s1"):
-        assert not regex.fullmatch(block(body)), body
+        assert not regex.fullmatch(f"doc1: {body}\ndoc2: S1"), body
+    assert not regex.fullmatch("doc1: S1\ndoc2: S2") and not regex.fullmatch("doc2: S1\ndoc1: S1")
     assert len(ids_constraint([PASSAGE] * 11)) < 2000  # a small grammar, not the passages' text
+
+
+def test_answers_are_read_one_line_per_document_whatever_surrounds_them():
+    assert parse_answers("doc1: S2-S3\ndoc2: NO_ANSWER\ndoc3: S1", 3) == [("S2-S3", OK), (None, OK), ("S1", OK)]
+    chatty = "<think>doc1: S4</think>Sure, here you go:\n**doc2**: S1\n- doc1 - no answer.\ndoc1: S2\ndoc9: S1"
+    assert parse_answers(chatty, 3) == [(None, OK), ("S1", OK), (None, MISSING)]  # the first line for a doc wins
+    assert parse_answers(blocks(["S1", None]), 2) == [("S1", OK), (None, OK)]  # the paper's blocks are read too
+    assert parse_answers("", 2) == [(None, MISSING)] * 2
+
+
+@settings(max_examples=300, deadline=None)
+@given(text_st, st.integers(1, 12))
+def test_reading_answers_never_raises_and_gives_one_result_per_document(text, n):
+    parsed = parse_answers(text, n)
+    assert len(parsed) == n and all(p.status in (OK, MISSING, "unclosed") for p in parsed)
 
 
 def test_the_refiner_in_sentence_ids_mode_gives_exact_snippets_and_the_papers_labels():
     row = make_row(3)  # "Negative passage number i. It talks about topic i."
     options = lb.MethodOptions(stage1_output="sentence_ids", stage1_constraint="verbatim")
-    engine = ScriptedEngine(lambda r: blocks(["S2", "S1", "S1-S2", None]) if r.key[1] == 1 else "[2] > [1] > [3]")
+    lines = "doc1: S2\ndoc2: S1\ndoc3: S1-S2\ndoc4: NO_ANSWER"
+    engine = ScriptedEngine(lambda r: lines if r.key[1] == 1 else "[2] > [1] > [3]")
     (out,) = Refiner(engine, options, PromptSet.load("ids-v1")).refine([row])
     assert out.rejected is None
     stage1 = engine.requests[0]
     assert "S1: Negative passage number 0." in stage1.messages[-1]["content"] and "S3-S5" not in stage1.constraint
+    assert re.fullmatch(stage1.constraint, lines)
     d = {x["docid"]: x for x in out.row["decisions"]}
     assert (d["n0"]["action"], d["n0"]["snippet"], d["n0"]["grounding"]) == ("relabel", "Negative passage number 0.", EXACT)
     assert (d["n1"]["action"], d["n1"]["snippet"]) == ("filter", "Negative passage number 1. It talks about topic 1.")

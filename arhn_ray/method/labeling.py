@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from arhn_ray.method import ranking as rk
 from arhn_ray.method.constraints import stage1_format, stage1_verbatim, stage2_format
 from arhn_ray.method.prompts import PromptSet, neutralize
-from arhn_ray.method.sentence_ids import ground_ids, ids_constraint, numbered
+from arhn_ray.method.sentence_ids import ground_ids, ids_constraint, numbered, parse_answers
 from arhn_ray.method.snippets import UNGROUNDED, Grounded, ParsedSnippet, ground, parse_stage1
 
 VARIANTS = ("rf", "relabel", "filter")
@@ -148,9 +148,10 @@ class ChunkSnippets:
 
 def read_stage1(plan: Plan, chunk: int, text: str, options: MethodOptions) -> ChunkSnippets:
     passages = chunk_passages(plan, chunk)
-    parsed = parse_stage1(text, len(passages))
     if options.stage1_output == "sentence_ids":
+        parsed = parse_answers(text, len(passages))
         return ChunkSnippets(parsed, [ground_ids(p.text, passage, neutralize(passage)) for p, passage in zip(parsed, passages)])
+    parsed = parse_stage1(text, len(passages))
     grounded = []
     for p, passage in zip(parsed, passages):
         neutral = neutralize(passage)

@@ -49,6 +49,16 @@ def strip_thinking(text: str) -> str:
     return text[:start] if start >= 0 else text
 
 
+def is_no_answer(answer: str) -> bool:
+    """NO_ANSWER as models write it: ``NO_ANSWER``, ``no answer.``, ``**No-Answer**``, or nothing."""
+    return not answer.strip() or bool(_NO_ANSWER.match(answer.strip()))
+
+
+def has_blocks(text: str) -> bool:
+    """Whether ``text`` holds any ``[[[docK]]]`` marker (leniently: one to three brackets)."""
+    return _MARKER.search(text) is not None
+
+
 def _clean(content: str) -> str | None:
     content = content.strip()
     while len(content) >= 2 and content[0] in _QUOTES and content[-1] in _QUOTES:
