@@ -95,7 +95,8 @@ def _plan(args: argparse.Namespace) -> int:
     from arhn_ray.plan import Assumptions, make_plan, render
 
     cfg = load_config(args.config, args.overrides)
-    assume = replace(Assumptions(), sample_rows=args.sample_rows, tokens_per_gpu_s=args.tokens_per_gpu_s)
+    assume = replace(Assumptions(), sample_rows=args.sample_rows, prefill_tokens_per_gpu_s=args.prefill_tokens_per_gpu_s,
+                     decode_tokens_per_gpu_s=args.decode_tokens_per_gpu_s)  # fmt: skip
     result = make_plan(cfg, assume)
     print(json.dumps(result.to_dict(), indent=2) if args.json else render(result))
     return 0
@@ -184,7 +185,8 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("overrides", nargs="*", help="key=value, as for refine")
     pl.add_argument("--json", action="store_true", help="print the plan as JSON, for scripts")
     pl.add_argument("--sample-rows", type=int, default=2000, help="rows read per file; the rest of a file is scaled from them")
-    pl.add_argument("--tokens-per-gpu-s", type=float, default=2100.0, help="assumed throughput per GPU, prompt + output tokens")
+    pl.add_argument("--prefill-tokens-per-gpu-s", type=float, default=2930.0, help="assumed prompt tokens per GPU-second")
+    pl.add_argument("--decode-tokens-per-gpu-s", type=float, default=665.0, help="assumed output tokens per GPU-second")
 
     m = _command(sub, "prepare-model", "convert the bundled SmolLM2 GGUF file into a Hugging Face folder (once)",
                  "arhn-ray prepare-model", _prepare_model)  # fmt: skip

@@ -10,7 +10,7 @@ figures: output tokens per document and per ranked item, and throughput per GPU.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from arhn_ray.config import Config, method_options
@@ -20,15 +20,27 @@ from arhn_ray.data.records import InvalidRow, validate_row
 from arhn_ray.method import labeling as lb
 from arhn_ray.method.prompts import PromptSet, chat
 
+# Stage 1 output tokens a document. text: the paper's block markers (~19 tokens) around a snippet
+# (~30) for the 44% of documents that Table 4 implies have one (the positive and 3.8 of 10
+# negatives), NO_ANSWER (~3) for the rest: 19 + 0.44 x 30 + 0.56 x 3 = 34. sentence_ids: one
+# "docK: S2-S3" line (94 tokens for 11 answers with SmolLM2's tokenizer).
+OUTPUT_TOKENS_PER_DOC = {"text": 34.0, "sentence_ids": 8.5}
+
 
 @dataclass
 class Assumptions:
-    """What the plan cannot count; each figure it prints says which of these it rests on."""
+    """What the plan cannot count; each figure it prints says which of these it rests on.
 
-    stage1_output_tokens_per_doc: float = 45.0  # block markers (~12) + a one-sentence snippet, or NO_ANSWER
+    The two rates are a fit of GPUStack's vLLM v0.11 baseline for Qwen3-32B on one A100-80GB
+    (2,000 prompt + 100 output tokens a request at 2,521 tokens/s; 128 + 4 at 2,657): a request
+    costs prompt/prefill + output/decode GPU-seconds. The fit underestimates 4,000 + 200 token
+    requests by 27% (attention grows with the context); Stage 1 prompts are ~1,200-1,500 tokens."""
+
+    stage1_output_tokens_per_doc: float | None = None  # None: OUTPUT_TOKENS_PER_DOC of stage1.output
     stage2_item_tokens: float = 40.0  # a ranked snippet in the Stage 2 prompt (about one sentence)
     stage2_output_tokens_per_item: float = 4.0  # "[3] > "
-    tokens_per_gpu_s: float = 2100.0  # prompt + output, Qwen3-32B bf16 on one A100 (GPUStack's vLLM baseline, 1,840-2,520)
+    prefill_tokens_per_gpu_s: float = 2930.0  # prompt tokens per A100-second, Qwen3-32B bf16, engine full
+    decode_tokens_per_gpu_s: float = 665.0  # output tokens per A100-second, same fit
     sample_rows: int = 2000  # rows read per file; the rest of a file is scaled from them
 
 
@@ -65,7 +77,10 @@ def make_plan(cfg: Config, assume: Assumptions | None = None) -> Plan:
     from arhn_ray.pipeline.sink import complete_parts
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a plan downloads nothing: tokenizers not on this machine are not used
+    options = method_options(cfg)
     assume = assume or Assumptions()
+    if assume.stage1_output_tokens_per_doc is None:
+        assume = replace(assume, stage1_output_tokens_per_doc=OUTPUT_TOKENS_PER_DOC[options.stage1_output])
     try:
         written = {} if cfg.output.overwrite else complete_parts(cfg.output.path, cfg.output.storage_options)
         output_note = f"{len(written)} parts already written in {cfg.output.path} are left out"
@@ -73,7 +88,6 @@ def make_plan(cfg: Config, assume: Assumptions | None = None) -> Plan:
         written, output_note = {}, f"{cfg.output.path} not readable here ({type(e).__name__}): the whole input is planned"
     parts, done, _ = plan_parts(cfg, written)
     count, tokenizer_name = token_counter(cfg)
-    options = method_options(cfg)
     prompts = PromptSet.load(cfg.prompts.version, cfg.prompts.dir)
     truncate = _truncator(cfg)
     p = Plan(files=len({x.uri for x in parts}), parts=len(parts), tokenizer=tokenizer_name, assumptions=asdict(assume), output=output_note)
@@ -102,8 +116,10 @@ def make_plan(cfg: Config, assume: Assumptions | None = None) -> Plan:
     p.rows, p.rows_sampled = totals["rows"], totals["sampled"]
     e = cfg.engine
     p.gpus = 0 if e.device == "cpu" or e.kind != "vllm" else e.replicas * e.tensor_parallel_size * e.pipeline_parallel_size
-    tokens = p.stage1_prompt_tokens + p.stage1_output_tokens + p.stage2_prompt_tokens_at_most + p.stage2_output_tokens_at_most
-    p.hours = tokens / (assume.tokens_per_gpu_s * p.gpus) / 3600 if p.gpus else 0.0
+    prompt = p.stage1_prompt_tokens + p.stage2_prompt_tokens_at_most
+    output = p.stage1_output_tokens + p.stage2_output_tokens_at_most
+    gpu_s = prompt / assume.prefill_tokens_per_gpu_s + output / assume.decode_tokens_per_gpu_s
+    p.hours = gpu_s / p.gpus / 3600 if p.gpus else 0.0
     p.gpu_hours = p.hours * p.gpus
     return p
 
@@ -192,7 +208,7 @@ def render(p: Plan) -> str:
             f"                    at most ~{p.stage2_prompt_tokens_at_most:,} prompt + ~{p.stage2_output_tokens_at_most:,} output tokens "
             f"(assumed {a['stage2_item_tokens']:g} tokens a snippet, {a['stage2_output_tokens_per_item']:g} per ranked item)",
             f"  time              ~{p.hours:.3g} h on {p.gpus} GPUs = ~{p.gpu_hours:.3g} GPU-hours "
-            f"(assumed {a['tokens_per_gpu_s']:,.0f} tokens/s per GPU, prompt + output: Qwen3-32B on an A100)"
+            f"(assumed per A100, Qwen3-32B: {a['prefill_tokens_per_gpu_s']:,.0f} prompt and {a['decode_tokens_per_gpu_s']:,.0f} output tokens/s)"
             if p.gpus
             else "  time              no GPU estimate: this config runs on CPU or an external server",
         ]

@@ -246,3 +246,17 @@ def test_plan_reports_the_shipped_sample_without_calling_an_llm(capsys):
     assert main(["plan", str(ROOT / "conf" / "qwen3-32b-a100x16.yaml"), "input.path=arhn_ray/samples"]) == 0
     text = capsys.readouterr().out
     assert "on 16 GPUs" in text and "GPU-hours" in text and "not readable here" in text
+
+
+def test_plan_prices_sentence_ids_below_copied_text(capsys):
+    """Numbered sentences lengthen the prompt a little; one short line a document instead of a
+    copied span in blocks shortens the output, which costs ~4x more GPU time per token."""
+    runs = {}
+    for mode in ("text", "sentence_ids"):
+        args = ["plan", str(ROOT / "conf" / "qwen3-32b-a100x16.yaml"), "input.path=arhn_ray/samples", f"stage1.output={mode}", "--json"]
+        assert main(args) == 0
+        runs[mode] = json.loads(capsys.readouterr().out)
+    text, ids = runs["text"], runs["sentence_ids"]
+    assert text["stage1_prompt_tokens"] < ids["stage1_prompt_tokens"] < 1.2 * text["stage1_prompt_tokens"]
+    assert ids["stage1_output_tokens"] < 0.3 * text["stage1_output_tokens"]
+    assert 0 < ids["gpu_hours"] < 0.9 * text["gpu_hours"]
