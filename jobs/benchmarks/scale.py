@@ -12,7 +12,7 @@ Prints, each measured in this run:
    its rerun, per query (goal <= 1.15), and the same for the whole layout killed at 50%;
 4. bytes read from S3 (moto's server on loopback, through a counting proxy) per input byte (goal <= 1.2).
 
-    python jobs/benchmarks/scale.py [--rows 100000] [--skip-s3]
+    python jobs/benchmarks/scale.py [--rows 100000] [--skip-s3] [--sections 1234]
 """
 
 from __future__ import annotations
@@ -208,6 +208,7 @@ def main() -> None:
     ap.add_argument("--kill-rows", type=int, default=30_000, help="the one file killed at 60%% and run again")
     ap.add_argument("--skip-s3", action="store_true")
     ap.add_argument("--skip-layout-kill", action="store_true", help="kill only the 30,000-query file, not the whole layout")
+    ap.add_argument("--sections", default="1234", help="which of the four measures to run, e.g. 34")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="arhn-scale-"))
     _, url = serve(FakeLLM)
@@ -215,27 +216,41 @@ def main() -> None:
 
     layout = tmp / "layout"
     n = make_layout(layout, args.rows, LAYOUT)
-    full = run_measured(job(str(layout), tmp / "full", url))
-    report["1. around the LLM"] = {"queries": n, "wall_s": round(full["wall_s"], 1), "rows_per_s": round(n / full["wall_s"], 1),
-                                   "llm_calls_per_query": round(full["calls"] / n, 3)}  # fmt: skip
+    if "1" in args.sections:
+        full = run_measured(job(str(layout), tmp / "full", url))
+        report["1. around the LLM"] = {"queries": n, "wall_s": round(full["wall_s"], 1), "rows_per_s": round(n / full["wall_s"], 1),
+                                       "llm_calls_per_query": round(full["calls"] / n, 3)}  # fmt: skip
+        print(json.dumps(report, indent=2), flush=True)
+    if "2" in args.sections:
+        memory(args.memory_rows, tmp, url, report)
+    if "3" in args.sections:
+        kills(args, layout, n, tmp, url, report)
+    if "4" in args.sections and not args.skip_s3:
+        s3_data = tmp / "s3-layout"
+        make_layout(s3_data, max(7_000, args.rows // 5), LAYOUT, seed=4)
+        report["4. S3 bytes read per input byte"] = s3_bytes_per_input_byte(s3_data, url, tmp)
     print(json.dumps(report, indent=2), flush=True)
 
+
+def memory(rows: int, tmp: Path, url: str, report: dict) -> None:
     small, large = tmp / "one-2k", tmp / "one-20k"
-    make_layout(small, args.memory_rows, {"msmarco": 1.0}, seed=1)
-    make_layout(large, 10 * args.memory_rows, {"msmarco": 1.0}, seed=2)
+    make_layout(small, rows, {"msmarco": 1.0}, seed=1)
+    make_layout(large, 10 * rows, {"msmarco": 1.0}, seed=2)
     a = run_measured(job(str(small), tmp / "out-2k", url))
     b = run_measured(job(str(large), tmp / "out-20k", url))
-    report["2. memory, one file"] = {"rows": [args.memory_rows, 10 * args.memory_rows], "rss_small_mb": round(a["total"] / 2**20), "rss_10x_mb": round(b["total"] / 2**20),
+    report["2. memory, one file"] = {"rows": [rows, 10 * rows], "rss_small_mb": round(a["total"] / 2**20), "rss_10x_mb": round(b["total"] / 2**20),
                                      "ratio": round(b["total"] / a["total"], 3),
                                      "per_process_ratio": {k: round(b["by_kind"][k] / a["by_kind"][k], 3) for k in a["by_kind"] if k in b["by_kind"]}}  # fmt: skip
     print(json.dumps(report, indent=2), flush=True)
 
+
+def kills(args, layout: Path, n: int, tmp: Path, url: str, report: dict) -> None:
     one = tmp / "one-30k"
     queries = make_layout(one, args.kill_rows, {"msmarco": 1.0}, seed=3)
-    kills = [(f"one {queries:,}-query file killed at 60%", one, queries, 0.6)]
+    runs = [(f"one {queries:,}-query file killed at 60%", one, queries, 0.6)]
     if not args.skip_layout_kill:
-        kills.append(("7-file layout killed at 50%", layout, n, 0.5))
-    for label, data, rows, at in kills:
+        runs.append(("7-file layout killed at 50%", layout, n, 0.5))
+    for label, data, rows, at in runs:
         out = tmp / f"killed-{at}"
         first = run_measured(job(str(data), out, url), kill_at_calls=int(rows * at))
         second = run_measured(job(str(data), out, url))
@@ -244,12 +259,6 @@ def main() -> None:
                                  "calls_per_query": round((first["calls"] + second["calls"]) / rows, 4),
                                  "rows_out": stats["overall"]["queries"] + stats["overall"]["rejected"]}  # fmt: skip
         print(json.dumps(report, indent=2), flush=True)
-
-    if not args.skip_s3:
-        s3_data = tmp / "s3-layout"
-        make_layout(s3_data, max(7_000, args.rows // 5), LAYOUT, seed=4)
-        report["4. S3 bytes read per input byte"] = s3_bytes_per_input_byte(s3_data, url, tmp)
-    print(json.dumps(report, indent=2), flush=True)
 
 
 if __name__ == "__main__":
