@@ -253,7 +253,8 @@ def test_notebook_runs_on_the_cpu_setup(tmp_path, monkeypatch):
     data = tmp_path / "in"
     data.mkdir()
     row = load_jsonl(SAMPLES / "rlhn_msmarco.jsonl")[0]
-    (data / "one.jsonl").write_text(json.dumps({**row, "negative_passages": row["negative_passages"][:9]}) + "\n")
+    # the shard keeps its sample name: the notebook shows refined/rlhn_msmarco
+    (data / "rlhn_msmarco.jsonl").write_text(json.dumps({**row, "negative_passages": row["negative_passages"][:9]}) + "\n")
     overrides = ["conf/local.yaml", f"input.path={data}", f"output.path={tmp_path / 'nb-out'}"]
     monkeypatch.setenv("ARHN_NOTEBOOK_OVERRIDES", json.dumps(overrides))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
