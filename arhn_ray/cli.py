@@ -44,6 +44,9 @@ def _quietly(run, cfg):
     name = f"refine-{time.strftime('%Y%m%d-%H%M%S')}.log"
     path = f"{root}/logs/{name}" if local else f"arhn-ray-logs/{name}"
     handler = None
+    import ray
+
+    ours = not ray.is_initialized()  # a Ray the caller started (a notebook, a test session) stays up
     try:
         with quiet(path) as console:
             console.write(f"arhn-ray: refining {cfg.input.path} -> {cfg.output.path} (Ray and vLLM logs: {path}; -v shows them here)\n")
@@ -51,9 +54,7 @@ def _quietly(run, cfg):
             handler.addFilter(only_ours)
             logging.getLogger().addHandler(handler)
             stats = run(cfg)
-            import ray
-
-            if ray.is_initialized():  # workers' last lines (their shutdown) go to the log, not the terminal
+            if ours and ray.is_initialized():  # workers' last lines (their shutdown) go to the log, not the terminal
                 ray.shutdown()
             return stats
     finally:

@@ -61,6 +61,7 @@ def replay_output(ray_cluster, tmp_path_factory):
         ]
     )
     assert code == 0
+    assert ray_cluster.is_initialized()  # the CLI leaves a Ray it did not start (the session's) up
     return out
 
 
