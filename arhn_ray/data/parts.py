@@ -23,6 +23,9 @@ from arhn_ray.data.readers import filesystem, shard_name
 
 SAMPLE_BYTES = 1 << 20  # what planning reads of a JSONL file to estimate its bytes per row
 READ_BLOCK_BYTES = 4 << 20  # remote reads fetch this much at a time: a part over-reads at most one block
+# no read-ahead cache: fsspec's default fetches a block past every read that misses it, and a
+# JSONL part read line by line then moved ~2.8x its bytes from S3 (jobs/benchmarks/scale.py)
+EXACT_READS = {"cache_type": "none"}
 
 
 @dataclass(frozen=True)
@@ -62,13 +65,13 @@ def plan_parts(uri: str, part_rows: int, storage_options: dict | None = None, li
     """The parts of one input file, from its metadata (parquet) or its size and first MiB (JSONL)."""
     fs, path = filesystem(uri, storage_options)
     if path.endswith(".parquet"):
-        with fs.open(path, "rb", block_size=READ_BLOCK_BYTES) as f:  # s3fs would read ahead 50 MiB
+        with fs.open(path, "rb", block_size=READ_BLOCK_BYTES, **EXACT_READS) as f:
             meta = pq.ParquetFile(f).metadata
         sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
         total = sum(sizes) if limit is None else min(sum(sizes), limit)
         return [Part(uri, "parquet", a, b, b - a, b - a, part_rows) for a, b in _row_ranges(sizes, part_rows, total)]
     size = fs.size(path)
-    with fs.open(path, "rb", block_size=SAMPLE_BYTES) as f:
+    with fs.open(path, "rb", block_size=SAMPLE_BYTES, **EXACT_READS) as f:
         sample = f.read(SAMPLE_BYTES)
     lines = [line for line in sample.split(b"\n") if line.strip()]
     if len(sample) == size and not lines:
@@ -116,40 +119,50 @@ def read_part(part: Part, storage_options: dict | None = None) -> Iterator[tuple
         yield from _read_parquet(fs, path, part)
         return
     n = 0
-    # read-ahead past the part's end is wasted: at most an eighth of the part (and 4 MiB)
-    block = min(READ_BLOCK_BYTES, max(1 << 16, (part.end - part.start) // 8))
-    with fs.open(path, "rb", block_size=block) as f:
-        if part.start:
-            f.seek(part.start - 1)
-            f.readline()  # the line holding byte start-1 belongs to the part before
-        while part.limit is None or n < part.limit:
-            offset = f.tell()
-            if offset >= part.end:
+    for offset, line in _lines(fs, path, part.start, part.end):
+        if part.limit is not None and n >= part.limit:
+            return
+        if not line.strip():
+            continue
+        n += 1
+        try:
+            yield offset, json.loads(line.decode("utf-8")), None
+        except UnicodeDecodeError as e:
+            yield offset, line.decode("utf-8", errors="replace"), f"invalid UTF-8 at byte {e.start} of the line at byte {offset}"
+        except json.JSONDecodeError as e:
+            yield (
+                offset,
+                line.decode("utf-8", errors="replace"),
+                f"invalid JSON: {e.msg} at column {e.colno} of the line at byte {offset}",
+            )
+
+
+def _lines(fs, path: str, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+    """``(offset, line)`` for each line whose first byte is in ``[start, end)``, from sequential
+    reads of a 32nd of the range (64 KiB to 4 MiB): the read passes ``end`` by one block at most."""
+    block = min(READ_BLOCK_BYTES, max(1 << 16, (end - start) // 32))
+    at = max(0, start - 1)  # the line holding byte start-1 belongs to the part before
+    buffer, skip = b"", start > 0
+    with fs.open(path, "rb", block_size=block, **EXACT_READS) as f:
+        f.seek(at)
+        while True:
+            chunk = f.read(block)
+            pieces = (buffer + chunk).split(b"\n")
+            buffer = pieces.pop() if chunk else b""  # a line not finished yet; at the end, the last one
+            for line in pieces:
+                if skip:
+                    skip = False
+                elif at >= end:
+                    return
+                else:
+                    yield at, line
+                at += len(line) + 1
+            if not chunk:
                 return
-            line = f.readline()
-            if not line:
-                return
-            if not line.strip():
-                continue
-            n += 1
-            try:
-                yield offset, json.loads(line.decode("utf-8")), None
-            except UnicodeDecodeError as e:
-                yield (
-                    offset,
-                    line.decode("utf-8", errors="replace"),
-                    f"invalid UTF-8 at byte {e.start} of the line at byte {offset}",
-                )
-            except json.JSONDecodeError as e:
-                yield (
-                    offset,
-                    line.decode("utf-8", errors="replace"),
-                    f"invalid JSON: {e.msg} at column {e.colno} of the line at byte {offset}",
-                )
 
 
 def _read_parquet(fs, path: str, part: Part) -> Iterator[tuple[int, Any, None]]:
-    with fs.open(path, "rb", block_size=READ_BLOCK_BYTES) as f:
+    with fs.open(path, "rb", block_size=READ_BLOCK_BYTES, **EXACT_READS) as f:
         parquet = pq.ParquetFile(f)
         groups, first, row = [], None, 0
         for i in range(parquet.metadata.num_row_groups):
