@@ -7,6 +7,7 @@ bundled model about a minute of generation, and each engine run is done once and
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from helpers import RLHN_STAGE1, load_jsonl
@@ -94,9 +95,8 @@ def test_format_constraint_never_falls_back(engine, rows, truncate):
         plan = lb.plan_row(o.row, options, truncate)
         for c, call in enumerate(o.row["llm"]):
             statuses = [p.status for p in lb.read_stage1(plan, c, call["stage1_text"], options).parsed]
-            if call["stage1_finish_reason"] == "length":
-                written = statuses.index("unclosed")
-                assert statuses[:written] == [OK] * written and set(statuses[written + 1 :]) <= {"missing"}, statuses
+            if call["stage1_finish_reason"] == "length":  # ok ... ok, the block cut (if the cut fell inside one), missing ...
+                assert re.fullmatch(r"(ok,)*(unclosed,)?(missing,)*", "".join(f"{x}," for x in statuses)), statuses
             else:
                 assert statuses == [OK] * len(statuses), call["stage1_text"][-300:]
     ranked = refiner.stage2([o.row for o in staged])

@@ -109,7 +109,6 @@ def main() -> None:
     print(json.dumps({"assumed": ASSUMED, "time_scale": args.time_scale, "queries": args.queries}), flush=True)
     modes = [
         ("blocking, batches of 64", ["pipeline.batch_size=64", "engine.async_engine=false", "pipeline.max_concurrent_batches=1"], args.blocking_queries),
-        ("async, 4 x 64 rows", ["pipeline.batch_size=64", "engine.async_engine=true", "pipeline.max_concurrent_batches=4"], None),
         ("async, 8 x 64 rows", ["pipeline.batch_size=64", "engine.async_engine=true", "pipeline.max_concurrent_batches=8"], None),
         ("async, 16 x 64 rows", ["pipeline.batch_size=64", "engine.async_engine=true", "pipeline.max_concurrent_batches=16"], None),
         ("shipped A100 config", [], None),
