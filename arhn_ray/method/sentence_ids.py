@@ -5,7 +5,7 @@ constraint splits them); the model answers one line per document, ``docK: `` the
 one id (``S4``) or a range of up to three consecutive ids (``S4-S6``); the snippet is then cut
 from the passage itself, so it is verbatim by construction (grounding ``exact``). The decision
 space is the ``verbatim`` constraint's (NO_ANSWER or 1-3 consecutive sentences); the output is
-~8 tokens a document, not the paper's blocks (~21 tokens of markers alone) around a copied span.
+~8 tokens a document, not the paper's blocks (~19 tokens of markers alone) around a copied span.
 
 Reading never raises: a document without a line is ``missing``; a malformed answer, an id the
 document does not have or a range past three sentences is ``ungrounded``, as any other snippet
@@ -42,7 +42,7 @@ def numbered(passage: str) -> str:
 
 
 def ids_constraint(passages: list[str], max_sentences: int = MAX_SENTENCES) -> str:
-    """Line k: ``dock: `` then NO_ANSWER, or ``Sa`` / ``Sa-Sb`` with 1 <= a < b <= n and b - a < max_sentences."""
+    """Line k: ``doc<k>: `` then NO_ANSWER, or ``Sa`` / ``Sa-Sb`` with 1 <= a < b <= n and b - a < max_sentences."""
     lines = []
     for k, passage in enumerate(passages, 1):
         n = len(sentences(passage))

@@ -63,9 +63,7 @@ def _clean(content: str) -> str | None:
     content = content.strip()
     while len(content) >= 2 and content[0] in _QUOTES and content[-1] in _QUOTES:
         content = content[1:-1].strip()
-    if not content or _NO_ANSWER.match(content):
-        return None
-    return content
+    return None if is_no_answer(content) else content
 
 
 def parse_stage1(text: str, n_docs: int) -> list[ParsedSnippet]:
