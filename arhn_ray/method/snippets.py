@@ -72,7 +72,11 @@ def parse_stage1(text: str, n_docs: int) -> list[ParsedSnippet]:
     if "```" in body:
         body = _FENCE.sub("", body)
     blocks = _WELL_FORMED.findall(body)
-    if len(blocks) == n_docs and all(doc == str(i) for i, (doc, _) in enumerate(blocks, 1)):
+    if (
+        len(blocks) == n_docs
+        and all(doc == str(i) for i, (doc, _) in enumerate(blocks, 1))
+        and len(_MARKER.findall(body)) == 2 * n_docs  # no other block around them, e.g. a duplicate with [brackets]
+    ):
         # the common case, exactly what the prompt asks for: one pass, same result as the general parser
         return [ParsedSnippet(_clean(content), OK) for _, content in blocks]
     return _parse_general(body, n_docs)
