@@ -18,9 +18,11 @@ from arhn_ray.config import ConfigError, load_config
 
 def _refine(args: argparse.Namespace) -> int:
     from arhn_ray.pipeline.job import TooManyRejected, run
+    from arhn_ray.pipeline.preflight import PreflightError, check_output
 
     cfg = load_config(args.config, args.overrides)
     try:
+        check_output(cfg)  # before the log file, which goes under the output
         if args.verbose:
             stats = run(cfg)
         else:
@@ -28,6 +30,9 @@ def _refine(args: argparse.Namespace) -> int:
     except TooManyRejected as e:
         print(f"arhn-ray: stopped: {e}", file=sys.stderr)
         return 3
+    except PreflightError as e:
+        print(f"arhn-ray: preflight: {e}", file=sys.stderr)
+        return 4
     print(summary(stats, cfg.output.path))
     return 0
 
@@ -43,7 +48,6 @@ def _quietly(run, cfg):
     local = "file" in fs.protocol
     name = f"refine-{time.strftime('%Y%m%d-%H%M%S')}.log"
     path = f"{root}/logs/{name}" if local else f"arhn-ray-logs/{name}"
-    handler = None
     import ray
 
     ours = not ray.is_initialized()  # a Ray the caller started (a notebook, a test session) stays up
@@ -53,14 +57,15 @@ def _quietly(run, cfg):
             handler = ProgressHandler(console)
             handler.addFilter(only_ours)
             logging.getLogger().addHandler(handler)
-            stats = run(cfg)
-            if ours and ray.is_initialized():  # workers' last lines (their shutdown) go to the log, not the terminal
-                ray.shutdown()
-            return stats
+            try:
+                stats = run(cfg)
+                if ours and ray.is_initialized():  # workers' last lines (their shutdown) go to the log, not the terminal
+                    ray.shutdown()
+                return stats
+            finally:  # while the terminal stream is open: the handler ends its progress line on it
+                logging.getLogger().removeHandler(handler)
+                handler.close()
     finally:
-        if handler is not None:
-            logging.getLogger().removeHandler(handler)
-            handler.close()
         if not local:
             try:
                 fs.put(path, f"{root}/logs/{name}")
@@ -77,8 +82,9 @@ def summary(stats: dict, output: str) -> str:
         f"  refined       {o['queries']}",
         f"  rejected      {o['rejected']}  {stats['rejected_reasons'] or ''}",
         f"  negatives     {o['negatives_in']}: relabeled {o['relabel']}, filtered {o['filter']}, kept {o['keep']}",
-        f"  stage 1       {o['stage1_calls']} calls, {o['stage1_prompt_tokens']} prompt + {o['stage1_output_tokens']} output tokens",
-        f"  stage 2       {o['stage2_calls']} calls ({o['stage2_skipped']} skipped), "
+        f"  stage 1       {o['stage1_calls']} calls ({o.get('stage1_cut', 0)} cut by max_tokens), "
+        f"{o['stage1_prompt_tokens']} prompt + {o['stage1_output_tokens']} output tokens",
+        f"  stage 2       {o['stage2_calls']} calls ({o['stage2_skipped']} skipped, {o.get('stage2_cut', 0)} cut by max_tokens), "
         f"{o['stage2_prompt_tokens']} prompt + {o['stage2_output_tokens']} output tokens",
         f"  wall time     {t.get('wall_s', 0):.1f} s",
     ]
@@ -100,6 +106,22 @@ def _plan(args: argparse.Namespace) -> int:
                      decode_tokens_per_gpu_s=args.decode_tokens_per_gpu_s)  # fmt: skip
     result = make_plan(cfg, assume)
     print(json.dumps(result.to_dict(), indent=2) if args.json else render(result))
+    return 0
+
+
+def _stage(args: argparse.Namespace) -> int:
+    from arhn_ray.staging import required_repos, stage
+
+    cfg = load_config(args.config, args.overrides)
+    if args.list:
+        for repo in required_repos(cfg):
+            print(f"{repo.name}\t{repo.use}\t{'tokenizer' if repo.tokenizer_only else 'model'}")
+        return 0
+    staged = stage(cfg)
+    for repo, path in staged:
+        print(f"staged {repo.name} ({repo.use}) -> {path}")
+    if not staged:
+        print("nothing to stage: this config loads no model from the Hugging Face hub")
     return 0
 
 
@@ -188,6 +210,12 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--sample-rows", type=int, default=2000, help="rows read per file; the rest of a file is scaled from them")
     pl.add_argument("--prefill-tokens-per-gpu-s", type=float, default=2930.0, help="assumed prompt tokens per GPU-second")
     pl.add_argument("--decode-tokens-per-gpu-s", type=float, default=665.0, help="assumed output tokens per GPU-second")
+
+    st = _command(sub, "stage", "download every model and tokenizer a config loads into the Hugging Face cache (HF_HOME), "
+                  "so that pods can run with HF_HUB_OFFLINE=1", "HF_HOME=/models/huggingface arhn-ray stage conf/qwen3-32b-a100x16.yaml", _stage)  # fmt: skip
+    st.add_argument("config", help="a YAML file from conf/")
+    st.add_argument("overrides", nargs="*", help="key=value, as for refine")
+    st.add_argument("--list", action="store_true", help="print what it would download (repository, config key, kind), download nothing")
 
     m = _command(sub, "prepare-model", "convert the bundled SmolLM2 GGUF file into a Hugging Face folder (once)",
                  "arhn-ray prepare-model", _prepare_model)  # fmt: skip

@@ -59,11 +59,21 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.9
     enable_prefix_caching: bool = True
     enforce_eager: bool = False
+    # vllm: sequences and tokens one engine step schedules; None leaves vLLM's default, which differs
+    # by front end (vllm.LLM: 256 / 8192 on a GPU; AsyncLLMEngine: 128 / 2048), so cluster configs set both
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
     seed: int = 0
     temperature: float = 0.0
     top_p: float = 1.0
+    top_k: int = -1  # -1: all tokens (vLLM's "off")
+    min_p: float = 0.0
     chat_template_kwargs: dict[str, Any] = field(default_factory=lambda: {"enable_thinking": False})
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    # vllm: an engine that fails to start (the GPU memory of the engine it replaces not yet free) is
+    # started again, up to start_attempts times, start_retry_wait_s apart (doubling)
+    start_attempts: int = 3
+    start_retry_wait_s: float = 30.0
     # vllm: a call in flight with no engine step for this long means the engine is dead (hung GPU,
     # stopped process); the replica then exits and Ray restarts it. An exited engine process is
     # noticed within a second whatever this is.
@@ -139,6 +149,14 @@ class PipelineConfig:
 
 
 @dataclass
+class PreflightConfig:
+    # the cluster has fewer GPUs than replicas x TP x PP: wait this long for them (an autoscaler may
+    # add nodes), saying so every poll_s; None waits as long as it takes, 0 fails at once
+    gpu_wait_s: float | None = None
+    poll_s: float = 30.0
+
+
+@dataclass
 class Config:
     input: InputConfig = field(default_factory=InputConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -149,6 +167,7 @@ class Config:
     truncation: TruncationConfig = field(default_factory=TruncationConfig)
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    preflight: PreflightConfig = field(default_factory=PreflightConfig)
 
 
 _CHOICES = {
@@ -222,6 +241,14 @@ def check(cfg: Config) -> None:
         method_options(cfg)
     except ValueError as e:
         raise ConfigError(f"config key 'method' / 'stage1' / 'stage2': {e}") from None
+
+
+def stage2_engine(cfg: Config) -> EngineConfig:
+    """The Stage 2 pool's engine in ``staged`` mode: ``engine`` with ``stage2.engine``'s overrides."""
+    if not cfg.stage2.engine:
+        return cfg.engine
+    merged = OmegaConf.merge(OmegaConf.structured(cfg.engine), cfg.stage2.engine)
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
 
 def method_options(cfg: Config) -> MethodOptions:

@@ -184,10 +184,10 @@ def token_counter(cfg: Config):
 
 
 def _truncator(cfg: Config):
-    from arhn_ray.pipeline.stages import make_truncator
+    from arhn_ray.data.truncation import make_truncator
 
     try:
-        return make_truncator(cfg)
+        return make_truncator(cfg.truncation.tokenizer, cfg.truncation.max_seq_len)
     except Exception:  # not on this machine: the plan counts untruncated passages, an upper bound
         return None
 

@@ -15,6 +15,7 @@ from conftest import free_port
 from helpers import ROOT, SAMPLES, blocks, load_jsonl
 
 from arhn_ray.config import load_config
+from arhn_ray.staging import required_repos
 
 RAYJOB = ROOT / "jobs" / "kuberay" / "rayjob.yaml"
 STAGE_MODEL = ROOT / "jobs" / "kuberay" / "stage-model.yaml"
@@ -129,16 +130,25 @@ def test_rayjob_is_the_paper_setup_and_its_pods_are_valid():
     stage = yaml.safe_load(STAGE_MODEL.read_text())
     kubernetes_validate.validate(stage, "1.30", strict=True)
     stage_pod = stage["spec"]["template"]["spec"]
-    assert (
-        stage_pod["volumes"][0]["persistentVolumeClaim"]["claimName"]
-        == worker["volumes"][0]["persistentVolumeClaim"]["claimName"]
-    )
-    assert stage_pod["containers"][0]["command"][-1] == load_config(str(ROOT / "conf" / "qwen3-32b-a100x16.yaml")).engine.model
+    claims = lambda pod: [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v]  # noqa: E731
+    assert claims(stage_pod) == claims(worker) == ["arhn-models"]
     # the entrypoint runs the paper config with the overrides it names, with the image's python3
     words = spec["entrypoint"].split()
     assert words[:2] == ["python3", "/opt/arhn-ray/jobs/refine.py"]
     cfg = load_config(str(ROOT / "conf" / words[2].rsplit("/", 1)[-1]), words[3:])
     assert (cfg.engine.replicas * cfg.engine.tensor_parallel_size) == gpus
+    # the staging Job stages what that very config loads: the same file of the same ConfigMap
+    assert stage_pod["containers"][0]["command"] == ["arhn-ray", "stage", words[2]]
+    config_mount = next(m for m in stage_pod["containers"][0]["volumeMounts"] if words[2].startswith(m["mountPath"] + "/"))
+    assert next(v for v in stage_pod["volumes"] if v["name"] == config_mount["name"])["configMap"]["name"] == "arhn-config"
+    assert stage_pod["containers"][0]["env"][0] == {"name": "HF_HOME", "value": "/models/huggingface"}
+    assert {r.name for r in required_repos(cfg)} == {"Qwen/Qwen3-32B", "intfloat/e5-base-v2"}
+    # the submitter runs only `ray job submit`: Ray's own image of the cluster's release
+    assert spec["submitterPodTemplate"]["spec"]["containers"][0]["image"] == f"rayproject/ray:{cluster['rayVersion']}"
+    # Ray's object store is sized below each pod's /dev/shm, leaving room for vLLM's queues and NCCL
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        shm = next(v for v in group["template"]["spec"]["volumes"] if v["name"] == "dshm")["emptyDir"]["sizeLimit"]
+        assert int(group["rayStartParams"]["object-store-memory"]) <= 0.5 * int(shm.removesuffix("Gi")) * 2**30
 
 
 def _recordings(tmp_path):

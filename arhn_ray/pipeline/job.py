@@ -19,67 +19,19 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from arhn_ray.card import render_card
-from arhn_ray.config import Config, ConfigError, EngineConfig, config_digest, mask_secrets_in_logs, to_yaml
+from arhn_ray.config import Config, ConfigError, EngineConfig, config_digest, mask_secrets_in_logs, stage2_engine, to_yaml
 from arhn_ray.data.parts import Part, plan_parts
 from arhn_ray.data.readers import filesystem, list_shards, shard_name
 from arhn_ray.method.prompts import PromptSet
 from arhn_ray.pipeline.metrics import RunMetrics
+from arhn_ray.pipeline.placement import init_ray, remove_placement_groups, replica_resources
+from arhn_ray.pipeline.preflight import check_models, check_output, wait_for_gpus
 from arhn_ray.pipeline.progress import Progress
 from arhn_ray.pipeline.sink import PartSink, complete_parts, part_manifests
 from arhn_ray.pipeline.stages import AsyncRefineStage, RefineStage, read_parts
 from arhn_ray.stats import RunStats, write_report
 
 log = logging.getLogger(__name__)
-
-
-def init_ray(cfg: Config) -> None:
-    """Join the cluster named by ``pipeline.ray_address`` / ``RAY_ADDRESS``, or start a local one."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=cfg.pipeline.ray_address, log_to_driver=True)
-
-
-def _use_gpus(engine: EngineConfig) -> bool:
-    import ray
-
-    if engine.device != "auto":
-        return engine.device == "gpu"
-    return engine.kind == "vllm" and ray.cluster_resources().get("GPU", 0) > 0
-
-
-_placement_groups: list = []  # created by this driver for replicas; removed when the run ends
-
-
-def _placement_group_strategy(bundles: int) -> dict[str, Any]:
-    """One engine of tensor x pipeline parallel GPUs, packed on one node (as ray.data.llm does)."""
-    import ray
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-    pg = ray.util.placement_group([{"GPU": 1, "CPU": 1}] * bundles, strategy="STRICT_PACK")
-    _placement_groups.append(pg)
-    return {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_capture_child_tasks=True)}
-
-
-def _remove_placement_groups() -> None:
-    import ray
-
-    while _placement_groups:
-        ray.util.remove_placement_group(_placement_groups.pop())
-
-
-def replica_resources(engine: EngineConfig, restarts: int = 3) -> dict[str, Any]:
-    """``map_batches`` arguments that pin each replica: GPUs (placement group past one), else CPUs.
-    A replica whose process dies (its engine died, or it crashed) is restarted and its batch retried."""
-    from functools import partial
-
-    args: dict[str, Any] = {"max_restarts": restarts, "max_task_retries": restarts}
-    if not _use_gpus(engine):
-        return {**args, "num_cpus": engine.num_cpus}
-    gpus = engine.tensor_parallel_size * engine.pipeline_parallel_size
-    if gpus == 1:
-        return {**args, "num_gpus": 1}
-    return {**args, "num_gpus": 0, "num_cpus": 0, "ray_remote_args_fn": partial(_placement_group_strategy, gpus)}
 
 
 def _pool(ds, cfg: Config, step: str, engine: EngineConfig):
@@ -96,13 +48,6 @@ def _pool(ds, cfg: Config, step: str, engine: EngineConfig):
         compute=ray.data.ActorPoolStrategy(size=engine.replicas, max_concurrent_calls_per_actor=calls),
         **replica_resources(engine, cfg.pipeline.max_replica_restarts),
     )
-
-
-def stage2_engine(cfg: Config) -> EngineConfig:
-    if not cfg.stage2.engine:
-        return cfg.engine
-    merged = OmegaConf.merge(OmegaConf.structured(cfg.engine), cfg.stage2.engine)
-    return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
 
 class TooManyRejected(RuntimeError):
@@ -146,13 +91,14 @@ def run(cfg: Config) -> dict[str, Any]:
 
     started = time.time()
     mask_secrets_in_logs(cfg)
+    check_models(cfg)
     fs, root = filesystem(cfg.output.path, cfg.output.storage_options)
     if cfg.output.overwrite:
         for sub in ("_parts", "refined", "rejected"):
             if fs.exists(f"{root}/{sub}"):
                 fs.rm(f"{root}/{sub}", recursive=True)
     todo, done, unreadable = plan(cfg)
-    fs.makedirs(root, exist_ok=True)
+    check_output(cfg)
     with fs.open(f"{root}/config.yaml", "wt") as f:
         f.write(to_yaml(cfg))
     progress = Progress(todo, done)
@@ -160,7 +106,8 @@ def run(cfg: Config) -> dict[str, Any]:
 
     sink = PartSink(cfg.output.path, todo, cfg.output.storage_options)
     if todo:
-        init_ray(cfg)
+        init_ray(cfg.pipeline.ray_address)
+        wait_for_gpus(cfg)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = cfg.pipeline.progress and cfg.pipeline.ray_progress_bars
         # small blocks: a batch's results reach the writer when the batch is done, not with its whole part
@@ -195,7 +142,7 @@ def run(cfg: Config) -> dict[str, Any]:
                 metrics.update(sink)
                 _check_rejections(cfg, sink)
         finally:
-            _remove_placement_groups()
+            remove_placement_groups()
     sink.close()
     progress.update(sink, force=True)
     for name, reason in sink.failed.items():

@@ -14,16 +14,17 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import fields
 from typing import Any
 
 import pyarrow as pa
 
-from arhn_ray.config import Config, EngineConfig, method_options
+from arhn_ray.config import Config, method_options
 from arhn_ray.data.parts import Part, read_part
 from arhn_ray.data.readers import to_canonical
 from arhn_ray.data.records import InvalidRow, validate_row
+from arhn_ray.data.truncation import make_truncator
 from arhn_ray.engines.base import AsyncEngine, Engine
+from arhn_ray.engines.factory import start_engine
 from arhn_ray.engines.watchdog import is_engine_death, leave
 from arhn_ray.method.prompts import PromptSet
 from arhn_ray.refine import Outcome, Refiner
@@ -89,45 +90,12 @@ def _validated(part: Part, index: int, raw: Any, error: str | None, fmt: str, ma
     return _envelope(part, index, row)
 
 
-def engine_options(cls, engine: EngineConfig):
-    """The engine's options from the config: the fields of ``cls`` carry the config's key names."""
-    values = {f.name: getattr(engine, f.name) for f in fields(cls) if hasattr(engine, f.name)}
-    return cls(**{k: dict(v) if isinstance(v, dict) else v for k, v in values.items()})
-
-
-def make_engine(engine: EngineConfig) -> Engine | AsyncEngine:
-    if engine.kind == "replay":
-        from arhn_ray.engines.latency import LatencyModel
-        from arhn_ray.engines.replay import ReplayEngine
-
-        latency = LatencyModel(**engine.replay_latency) if engine.replay_latency else None
-        return ReplayEngine(engine.replay_path or "", model=engine.model or "replay", delay_s=engine.replay_delay_s, latency=latency)
-    if engine.kind == "openai":
-        if engine.async_engine:
-            raise ValueError("engine.async_engine: the openai engine has no async mode")
-        from arhn_ray.engines.openai_engine import OpenAIEngine, OpenAIOptions
-
-        return OpenAIEngine(engine_options(OpenAIOptions, engine))
-    from arhn_ray.engines.vllm_engine import AsyncVLLMEngine, VLLMEngine, VLLMOptions
-
-    cls = AsyncVLLMEngine if engine.async_engine else VLLMEngine
-    return cls(engine_options(VLLMOptions, engine))
-
-
-def make_truncator(cfg: Config):
-    if not cfg.truncation.tokenizer:
-        return None
-    from arhn_ray.data.truncation import Truncator, resolve_tokenizer
-
-    return Truncator(resolve_tokenizer(cfg.truncation.tokenizer), cfg.truncation.max_seq_len)
-
-
 def make_refiner(cfg: Config, engine: Engine | AsyncEngine | None = None) -> Refiner:
     return Refiner(
-        engine or make_engine(cfg.engine),
+        engine or start_engine(cfg.engine),
         method_options(cfg),
         PromptSet.load(cfg.prompts.version, cfg.prompts.dir),
-        truncate=make_truncator(cfg),
+        truncate=make_truncator(cfg.truncation.tokenizer, cfg.truncation.max_seq_len),
         stage1_max_tokens=cfg.stage1.max_tokens,
         stage2_max_tokens=cfg.stage2.max_tokens,
         retries=cfg.pipeline.retries,

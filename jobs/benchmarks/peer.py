@@ -30,11 +30,11 @@ def main() -> None:
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
     from arhn_ray.config import load_config, method_options
+    from arhn_ray.data.truncation import make_truncator
     from arhn_ray.engines.bundled import prepare_model
     from arhn_ray.method import labeling as lb
     from arhn_ray.method.prompts import PromptSet, chat
     from arhn_ray.pipeline.job import run
-    from arhn_ray.pipeline.stages import make_truncator
 
     raw = [json.loads(line) for line in open(ROOT / "arhn_ray" / "samples" / "rlhn_msmarco.jsonl")][: args.rows]
     tmp = Path(tempfile.mkdtemp(prefix="arhn-peer-"))
@@ -51,7 +51,7 @@ def main() -> None:
     ours_start = ours["replica_time"]["engine_start_s"]
 
     # the peer: the same prompts, built by the same method code; only the engine plumbing differs
-    options, prompts, truncate = method_options(cfg), PromptSet.load(cfg.prompts.version, cfg.prompts.dir), make_truncator(cfg)
+    options, prompts, truncate = method_options(cfg), PromptSet.load(cfg.prompts.version, cfg.prompts.dir), make_truncator(cfg.truncation.tokenizer, cfg.truncation.max_seq_len)
     rows = {r["query_id"]: r for r in raw}
     items = []
     for r in raw:

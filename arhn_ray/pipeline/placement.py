@@ -1,0 +1,62 @@
+"""Where replicas run: the Ray cluster, GPUs per replica, placement groups for tensor parallel.
+
+Each replica owns one engine of ``tensor_parallel_size x pipeline_parallel_size`` GPUs, packed
+on one node (as ``ray.data.llm`` does); on CPU it asks for ``engine.num_cpus`` instead.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from arhn_ray.config import EngineConfig
+
+_placement_groups: list = []  # created by this driver for replicas; removed when the run ends
+
+
+def init_ray(address: str | None) -> None:
+    """Join the cluster named by ``address`` / ``RAY_ADDRESS``, or start a local one."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=True)
+
+
+def use_gpus(engine: EngineConfig) -> bool:
+    import ray
+
+    if engine.device != "auto":
+        return engine.device == "gpu"
+    return engine.kind == "vllm" and ray.cluster_resources().get("GPU", 0) > 0
+
+
+def gpus_per_replica(engine: EngineConfig) -> int:
+    return engine.tensor_parallel_size * engine.pipeline_parallel_size
+
+
+def _placement_group_strategy(bundles: int) -> dict[str, Any]:
+    import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    pg = ray.util.placement_group([{"GPU": 1, "CPU": 1}] * bundles, strategy="STRICT_PACK")
+    _placement_groups.append(pg)
+    return {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_capture_child_tasks=True)}
+
+
+def remove_placement_groups() -> None:
+    import ray
+
+    while _placement_groups:
+        ray.util.remove_placement_group(_placement_groups.pop())
+
+
+def replica_resources(engine: EngineConfig, restarts: int = 3) -> dict[str, Any]:
+    """``map_batches`` arguments that pin each replica: GPUs (placement group past one), else CPUs.
+    A replica whose process dies (its engine died, or it crashed) is restarted and its batch retried."""
+    args: dict[str, Any] = {"max_restarts": restarts, "max_task_retries": restarts}
+    if not use_gpus(engine):
+        return {**args, "num_cpus": engine.num_cpus}
+    gpus = gpus_per_replica(engine)
+    if gpus == 1:
+        return {**args, "num_gpus": 1}
+    return {**args, "num_gpus": 0, "num_cpus": 0, "ray_remote_args_fn": partial(_placement_group_strategy, gpus)}
