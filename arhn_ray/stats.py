@@ -23,6 +23,9 @@ COUNTERS = (
     "stage1_output_tokens",
     "stage2_prompt_tokens",
     "stage2_output_tokens",
+    # calls cut by max_tokens (finish reason "length"): a model repeating itself, or a budget too small
+    "stage1_cut",
+    "stage2_cut",
 )
 
 
@@ -61,12 +64,14 @@ class RunStats:
             c["stage1_calls"] += 1
             c["stage1_prompt_tokens"] += call.get("stage1_prompt_tokens") or 0
             c["stage1_output_tokens"] += call.get("stage1_output_tokens") or 0
+            c["stage1_cut"] += call.get("stage1_finish_reason") == "length"
             if call.get("stage2_text") is None:
                 c["stage2_skipped"] += 1
             else:
                 c["stage2_calls"] += 1
                 c["stage2_prompt_tokens"] += call.get("stage2_prompt_tokens") or 0
                 c["stage2_output_tokens"] += call.get("stage2_output_tokens") or 0
+                c["stage2_cut"] += call.get("stage2_finish_reason") == "length"
                 self.stage2_status[s][call.get("stage2_status") or "unknown"] += 1
 
     def add_timing(self, engine_s: float, start_s: float) -> None:
@@ -161,10 +166,11 @@ def render_markdown(stats: dict[str, Any]) -> str:
         "",
         f"Totals: {o['relabel']} relabeled, {o['filter']} filtered, {o['keep']} kept.",
         "",
-        "| tokens | prompt | output | calls |",
-        "|---|---:|---:|---:|",
-        f"| Stage 1 | {o['stage1_prompt_tokens']} | {o['stage1_output_tokens']} | {o['stage1_calls']} |",
-        f"| Stage 2 | {o['stage2_prompt_tokens']} | {o['stage2_output_tokens']} | {o['stage2_calls']} (skipped {o['stage2_skipped']}) |",
+        "| tokens | prompt | output | calls | cut by max_tokens |",
+        "|---|---:|---:|---:|---:|",
+        f"| Stage 1 | {o['stage1_prompt_tokens']} | {o['stage1_output_tokens']} | {o['stage1_calls']} | {o['stage1_cut']} |",
+        f"| Stage 2 | {o['stage2_prompt_tokens']} | {o['stage2_output_tokens']} | {o['stage2_calls']} (skipped {o['stage2_skipped']}) "
+        f"| {o['stage2_cut']} |",
         "",
     ]
     for title, key in (

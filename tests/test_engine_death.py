@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -55,6 +56,7 @@ def test_a_call_without_progress_is_a_dead_engine_and_beats_keep_it_alive():
         proc.kill()
 
 
+@pytest.mark.vllm
 def test_vllms_engine_dead_error_is_a_death_and_other_errors_are_not():
     from vllm.v1.engine.exceptions import EngineDeadError
 
@@ -168,3 +170,87 @@ def test_engine_core_killed_mid_run_the_replica_restarts_and_every_row_is_refine
     import pyarrow.parquet as pq
 
     assert sorted(pq.read_table(out / "refined" / "four").column("query_id").to_pylist()) == sorted(r["query_id"] for r in rows)
+
+
+def _log_count(logs: Path, text: str) -> int:
+    total = 0
+    for path in logs.glob("worker-*.out"):
+        try:
+            total += path.read_text(errors="replace").count(text)
+        except OSError:
+            continue
+    return total
+
+
+@pytest.mark.ray
+def test_a_replica_whose_first_engine_start_fails_starts_on_its_second_try(ray_cluster, tmp_path):
+    """As a replica Ray restarts while the dead engine's GPU memory is not yet free: its first
+    engine start fails (here: the replay engine's recordings are not there yet), the replica waits
+    and starts again inside its constructor (Ray does not retry a failed constructor), and the run
+    completes with every row refined."""
+    import shutil
+
+    from test_pipeline import dataset, read_dir, replay_config
+
+    from arhn_ray.pipeline.job import run
+
+    data, recordings, expected = dataset(tmp_path)
+    later = tmp_path / "later.jsonl"
+    out = tmp_path / "out"
+    cfg = replay_config(data, later, out, "engine.start_attempts=3", "engine.start_retry_wait_s=4", "pipeline.progress=false")
+    logs = Path(ray_cluster._private.worker._global_node.get_logs_dir_path())
+    line = "arhn-ray replica: engine start failed (attempt 1 of 3): FileNotFoundError"
+    before = _log_count(logs, line)
+    appeared: list[float] = []
+    done = threading.Event()
+
+    def recordings_after_the_first_failure() -> None:
+        while not done.is_set():
+            if _log_count(logs, line) > before:
+                shutil.copy(recordings, later)
+                appeared.append(time.time())
+                return
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=recordings_after_the_first_failure)
+    watcher.start()
+    try:
+        stats = run(cfg)
+    finally:
+        done.set()
+        watcher.join()
+    assert appeared, "the first engine start did not fail"
+    assert (stats["overall"]["queries"], stats["overall"]["rejected"]) == (3, 1)  # the set's one invalid row
+    decided = {r["query_id"]: [(d["docid"], d["action"]) for d in r["decisions"]] for r in read_dir(out / "refined")}
+    assert decided == expected
+
+
+def test_leaving_kills_the_engine_but_spares_the_resource_tracker_which_unlinks_the_segments(tmp_path):
+    """``leave`` ends the replica's children but not multiprocessing's resource tracker: once the
+    replica is gone, the tracker unlinks the shared memory it left (vLLM's queues), instead of
+    /dev/shm filling up one engine death at a time."""
+    import psutil
+
+    script = tmp_path / "replica.py"
+    script.write_text(
+        "import subprocess, sys\n"
+        "from multiprocessing import shared_memory\n"
+        "from arhn_ray.engines.watchdog import leave\n"
+        "segment = shared_memory.SharedMemory(create=True, size=4096)\n"
+        "engine = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        "print(segment.name, engine.pid, flush=True)\n"
+        "sys.stdin.readline()\n"
+        "leave('test')\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    name, engine_pid = proc.stdout.readline().split()
+    tracker = [c for c in psutil.Process(proc.pid).children(recursive=True) if "resource_tracker" in " ".join(c.cmdline())]
+    assert tracker and Path(f"/dev/shm/{name}").exists()
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    assert proc.wait(timeout=30) == 75
+    assert not psutil.pid_exists(int(engine_pid)) or psutil.Process(int(engine_pid)).status() == psutil.STATUS_ZOMBIE
+    deadline = time.time() + 20
+    while Path(f"/dev/shm/{name}").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/dev/shm/{name}").exists(), "the segment was left in /dev/shm"

@@ -10,7 +10,7 @@ import json
 import re
 
 import pytest
-from helpers import RLHN_STAGE1, load_jsonl
+from helpers import RLHN_STAGE1, ROOT, load_jsonl
 
 from arhn_ray.data.records import validate_row
 from arhn_ray.data.truncation import Truncator, minilm_tokenizer_path
@@ -225,3 +225,31 @@ def test_tiny_random_qwen3_runs_with_thinking_off(tmp_path, engine):
         assert "<think>" not in out.row["llm"][0]["stage1_text"]
     finally:
         qwen.close()
+
+
+def test_both_engine_kinds_get_the_sizes_and_sampling_the_paper_config_sets():
+    """vLLM's defaults differ by front end (AsyncLLMEngine: 128 sequences and 2048 tokens a step
+    here; vllm.LLM: 256): the A100 config sets both, and both front ends receive them. Read from
+    the engine configuration vLLM itself builds from our arguments, without starting an engine.
+    The bundled model stands in for Qwen3-32B (its 9 heads need TP 1, its context 8192)."""
+    import vllm
+    from vllm.usage.usage_lib import UsageContext
+
+    from arhn_ray.config import load_config
+    from arhn_ray.engines.bundled import prepare_model
+    from arhn_ray.engines.factory import engine_options
+    from arhn_ray.engines.vllm_engine import VLLMOptions, _VLLMBase
+
+    cfg = load_config(str(ROOT / "conf" / "qwen3-32b-a100x16.yaml"), [f"engine.model={prepare_model()}", "engine.tensor_parallel_size=1", "engine.max_model_len=8192"])
+    assert cfg.engine.async_engine and (cfg.engine.max_num_seqs, cfg.engine.max_num_batched_tokens) == (256, 8192)
+    base = _VLLMBase(engine_options(VLLMOptions, cfg.engine))
+    args = base.engine_args()
+    for front_end, usage in ((vllm.AsyncEngineArgs, UsageContext.ENGINE_CONTEXT), (vllm.EngineArgs, UsageContext.LLM_CLASS)):
+        scheduler = front_end(**args).create_engine_config(usage).scheduler_config
+        assert (scheduler.max_num_seqs, scheduler.max_num_batched_tokens) == (256, 8192), front_end
+    unset = {k: v for k, v in args.items() if k not in ("max_num_seqs", "max_num_batched_tokens")}
+    scheduler = vllm.AsyncEngineArgs(**unset).create_engine_config(UsageContext.ENGINE_CONTEXT).scheduler_config
+    assert scheduler.max_num_seqs < 256  # what the async engine ran before the config set it
+    base.max_model_len = 8192
+    sampling = base._sampling(ChatRequest([{"role": "user", "content": "x"}], ("q", 1, 0), 64), 10)
+    assert (sampling.temperature, sampling.top_p, sampling.top_k, sampling.min_p, sampling.seed) == (0.7, 0.8, 20, 0.0, 0)

@@ -12,6 +12,7 @@ import pytest
 from conftest import create_bucket
 from helpers import ROOT, blocks, make_row
 
+from arhn_ray.cli import summary
 from arhn_ray.config import load_config
 from arhn_ray.pipeline.job import run
 
@@ -138,13 +139,13 @@ def test_paper_config_runs_8_replicas_of_2_gpus(ray_cluster, tmp_path, monkeypat
     data, recordings, expected = dataset(tmp_path)
     before = set(placement_group_table())
     seen = {}
-    remove = job._remove_placement_groups
+    remove = job.remove_placement_groups
 
     def snapshot_then_remove():
         seen.update(placement_group_table())
         remove()
 
-    monkeypatch.setattr(job, "_remove_placement_groups", snapshot_then_remove)
+    monkeypatch.setattr(job, "remove_placement_groups", snapshot_then_remove)
     cfg = load_config(
         str(ROOT / "conf" / "qwen3-32b-a100x16.yaml"),
         [
@@ -254,13 +255,20 @@ def test_the_runs_counters_reach_rays_metrics_endpoint(ray_cluster, tmp_path):
 
     data, recordings, _ = dataset(tmp_path)
     counted = [{**json.loads(line), "prompt_tokens": 100, "output_tokens": 10} for line in recordings.read_text().splitlines()]
+    for rec in counted:  # two calls that ran into max_tokens, one per stage
+        if (rec["query_id"], rec["stage"], rec["chunk"]) in (("b", 1, 0), ("c", 2, 0)):
+            rec["finish_reason"] = "length"
     write_jsonl(recordings, counted)
     out = tmp_path / "out"
-    run(replay_config(data, recordings, out))
+    stats = run(replay_config(data, recordings, out))
+    assert (stats["overall"]["stage1_cut"], stats["overall"]["stage2_cut"]) == (1, 1)
+    assert "| Stage 1 | 400 | 40 | 4 | 1 |" in (out / "README.md").read_text()  # the card's token table: cut by max_tokens
+    assert "(1 cut by max_tokens)" in summary(stats, str(out))
     port = ray_cluster._private.worker.global_worker.node.metrics_export_port
     want = {("arhn_rows", "outcome", "refined"): 3, ("arhn_rows", "outcome", "rejected"): 1,
             ("arhn_negatives", "action", "relabel"): 3, ("arhn_negatives", "action", "filter"): 2,
-            ("arhn_negatives", "action", "keep"): 12}  # fmt: skip
+            ("arhn_negatives", "action", "keep"): 12, ("arhn_llm_cut_calls", "stage", "stage1"): 1,
+            ("arhn_llm_cut_calls", "stage", "stage2"): 1}  # fmt: skip
     got: dict = {}
     deadline = time.time() + 90  # Ray exports metrics every few seconds
     while time.time() < deadline:

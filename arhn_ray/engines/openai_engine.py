@@ -29,6 +29,8 @@ class OpenAIOptions:
     max_attempts: int = 5
     temperature: float = 0.0
     top_p: float = 1.0
+    top_k: int = -1  # sent only when set: vLLM's and SGLang's servers take it, OpenAI's does not
+    min_p: float = 0.0
     seed: int | None = 0
     regex_param: str = "structured_outputs"  # structured_outputs | guided_regex | none
     chat_template_kwargs: dict[str, Any] = field(default_factory=lambda: {"enable_thinking": False})
@@ -75,6 +77,10 @@ class OpenAIEngine:
             "temperature": o.temperature,
             "top_p": o.top_p,
         }
+        if o.top_k > 0:
+            body["top_k"] = o.top_k
+        if o.min_p > 0:
+            body["min_p"] = o.min_p
         if o.seed is not None:
             body["seed"] = o.seed
         if o.chat_template_kwargs:

@@ -1,8 +1,8 @@
 """Serve recorded outputs, so that a run is reproducible without an LLM.
 
-Recordings are JSONL rows ``{"query_id", "stage" (1 or 2), "chunk" (0-based), "text"}`` or a
-previous run's output folder (its ``refined/`` rows carry every LLM output in ``llm``). A
-request with no recording gets an error result.
+Recordings are JSONL rows ``{"query_id", "stage" (1 or 2), "chunk" (0-based), "text"}`` (optionally
+``prompt_tokens``, ``output_tokens``, ``finish_reason``) or a previous run's output folder (its
+``refined/`` rows carry every LLM output in ``llm``). A request with no recording gets an error result.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ def load_recordings(path: str, storage_options: dict | None = None) -> dict[tupl
                                     "text": text,
                                     "prompt_tokens": call[f"stage{stage}_prompt_tokens"] or 0,
                                     "output_tokens": call[f"stage{stage}_output_tokens"] or 0,
+                                    "finish_reason": call.get(f"stage{stage}_finish_reason") or "stop",
                                 }
         return table
     with fs.open(root, "rt", encoding="utf-8") as f:
@@ -46,6 +47,7 @@ def load_recordings(path: str, storage_options: dict | None = None) -> dict[tupl
                     "text": rec["text"],
                     "prompt_tokens": rec.get("prompt_tokens", 0),
                     "output_tokens": rec.get("output_tokens", 0),
+                    "finish_reason": rec.get("finish_reason", "stop"),
                 }
             except (KeyError, TypeError, ValueError) as e:
                 raise ValueError(f"{path}: line {n}: expected query_id, stage, chunk and text ({e})") from e
@@ -97,7 +99,7 @@ class ReplayEngine:
             if rec is None:
                 out.append(ChatResult.failed(f"no recording for query_id={req.key[0]!r} stage={req.key[1]} chunk={req.key[2]}"))
             else:
-                out.append(ChatResult(rec["text"], rec["prompt_tokens"], rec["output_tokens"], "stop"))
+                out.append(ChatResult(rec["text"], rec["prompt_tokens"], rec["output_tokens"], rec["finish_reason"]))
         return out
 
     def close(self) -> None:

@@ -38,9 +38,13 @@ class VLLMOptions:
     gpu_memory_utilization: float = 0.9
     enable_prefix_caching: bool = True
     enforce_eager: bool = False
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
     seed: int = 0
     temperature: float = 0.0
     top_p: float = 1.0
+    top_k: int = -1
+    min_p: float = 0.0
     chat_template_kwargs: dict[str, Any] = field(default_factory=lambda: {"enable_thinking": False})
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
     stall_timeout_s: float = 600.0  # a call in flight with no engine step for this long: the engine is dead
@@ -87,8 +91,9 @@ class _VLLMBase:
             enforce_eager=o.enforce_eager,
             seed=o.seed,
         )
-        if o.max_model_len:
-            kwargs["max_model_len"] = o.max_model_len
+        for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens"):
+            if getattr(o, name):
+                kwargs[name] = getattr(o, name)
         if o.tensor_parallel_size * o.pipeline_parallel_size > 1:
             kwargs["distributed_executor_backend"] = "ray"
         kwargs.update(o.engine_kwargs)
@@ -111,6 +116,8 @@ class _VLLMBase:
         return SamplingParams(
             temperature=self.options.temperature,
             top_p=self.options.top_p,
+            top_k=self.options.top_k,
+            min_p=self.options.min_p,
             max_tokens=room,
             seed=self.options.seed,
             structured_outputs=structured,

@@ -38,17 +38,30 @@ def _chain(error: BaseException | None) -> Iterator[BaseException]:
 
 
 def leave(reason: str) -> None:
-    """End this replica's process (and its engine's children) so that Ray replaces it."""
+    """End this replica's process (and its engine's children) so that Ray replaces it.
+
+    The multiprocessing resource tracker is spared: once this process is gone it unlinks the
+    shared-memory segments vLLM's queues leave behind, which would otherwise fill /dev/shm
+    one engine death at a time."""
     import psutil
 
     log.error("engine dead: %s; this replica exits so that Ray restarts it and retries its batch", reason)
     print(f"arhn-ray replica: engine dead: {reason}; restarting the replica", flush=True)
     for child in psutil.Process().children(recursive=True):
         try:
-            child.kill()
+            if not is_resource_tracker(child):
+                child.kill()
         except psutil.Error:
             pass
     os._exit(EXIT_ENGINE_DEAD)
+
+
+def is_resource_tracker(proc) -> bool:
+    """multiprocessing's resource tracker (``from multiprocessing.resource_tracker import main; main(fd)``)."""
+    try:
+        return any("resource_tracker" in part for part in proc.cmdline())
+    except Exception:
+        return False
 
 
 class Watchdog:
@@ -65,7 +78,6 @@ class Watchdog:
         self.stall_timeout_s = stall_timeout_s
         self.on_dead = on_dead
         self.poll_s = poll_s
-        self.reason: str | None = None
         self._busy = 0
         self._last_beat = time.monotonic()
         self._stop = threading.Event()
@@ -119,6 +131,5 @@ class Watchdog:
         while not self._stop.wait(self.poll_s):
             reason = self.check()
             if reason:
-                self.reason = reason
                 self.on_dead(reason)
                 return

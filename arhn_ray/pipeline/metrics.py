@@ -19,6 +19,7 @@ class RunMetrics:
         self.rows = RayCounter("arhn_rows", "rows written, by outcome (refined or rejected)", tag_keys=("output", "outcome"))
         self.negatives = RayCounter("arhn_negatives", "negatives decided, by action (relabel, filter, keep)", tag_keys=("output", "action"))
         self.tokens = RayCounter("arhn_llm_tokens", "LLM tokens of the rows written, by stage and kind", tag_keys=("output", "stage", "kind"))
+        self.cut = RayCounter("arhn_llm_cut_calls", "LLM calls cut by max_tokens (finish reason length), by stage", tag_keys=("output", "stage"))
         self.engine_errors = RayCounter("arhn_engine_errors", "rows rejected because an LLM call failed", tag_keys=("output",))
         self.last: Counter = Counter()
 
@@ -31,6 +32,8 @@ class RunMetrics:
             now[("negatives", action)] = n
         for (stage, kind), n in sink.tokens.items():
             now[("tokens", f"stage{stage}", kind)] = n
+        for stage, n in sink.cut.items():
+            now[("cut", f"stage{stage}")] = n
         now[("engine_errors",)] = sink.engine_errors
         for key, value in now.items():
             delta = value - self.last[key]
@@ -43,6 +46,8 @@ class RunMetrics:
                 self.negatives.inc(delta, {**tags, "action": key[1]})
             elif key[0] == "tokens":
                 self.tokens.inc(delta, {**tags, "stage": key[1], "kind": key[2]})
+            elif key[0] == "cut":
+                self.cut.inc(delta, {**tags, "stage": key[1]})
             else:
                 self.engine_errors.inc(delta, tags)
         self.last = now

@@ -124,6 +124,7 @@ class PartSink:
         self.reasons: Counter = Counter()
         self.actions: Counter = Counter()
         self.tokens: Counter = Counter()  # (stage, prompt|output) -> tokens of the rows written
+        self.cut: Counter = Counter()  # stage -> calls cut by max_tokens (finish reason "length")
         self.engine_errors = 0
         for key, part in list(self.parts.items()):
             if part.expected == 0:
@@ -172,6 +173,7 @@ class PartSink:
                 for stage in (1, 2):
                     for kind in ("prompt", "output"):
                         self.tokens[(stage, kind)] += call.get(f"stage{stage}_{kind}_tokens") or 0
+                    self.cut[stage] += call.get(f"stage{stage}_finish_reason") == "length"
             return
         self.rejected += 1
         reason = (env["reason"] or "unknown").split(":")[0]

@@ -31,7 +31,17 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-ASSUMED = {"prefill_tokens_per_s": 100.0, "decode_tokens_per_s": 2.3, "max_num_seqs": 256}
+CONFIG = ROOT / "conf" / "qwen3-32b-a100x16.yaml"
+
+
+def assumed() -> dict:
+    """Per-sequence rates (assumed), and the slots of the config it models (engine.max_num_seqs)."""
+    from arhn_ray.config import load_config
+
+    slots = load_config(str(CONFIG)).engine.max_num_seqs
+    if not slots:
+        raise SystemExit(f"{CONFIG} sets no engine.max_num_seqs: the model needs the engine's slots")
+    return {"prefill_tokens_per_s": 100.0, "decode_tokens_per_s": 2.3, "max_num_seqs": slots}
 
 
 def make_data(folder: Path, n: int, seed: int = 0) -> Path:
@@ -81,7 +91,7 @@ def run_mode(name: str, extra: list[str], data: Path, rec: Path, tmp: Path, n: i
     from arhn_ray.pipeline.job import run
 
     trace = tmp / f"trace-{name}"
-    latency = {**ASSUMED, "time_scale": time_scale, "trace_dir": str(trace)}
+    latency = {**assumed(), "time_scale": time_scale, "trace_dir": str(trace)}
     overrides = [f"input.path={data}", f"output.path={tmp / ('out-' + name)}", "engine.kind=replay", f"engine.replay_path={rec}",
                  "truncation.tokenizer=null", f"engine.replay_latency={json.dumps(latency)}", "pipeline.progress=false",
                  # these rows are ~1.3 KB (real ones ~40 KB): blocks of ~a batch and parts of 256 rows spread them over 8 replicas
@@ -89,9 +99,9 @@ def run_mode(name: str, extra: list[str], data: Path, rec: Path, tmp: Path, n: i
     if limit:
         overrides.append(f"input.limit={limit}")
         n = limit
-    stats = run(load_config(str(ROOT / "conf" / "qwen3-32b-a100x16.yaml"), overrides))
+    stats = run(load_config(str(CONFIG), overrides))
     assert stats["overall"]["queries"] == n, stats["overall"]
-    d = depth(trace, ASSUMED["max_num_seqs"], time_scale)
+    d = depth(trace, latency["max_num_seqs"], time_scale)
     return {**{k: v for k, v in d.items() if k != "model_hours"}, "model_hours_per_1000_queries": round(d["model_hours"] * 1000 / n, 3)}
 
 
@@ -106,7 +116,7 @@ def main() -> None:
     ray.init(num_cpus=24, num_gpus=16, include_dashboard=False, log_to_driver=False)
     tmp = Path(tempfile.mkdtemp(prefix="arhn-inflight-"))
     rec = make_data(tmp / "in", args.queries)
-    print(json.dumps({"assumed": ASSUMED, "time_scale": args.time_scale, "queries": args.queries}), flush=True)
+    print(json.dumps({"assumed": assumed(), "time_scale": args.time_scale, "queries": args.queries}), flush=True)
     modes = [
         ("blocking, batches of 64", ["pipeline.batch_size=64", "engine.async_engine=false", "pipeline.max_concurrent_batches=1"], args.blocking_queries),
         ("async, 8 x 64 rows", ["pipeline.batch_size=64", "engine.async_engine=true", "pipeline.max_concurrent_batches=8"], None),
