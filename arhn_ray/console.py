@@ -68,7 +68,8 @@ class ProgressHandler(logging.Handler):
             now = time.monotonic()
             final = text.startswith("progress:") and "done" in text.split(";")[0]
             if self.tty:
-                self.stream.write("\r" + text[: os.get_terminal_size(self.stream.fileno()).columns - 1].ljust(1) + "\x1b[K")
+                width = os.get_terminal_size(self.stream.fileno()).columns - 1
+                self.stream.write("\r" + fit(text, getattr(record, "short", text), width) + "\x1b[K")
                 self.open_line = True
             elif final or now - self.last >= self.every_s:
                 self.stream.write(text + "\n")
@@ -83,6 +84,17 @@ class ProgressHandler(logging.Handler):
     def close(self) -> None:
         self._end_line()
         super().close()
+
+
+def fit(text: str, short: str, width: int) -> str:
+    """``text`` when it fits in ``width`` columns, else ``short`` less its last '; ' segments until it
+    does: a narrow terminal loses whole facts from the end, never the half of a number."""
+    if len(text) <= width:
+        return text
+    segments = short.split("; ")
+    while len(segments) > 1 and len("; ".join(segments)) > width:
+        segments.pop()
+    return "; ".join(segments)[:width]
 
 
 def only_ours(record: logging.LogRecord) -> bool:

@@ -69,3 +69,51 @@ class ScriptedEngine:
 
     def close(self) -> None:
         pass
+
+
+def run_in_terminal(cmd: list[str], env: dict, cwd: Path = ROOT, columns: int = 80, rows: int = 24, timeout: float = 600) -> tuple[int, str]:
+    """``cmd`` as a person runs it: its stdin, stdout and stderr a pseudo-terminal of ``columns`` x
+    ``rows`` (a pipe is not a terminal: ``isatty()`` and the width differ). Returns the exit code
+    and every byte the terminal received, as text (``\\r`` rewrites kept)."""
+    import fcntl
+    import os
+    import select
+    import struct
+    import subprocess
+    import termios
+    import time
+
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env | {"TERM": "xterm", "COLUMNS": str(columns)}, stdin=slave, stdout=slave,
+                            stderr=slave, start_new_session=True)  # fmt: skip
+    os.close(slave)
+    chunks, deadline = [], time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: the last writer closed the terminal
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            elif proc.poll() is not None:
+                break
+        else:
+            proc.kill()
+            raise TimeoutError(f"{cmd} still running after {timeout} s")
+        code = proc.wait(timeout=60)
+    finally:
+        os.close(master)
+    return code, b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
+
+
+def terminal_lines(screen: str) -> list[str]:
+    """What stays on the screen, line by line: a ``\\r`` rewrite leaves only its last text."""
+    import re
+
+    plain = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", screen)
+    return [next((part for part in reversed(line.split("\r")) if part), "") for line in plain.split("\n")]

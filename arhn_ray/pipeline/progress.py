@@ -24,7 +24,6 @@ class Progress:
         self.every_s = every_s
         self.started = time.monotonic()
         self.last = self.started
-        self.lines: list[str] = []
 
     @property
     def total(self) -> int:
@@ -41,6 +40,11 @@ class Progress:
         log.info("%s", self.plan_line(unreadable))
 
     def line(self, sink) -> str:
+        return self.lines(sink)[0]
+
+    def lines(self, sink) -> tuple[str, str]:
+        """The progress line, and its short form for a narrow terminal: the same facts, fewer words,
+        in order of importance (segments after '; ' may be dropped from the end to fit)."""
         for manifest in sink.finished:
             key = f"{manifest['shard']}/{manifest['part']}"
             if key not in self.exact:
@@ -53,19 +57,24 @@ class Progress:
         eta = f"{_duration(left / rate)} left" if rate > 0 and left else ("done" if not left else "time left unknown")
         about = "" if len(self.exact) == len(self.sizes) else "~"
         a = sink.actions
-        return (
-            f"progress: {self.before + done:,} / {about}{self.total:,} rows ({(self.before + done) / max(1, self.total):.0%}), "
-            f"{rate:.3g} rows/s, {eta}; parts written {self.parts_before + len(sink.finished)}/{self.parts_before + len(self.sizes)}; "
+        rows, share = f"{self.before + done:,}", f"{(self.before + done) / max(1, self.total):.0%}"
+        parts = f"{self.parts_before + len(sink.finished)}/{self.parts_before + len(self.sizes)}"
+        full = (
+            f"progress: {rows} / {about}{self.total:,} rows ({share}), {rate:.3g} rows/s, {eta}; parts written {parts}; "
             f"relabeled {a['relabel']:,}, filtered {a['filter']:,}, kept {a['keep']:,}; rejected {sink.rejected:,}"
         )
+        short = (
+            f"{rows}/{about}{self.total:,} rows {share} rej {sink.rejected:,}; {rate:.3g}/s {eta}; "
+            f"relab {a['relabel']:,} filt {a['filter']:,} kept {a['keep']:,}; parts {parts}"
+        )
+        return full, short
 
     def update(self, sink, force: bool = False) -> None:
         now = time.monotonic()
         if force or now - self.last >= self.every_s:
             self.last = now
-            text = self.line(sink)
-            self.lines.append(text)
-            log.info("%s", text)
+            full, short = self.lines(sink)
+            log.info("%s", full, extra={"short": short})
 
 
 def _duration(seconds: float) -> str:
