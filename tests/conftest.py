@@ -10,6 +10,42 @@ import time
 
 import pytest
 
+RAY_TMP = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray"
+
+
+def _ray_sessions() -> set[str]:
+    """Every local Ray cluster started on this machine leaves a session folder, whichever process started it."""
+    return {p.name for p in RAY_TMP.glob("session_2*")} if RAY_TMP.is_dir() else set()
+
+
+def _vllm_processes() -> set[int]:
+    import psutil
+
+    found = set()
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if proc.name().startswith("VLLM") or any("VLLM::" in part for part in proc.cmdline()[:1]):
+                found.add(proc.pid)
+        except psutil.Error:
+            pass
+    return found
+
+
+@pytest.fixture(autouse=True)
+def tier_guard(request):
+    """The markers are the tiers: a test that starts Ray without ``ray``, or imports vLLM or starts
+    an engine without ``vllm``, fails here, so ``-m "not vllm and not ray"`` starts neither."""
+    marks = {m.name for m in request.node.iter_markers()}
+    sessions, had_vllm, engines = _ray_sessions(), "vllm" in sys.modules, _vllm_processes()
+    yield
+    wrong = []
+    if "ray" not in marks and _ray_sessions() - sessions:
+        wrong.append("started a Ray cluster without the 'ray' marker")
+    if "vllm" not in marks and ((not had_vllm and "vllm" in sys.modules) or _vllm_processes() - engines):
+        wrong.append("imported vLLM or started an engine without the 'vllm' marker")
+    if wrong:
+        pytest.fail(f"{request.node.nodeid}: " + "; ".join(wrong), pytrace=False)
+
 
 @pytest.fixture(scope="session")
 def ray_cluster():

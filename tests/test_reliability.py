@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from conftest import create_bucket
 from helpers import ROOT, ScriptedEngine, blocks, make_row, passage
 from hypothesis import given, settings
@@ -100,6 +101,7 @@ BAD_ROWS = [
 ]
 
 
+@pytest.mark.ray
 def test_bad_input_is_rejected_row_by_row_and_good_rows_refined(ray_cluster, tmp_path):
     rng = random.Random(7)
     data = tmp_path / "in"
@@ -172,6 +174,7 @@ def test_fuzzed_rows_are_valid_or_rejected_naming_a_field(row):
 # --- 2. engine faults ----------------------------------------------------------------------
 
 
+@pytest.mark.ray
 def test_missing_recording_rejects_that_row_only_with_the_reason(ray_cluster, tmp_path):
     data = tmp_path / "in"
     data.mkdir()
@@ -218,6 +221,7 @@ def _kill_one_replica_when_busy(deadline: float, exclude: set[int]) -> int | Non
     return None
 
 
+@pytest.mark.ray
 def test_a_replica_killed_mid_run_is_replaced_and_the_run_finishes(ray_cluster, tmp_path):
     import threading
 
@@ -250,6 +254,7 @@ def test_a_replica_killed_mid_run_is_replaced_and_the_run_finishes(ray_cluster, 
 # --- 3. a killed driver --------------------------------------------------------------------
 
 
+@pytest.mark.ray
 def test_driver_killed_then_rerun_equals_an_uninterrupted_run(tmp_path):
     data = tmp_path / "in"
     data.mkdir()
@@ -442,6 +447,7 @@ def test_hostile_passages_cannot_steer_attribution_or_ranking():
 # --- 6. secrets ----------------------------------------------------------------------------
 
 
+@pytest.mark.ray
 def test_secrets_never_reach_logs_config_or_provenance(ray_cluster, tmp_path, s3_server, caplog, capfd, monkeypatch):
     import s3fs
 
@@ -474,6 +480,7 @@ def test_secrets_never_reach_logs_config_or_provenance(ray_cluster, tmp_path, s3
     assert "ARHN_TEST_API_KEY" in (out / "config.yaml").read_text()
 
 
+@pytest.mark.ray
 def test_a_run_full_of_rejections_stops_and_names_the_reason(ray_cluster, tmp_path, capsys):
     """An engine that fails every request must not complete the data as rejections."""
     from arhn_ray.cli import main

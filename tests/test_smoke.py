@@ -22,6 +22,7 @@ def test_smoke_config_is_one_small_qwen3_on_one_gpu():
 
 
 @pytest.mark.vllm
+@pytest.mark.ray
 def test_smoke_run_passes_on_cpu(tmp_path):
     """The script and its config end to end, on one sample query cut to one Stage 1 call (the
     README's main command already runs the whole sample path; this one checks the smoke run)."""
