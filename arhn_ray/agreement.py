@@ -19,11 +19,10 @@ import re
 from collections import defaultdict
 from typing import Any
 
-from sklearn.metrics import cohen_kappa_score, confusion_matrix
-
-from arhn_ray.data.export import refined_rows
+from arhn_ray.data.layout import OutputLayout
 
 FALSE_NEGATIVE, NEGATIVE = "false_negative", "negative"
+COUNT_AS = {"relabel": {"relabel"}, "relabel+filter": {"relabel", "filter"}}  # ARHN actions that mean "false negative"
 LABELS = [FALSE_NEGATIVE, NEGATIVE]
 _BETTER = re.compile(r"<better>(.*?)</better>", re.DOTALL | re.IGNORECASE)
 _DOC = re.compile(r"Doc\s*\((\d+)\)", re.IGNORECASE)
@@ -60,7 +59,9 @@ def load_reference(path: str) -> tuple[dict[tuple[str, str], str], dict[str, str
     return labels, subsets
 
 
-def agreement(output: str, reference: str, stage2: str | None = None, positive_actions: str = "relabel") -> dict[str, Any]:
+def agreement(
+    output: str, reference: str, stage2: str | None = None, positive_actions: str = "relabel", storage_options: dict | None = None
+) -> dict[str, Any]:
     """Kappa per subset and overall over the negatives present in both, with confusion matrices."""
     ref, ref_subsets = load_reference(reference)
     if stage2:
@@ -69,9 +70,9 @@ def agreement(output: str, reference: str, stage2: str | None = None, positive_a
         ref = {k: v for k, v in ref.items() if k[0] not in decided}
         ref.update(override)
         ref_subsets.update(more)
-    positive = {"relabel"} if positive_actions == "relabel" else {"relabel", "filter"}
+    positive = COUNT_AS[positive_actions]
     pairs: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for row in refined_rows(output):
+    for row in OutputLayout(output, storage_options).read_rows("refined"):
         subset = row.get("subset") or ref_subsets.get(row["query_id"], "default")
         for d in row["decisions"]:
             key = (row["query_id"], d["docid"])
@@ -88,6 +89,8 @@ def agreement(output: str, reference: str, stage2: str | None = None, positive_a
 
 
 def _kappa(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    from sklearn.metrics import cohen_kappa_score, confusion_matrix
+
     if not pairs:
         return {"n": 0, "kappa": None, "confusion": None}
     ref, ours = zip(*pairs)

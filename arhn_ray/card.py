@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from arhn_ray.data.layout import KINDS, data_files
 from arhn_ray.stats import render_markdown
 
 BUNDLED_PREFIX = "bundled:"
@@ -33,10 +34,7 @@ def render_card(stats: dict[str, Any]) -> str:
     lines = [
         "---",
         "configs:",
-        "- config_name: refined",
-        "  data_files: refined/*/*.parquet",
-        "- config_name: rejected",
-        "  data_files: rejected/*/*.parquet",
+        *(line for kind in KINDS for line in (f"- config_name: {kind}", f"  data_files: {data_files(kind)}")),
         "tags: [retrieval, hard-negatives, arhn]",
         "---",
         "",
@@ -54,7 +52,7 @@ def render_card(stats: dict[str, Any]) -> str:
         "",
         "```python",
         "from datasets import load_dataset",
-        'refined = load_dataset("parquet", data_files="refined/*/*.parquet", split="train")',
+        f'refined = load_dataset("parquet", data_files="{data_files("refined")}", split="train")',
         "```",
         "",
         "`positive_passages` and `negative_passages` are refined (a drop-in for training); `decisions` holds one entry",
@@ -67,7 +65,7 @@ def render_card(stats: dict[str, Any]) -> str:
         "| | |",
         "|---|---|",
     ]
-    for key in ("model", "engine", "variant", "prompt_version", "prompt_sha256", "config_hash", "pipeline_mode"):
+    for key in ("model", "engine", "variant", "prompt_version", "prompt_sha256", "config_digest", "pipeline_mode"):
         lines.append(f"| {key} | `{stats.get(key)}` |")
     lines += ["", "The resolved configuration is `config.yaml`; secrets are left out.", "", "## Statistics", ""]
     body = render_markdown(stats).split("\n", 2)[-1]  # without the report's own title

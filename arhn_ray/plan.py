@@ -14,9 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from arhn_ray.config import Config, method_options
-from arhn_ray.data.parts import read_part
-from arhn_ray.data.readers import to_canonical
-from arhn_ray.data.records import InvalidRow, validate_row
+from arhn_ray.data.rows import read_rows
 from arhn_ray.method import labeling as lb
 from arhn_ray.method.prompts import PromptSet, chat
 
@@ -45,7 +43,7 @@ class Assumptions:
 
 
 @dataclass
-class Plan:
+class RunEstimate:
     files: int = 0
     parts: int = 0
     rows: int = 0  # all rows of the input (metadata; JSONL estimated from its size)
@@ -72,9 +70,9 @@ class Plan:
         return asdict(self)
 
 
-def make_plan(cfg: Config, assume: Assumptions | None = None) -> Plan:
-    from arhn_ray.pipeline.job import plan as plan_parts
-    from arhn_ray.pipeline.sink import complete_parts
+def make_plan(cfg: Config, assume: Assumptions | None = None) -> RunEstimate:
+    from arhn_ray.data.layout import OutputLayout
+    from arhn_ray.data.parts import parts_to_run
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a plan downloads nothing: tokenizers not on this machine are not used
     options = method_options(cfg)
@@ -82,28 +80,28 @@ def make_plan(cfg: Config, assume: Assumptions | None = None) -> Plan:
     if assume.stage1_output_tokens_per_doc is None:
         assume = replace(assume, stage1_output_tokens_per_doc=OUTPUT_TOKENS_PER_DOC[options.stage1_output])
     try:
-        written = {} if cfg.output.overwrite else complete_parts(cfg.output.path, cfg.output.storage_options)
+        written = {} if cfg.output.overwrite else OutputLayout(cfg.output.path, cfg.output.storage_options).complete_parts()
         output_note = f"{len(written)} parts already written in {cfg.output.path} are left out"
     except Exception as e:  # no credentials for the output here: plan the whole input
         written, output_note = {}, f"{cfg.output.path} not readable here ({type(e).__name__}): the whole input is planned"
-    parts, done, _ = plan_parts(cfg, written)
+    parts, _ = parts_to_run(cfg.input.path, cfg.input.part_rows, cfg.input.storage_options, cfg.input.limit, written)
     count, tokenizer_name = token_counter(cfg)
     prompts = PromptSet.load(cfg.prompts.version, cfg.prompts.dir)
     truncate = _truncator(cfg)
-    p = Plan(files=len({x.uri for x in parts}), parts=len(parts), tokenizer=tokenizer_name, assumptions=asdict(assume), output=output_note)
+    p = RunEstimate(files=len({x.uri for x in parts}), parts=len(parts), tokenizer=tokenizer_name, assumptions=asdict(assume), output=output_note)
     totals = {"rows": 0, "sampled": 0}
     by_file: dict[str, list] = {}
     for part in parts:
         by_file.setdefault(part.uri, []).append(part)
     for file_parts in by_file.values():
         rows_in_file = sum(x.rows if x.rows is not None else x.estimated_rows for x in file_parts)
-        sample = Plan()
+        sample = RunEstimate()
         for part in file_parts:
-            for _, raw, error in read_part(part, cfg.input.storage_options):
+            for r in read_rows(part, cfg.input.format, cfg.input.max_passage_chars, cfg.input.storage_options):
                 if sample.rows_sampled >= assume.sample_rows:
                     break
                 sample.rows_sampled += 1
-                _count_row(sample, raw, error, cfg, options, prompts, truncate, count, assume)
+                _count_row(sample, r.row, options, prompts, truncate, count, assume)
             if sample.rows_sampled >= assume.sample_rows:
                 break
         scale = rows_in_file / sample.rows_sampled if sample.rows_sampled else 0.0
@@ -124,13 +122,8 @@ def make_plan(cfg: Config, assume: Assumptions | None = None) -> Plan:
     return p
 
 
-def _count_row(p: Plan, raw, error, cfg: Config, options, prompts, truncate, count, assume: Assumptions) -> None:
-    if error:
-        p.rows_invalid += 1
-        return
-    try:
-        row = validate_row(to_canonical(raw, cfg.input.format), cfg.input.max_passage_chars)
-    except InvalidRow:
+def _count_row(p: RunEstimate, row: dict | None, options, prompts, truncate, count, assume: Assumptions) -> None:
+    if row is None:
         p.rows_invalid += 1
         return
     plan = lb.plan_row(row, options, truncate)
@@ -192,7 +185,7 @@ def _truncator(cfg: Config):
         return None
 
 
-def render(p: Plan) -> str:
+def render(p: RunEstimate) -> str:
     a = p.assumptions
     about = " (scaled from the rows read)" if p.scaled else ""
     return "\n".join(

@@ -7,6 +7,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from arhn_ray.data.layout import OutputLayout
+
 COUNTERS = (
     "queries",
     "rejected",
@@ -95,11 +97,15 @@ class RunStats:
         self.rejected_reasons.update(other.rejected_reasons)
         self.timing.update(other.timing)
 
-    def to_dict(self) -> dict[str, Any]:
-        subsets = {s: _summary(c) for s, c in sorted(self.subsets.items())}
+    def overall(self) -> Counter:
         total: Counter = Counter()
         for c in self.subsets.values():
             total.update(c)
+        return total
+
+    def to_dict(self) -> dict[str, Any]:
+        subsets = {s: _summary(c) for s, c in sorted(self.subsets.items())}
+        total = self.overall()
         merged = lambda d: dict(sum((Counter(v) for v in d.values()), Counter()))  # noqa: E731
         return {
             "overall": _summary(total),
@@ -139,13 +145,17 @@ def _summary(c: Counter) -> dict[str, Any]:
     return out
 
 
-def write_report(stats: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
-    """``report.md`` and ``report.png`` next to ``stats.json``."""
+def render_files(stats: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
+    """``report.md`` and ``report.png`` written into a local folder."""
     out = Path(out_dir)
     md, png = out / "report.md", out / "report.png"
     md.write_text(render_markdown(stats), encoding="utf-8")
     render_png(stats, png)
     return md, png
+
+
+def to_json(stats: dict[str, Any]) -> str:
+    return json.dumps(stats, indent=2)
 
 
 def render_markdown(stats: dict[str, Any]) -> str:
@@ -168,9 +178,9 @@ def render_markdown(stats: dict[str, Any]) -> str:
         "",
         "| tokens | prompt | output | calls | cut by max_tokens |",
         "|---|---:|---:|---:|---:|",
-        f"| Stage 1 | {o['stage1_prompt_tokens']} | {o['stage1_output_tokens']} | {o['stage1_calls']} | {o['stage1_cut']} |",
+        f"| Stage 1 | {o['stage1_prompt_tokens']} | {o['stage1_output_tokens']} | {o['stage1_calls']} | {o.get('stage1_cut', 0)} |",
         f"| Stage 2 | {o['stage2_prompt_tokens']} | {o['stage2_output_tokens']} | {o['stage2_calls']} (skipped {o['stage2_skipped']}) "
-        f"| {o['stage2_cut']} |",
+        f"| {o.get('stage2_cut', 0)} |",
         "",
     ]
     for title, key in (
@@ -227,5 +237,6 @@ def render_png(stats: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def load_stats(out_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(out_dir) / "stats.json").read_text())
+def load_stats(out: OutputLayout) -> dict[str, Any]:
+    """``stats.json`` of an output folder."""
+    return json.loads(out.read_text("stats.json"))

@@ -23,37 +23,33 @@ CPU = ["engine.model=bundled:smollm2", "engine.device=cpu", "engine.num_cpus=1",
 
 
 def input_ids(cfg) -> Counter:
-    """The query ids of every valid input row, read the way the job reads them."""
-    from arhn_ray.data.parts import plan_parts, read_part
-    from arhn_ray.data.readers import list_shards, to_canonical
+    """The query ids of every input row (a rejected one's as its raw row has it), read the way the job reads them."""
+    from arhn_ray.data.parts import parts_to_run
+    from arhn_ray.data.rows import read_rows
 
     ids: Counter = Counter()
-    for uri in list_shards(cfg.input.path, cfg.input.storage_options):
-        for part in plan_parts(uri, cfg.input.part_rows, cfg.input.storage_options, cfg.input.limit):
-            for _, row, _ in read_part(part, cfg.input.storage_options):
-                ids[to_canonical(row, cfg.input.format)["query_id"]] += 1
+    parts, _ = parts_to_run(cfg.input.path, cfg.input.part_rows, cfg.input.storage_options, cfg.input.limit, done={})
+    for part in parts:
+        for r in read_rows(part, cfg.input.format, cfg.input.max_passage_chars, cfg.input.storage_options):
+            ids[(r.row or (r.raw if isinstance(r.raw, dict) else {})).get("query_id")] += 1
     return ids
 
 
 def check(cfg, stats: dict) -> list[str]:
     """What is wrong with the run's output; empty when the smoke run passed."""
-    import pyarrow.parquet as pq
+    from arhn_ray.data.layout import KINDS, OutputLayout
 
-    from arhn_ray.data.readers import filesystem
-
-    fs, root = filesystem(cfg.output.path, cfg.output.storage_options)
     out: Counter = Counter()
     snippets, grounding, ranked = 0, Counter(), 0
-    for kind in ("refined", "rejected"):
-        for path in fs.glob(f"{root}/{kind}/*/*.parquet"):
-            with fs.open(path, "rb") as f:
-                for row in pq.read_table(f).to_pylist():
-                    out[row["query_id"]] += 1
-                    for d in row.get("decisions") or []:
-                        if d["snippet"] is not None:
-                            snippets += 1
-                            grounding[d["grounding"]] += 1
-                    ranked += sum(1 for c in row.get("llm") or [] if c["stage2_status"] in ("ok", "repaired"))
+    layout = OutputLayout(cfg.output.path, cfg.output.storage_options)
+    for kind in KINDS:
+        for row in layout.read_rows(kind):
+            out[row["query_id"]] += 1
+            for d in row.get("decisions") or []:
+                if d["snippet"] is not None:
+                    snippets += 1
+                    grounding[d["grounding"]] += 1
+            ranked += sum(1 for c in row.get("llm") or [] if c["stage2_status"] in ("ok", "repaired"))
     expected = input_ids(cfg)
     problems = []
     if out != expected:

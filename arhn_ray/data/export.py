@@ -16,22 +16,15 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from arhn_ray.data.readers import filesystem
+from arhn_ray.data.layout import OutputLayout
 
 FORMATS = ("sentence-transformers", "flagembedding", "tevatron")
-
-
-def refined_rows(output: str, storage_options: dict | None = None) -> Iterator[dict]:
-    fs, root = filesystem(output, storage_options)
-    for path in sorted(fs.glob(root.rstrip("/") + "/refined/*/*.parquet")):
-        with fs.open(path, "rb") as f:
-            yield from pq.read_table(f).to_pylist()
+SHORT_POLICIES = ("repeat", "drop", "keep")  # a query with fewer kept negatives than asked
 
 
 def _text(p: dict, prefix: str) -> str:
@@ -53,7 +46,8 @@ def sample_negatives(row: dict, k: int, seed: int, short: str) -> list[dict] | N
 
 
 def export(
-    output: str, fmt: str, out: str, negatives: int = 7, seed: int = 0, prefixes: bool = False, short: str = "repeat"
+    output: str, fmt: str, out: str, negatives: int = 7, seed: int = 0, prefixes: bool = False, short: str = "repeat",
+    storage_options: dict | None = None,
 ) -> int:
     """Write ``out`` (parquet or JSONL, by its extension); returns the number of training rows."""
     file_type(out)
@@ -63,7 +57,7 @@ def export(
         raise ValueError("--short keep gives rows of different widths; sentence-transformers needs repeat or drop")
     qp, pp = ("query: ", "passage: ") if prefixes else ("", "")
     records: list[dict] = []
-    for row in refined_rows(output):
+    for row in OutputLayout(output, storage_options).read_rows("refined"):
         negs = sample_negatives(row, negatives, seed, short)
         if negs is None:
             continue

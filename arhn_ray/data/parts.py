@@ -182,3 +182,28 @@ def _read_parquet(fs, path: str, part: Part) -> Iterator[tuple[int, Any, None]]:
                 if index >= part.start:
                     yield index, row, None
                 index += 1
+
+
+def parts_to_run(
+    input_path: str, part_rows: int, storage_options: dict | None, limit: int | None, done: dict[str, dict]
+) -> tuple[list[Part], dict[str, str]]:
+    """The parts of every input file that are not in ``done`` (part key -> manifest), and the files
+    that cannot be read (shard -> reason). Reads parquet footers and the first MiB of JSONL files."""
+    from arhn_ray.data.readers import list_shards
+
+    by_name: dict[str, str] = {}
+    for uri in list_shards(input_path, storage_options):
+        name = shard_name(uri)
+        if name in by_name:
+            raise ValueError(f"input shards {by_name[name]} and {uri} would both write output {name!r}: rename one")
+        by_name[name] = uri
+    todo: list[Part] = []
+    unreadable: dict[str, str] = {}
+    for name, uri in by_name.items():
+        try:
+            parts = plan_parts(uri, part_rows, storage_options, limit)
+        except Exception as e:
+            unreadable[name] = f"{uri}: {type(e).__name__}: {e}"
+            continue
+        todo += [p for p in parts if p.key not in done]
+    return todo, unreadable

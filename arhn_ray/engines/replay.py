@@ -11,8 +11,7 @@ import asyncio
 import json
 import time
 
-import pyarrow.parquet as pq
-
+from arhn_ray.data.layout import OutputLayout
 from arhn_ray.data.readers import filesystem
 from arhn_ray.engines.base import ChatRequest, ChatResult
 from arhn_ray.engines.latency import LatencyModel, SlotEngine
@@ -22,19 +21,17 @@ def load_recordings(path: str, storage_options: dict | None = None) -> dict[tupl
     fs, root = filesystem(path, storage_options)
     table: dict[tuple[str, int, int], dict] = {}
     if fs.isdir(root):
-        for file in sorted(fs.glob(root.rstrip("/") + "/refined/*/*.parquet")):
-            with fs.open(file, "rb") as f:
-                for row in pq.read_table(f, columns=["query_id", "llm"]).to_pylist():
-                    for call in row["llm"] or []:
-                        for stage in (1, 2):
-                            text = call[f"stage{stage}_text"]
-                            if text is not None:
-                                table[(row["query_id"], stage, call["chunk"])] = {
-                                    "text": text,
-                                    "prompt_tokens": call[f"stage{stage}_prompt_tokens"] or 0,
-                                    "output_tokens": call[f"stage{stage}_output_tokens"] or 0,
-                                    "finish_reason": call.get(f"stage{stage}_finish_reason") or "stop",
-                                }
+        for row in OutputLayout(path, storage_options).read_rows("refined", columns=["query_id", "llm"]):
+            for call in row["llm"] or []:
+                for stage in (1, 2):
+                    text = call[f"stage{stage}_text"]
+                    if text is not None:
+                        table[(row["query_id"], stage, call["chunk"])] = {
+                            "text": text,
+                            "prompt_tokens": call[f"stage{stage}_prompt_tokens"] or 0,
+                            "output_tokens": call[f"stage{stage}_output_tokens"] or 0,
+                            "finish_reason": call.get(f"stage{stage}_finish_reason") or "stop",
+                        }
         return table
     with fs.open(root, "rt", encoding="utf-8") as f:
         for n, line in enumerate(f, 1):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+ENGINE_ERRORS = ("engine_error", "refine_error")  # rejection reasons that mean an LLM call failed
+
 
 class RunMetrics:
     def __init__(self, output: str):
@@ -25,16 +27,17 @@ class RunMetrics:
 
     def update(self, sink) -> None:
         """Adds what the writer counted since the last call."""
+        c = sink.counts
         now: Counter = Counter()
-        now[("rows", "refined")] = sink.rows_done - sink.rejected
-        now[("rows", "rejected")] = sink.rejected
-        for action, n in sink.actions.items():
-            now[("negatives", action)] = n
-        for (stage, kind), n in sink.tokens.items():
-            now[("tokens", f"stage{stage}", kind)] = n
-        for stage, n in sink.cut.items():
-            now[("cut", f"stage{stage}")] = n
-        now[("engine_errors",)] = sink.engine_errors
+        now[("rows", "refined")] = c["queries"]
+        now[("rows", "rejected")] = c["rejected"]
+        for action in ("relabel", "filter", "keep"):
+            now[("negatives", action)] = c[action]
+        for stage in (1, 2):
+            for kind in ("prompt", "output"):
+                now[("tokens", f"stage{stage}", kind)] = c[f"stage{stage}_{kind}_tokens"]
+            now[("cut", f"stage{stage}")] = c[f"stage{stage}_cut"]
+        now[("engine_errors",)] = sum(n for reason, n in sink.total.rejected_reasons.items() if reason in ENGINE_ERRORS)
         for key, value in now.items():
             delta = value - self.last[key]
             if delta <= 0:

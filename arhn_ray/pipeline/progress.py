@@ -40,9 +40,9 @@ class Progress:
         log.info("%s", self.plan_line(unreadable))
 
     def line(self, sink) -> str:
-        return self.lines(sink)[0]
+        return self.texts(sink)[0]
 
-    def lines(self, sink) -> tuple[str, str]:
+    def texts(self, sink) -> tuple[str, str]:
         """The progress line, and its short form for a narrow terminal: the same facts, fewer words,
         in order of importance (segments after '; ' may be dropped from the end to fit)."""
         for manifest in sink.finished:
@@ -56,15 +56,15 @@ class Progress:
         left = max(0, self.total - self.before - done)
         eta = f"{_duration(left / rate)} left" if rate > 0 and left else ("done" if not left else "time left unknown")
         about = "" if len(self.exact) == len(self.sizes) else "~"
-        a = sink.actions
+        a, rejected = sink.counts, sink.counts["rejected"]
         rows, share = f"{self.before + done:,}", f"{(self.before + done) / max(1, self.total):.0%}"
         parts = f"{self.parts_before + len(sink.finished)}/{self.parts_before + len(self.sizes)}"
         full = (
             f"progress: {rows} / {about}{self.total:,} rows ({share}), {rate:.3g} rows/s, {eta}; parts written {parts}; "
-            f"relabeled {a['relabel']:,}, filtered {a['filter']:,}, kept {a['keep']:,}; rejected {sink.rejected:,}"
+            f"relabeled {a['relabel']:,}, filtered {a['filter']:,}, kept {a['keep']:,}; rejected {rejected:,}"
         )
         short = (
-            f"{rows}/{about}{self.total:,} rows {share} rej {sink.rejected:,}; {rate:.3g}/s {eta}; "
+            f"{rows}/{about}{self.total:,} rows {share} rej {rejected:,}; {rate:.3g}/s {eta}; "
             f"relab {a['relabel']:,} filt {a['filter']:,} kept {a['keep']:,}; parts {parts}"
         )
         return full, short
@@ -73,7 +73,7 @@ class Progress:
         now = time.monotonic()
         if force or now - self.last >= self.every_s:
             self.last = now
-            full, short = self.lines(sink)
+            full, short = self.texts(sink)
             log.info("%s", full, extra={"short": short})
 
 

@@ -1,9 +1,8 @@
 """Output written part by part as the run goes, so a rerun skips every finished part.
 
-A part of input file ``<shard>`` is written as ``refined/<shard>/<part>.parquet`` and
-``rejected/<shard>/<part>.parquet``, then its manifest ``_parts/<shard>/<part>.json``. A part
-is complete when its manifest exists; the manifest is written last, so a half-written part is
-never taken for complete. Rows are streamed into temporary files while a part is open: the
+A part's refined and rejected files are written, then its manifest (where: data/layout.py). A
+part is complete when its manifest exists; the manifest is written last, so a half-written part
+is never taken for complete. Rows are streamed into temporary files while a part is open: the
 driver holds at most ``flush_rows`` rows of each part in flight.
 """
 
@@ -17,27 +16,13 @@ from collections import Counter, defaultdict
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from arhn_ray.data.layout import OutputLayout
 from arhn_ray.data.parts import Part
-from arhn_ray.data.readers import filesystem
 from arhn_ray.data.records import INPUT_SCHEMA, OUTPUT_SCHEMA, REJECTED_SCHEMA
 from arhn_ray.stats import RunStats
 
 log = logging.getLogger(__name__)
 INPUT_FIELDS = [f.name for f in INPUT_SCHEMA]
-
-
-def complete_parts(output: str, storage_options: dict | None = None) -> dict[str, dict]:
-    """Manifests of the parts already written, by part key (``<shard>/<part>``)."""
-    return {f"{m['shard']}/{m['part']}": m for m in part_manifests(output, storage_options)}
-
-
-def part_manifests(output: str, storage_options: dict | None = None) -> list[dict]:
-    fs, root = filesystem(output, storage_options)
-    out = []
-    for p in sorted(fs.glob(root.rstrip("/") + "/_parts/*/*.json")):
-        with fs.open(p, "rt") as f:
-            out.append(json.load(f))
-    return out
 
 
 class _Part:
@@ -59,25 +44,25 @@ class _Part:
             return
         schema = OUTPUT_SCHEMA if kind == "refined" else REJECTED_SCHEMA
         if kind not in self.writers:
-            tmp = f"{self.sink.root}/{kind}/{self.part.shard}/.{self.part.id}.{uuid.uuid4().hex[:8]}.tmp"
-            handle = self.sink.fs.open(tmp, "wb")
+            tmp = f"{self.sink.out.shard_dir(kind, self.part.shard)}/.{self.part.id}.{uuid.uuid4().hex[:8]}.tmp"
+            handle = self.sink.out.fs.open(tmp, "wb")
             self.writers[kind] = (pq.ParquetWriter(handle, schema), tmp, handle)
         self.writers[kind][0].write_table(pa.Table.from_pylist(rows, schema=schema))
         rows.clear()
 
     def finish(self) -> dict:
-        fs, root = self.sink.fs, self.sink.root
+        out = self.sink.out
         counts = {"refined": 0, "rejected": 0}
         for kind, schema in (("refined", OUTPUT_SCHEMA), ("rejected", REJECTED_SCHEMA)):
             self.flush(kind, force=True)
-            final = f"{root}/{kind}/{self.name}.parquet"
+            final = out.part_file(kind, self.name)
             if kind in self.writers:
                 writer, tmp, handle = self.writers.pop(kind)
                 writer.close()
                 handle.close()
-                fs.mv(tmp, final)
+                out.fs.mv(tmp, final)
             else:
-                with fs.open(final, "wb") as f:
+                with out.fs.open(final, "wb") as f:
                     pq.write_table(schema.empty_table(), f)
         counts["refined"] = sum(c["queries"] for c in self.stats.subsets.values())
         counts["rejected"] = sum(c["rejected"] for c in self.stats.subsets.values())
@@ -90,7 +75,7 @@ class _Part:
             **counts,
             "stats": self.stats.to_dict(),
         }
-        with fs.open(f"{root}/_parts/{self.name}.json", "wt") as f:
+        with out.fs.open(out.manifest_file(self.name), "wt") as f:
             json.dump(manifest, f)
         return manifest
 
@@ -99,7 +84,7 @@ class _Part:
             try:
                 writer.close()
                 handle.close()
-                self.sink.fs.rm(tmp)
+                self.sink.out.fs.rm(tmp)
             except Exception:  # pragma: no cover - best effort on a shard already failed
                 pass
         self.writers.clear()
@@ -110,22 +95,16 @@ class PartSink:
     its last row is in."""
 
     def __init__(self, output: str, parts: list[Part], storage_options: dict | None = None, flush_rows: int = 256):
-        self.fs, root = filesystem(output, storage_options)
-        self.root = root.rstrip("/")
+        self.out = OutputLayout(output, storage_options)
         for sub in ("refined", "rejected", "_parts"):
             for shard in {p.shard for p in parts}:
-                self.fs.makedirs(f"{self.root}/{sub}/{shard}", exist_ok=True)
+                self.out.fs.makedirs(self.out.shard_dir(sub, shard), exist_ok=True)
         self.flush_rows = flush_rows
         self.parts = {p.key: _Part(self, p) for p in parts}
         self.finished: list[dict] = []
         self.failed: dict[str, str] = {}
-        self.rows_done = 0
-        self.rejected = 0
-        self.reasons: Counter = Counter()
-        self.actions: Counter = Counter()
-        self.tokens: Counter = Counter()  # (stage, prompt|output) -> tokens of the rows written
-        self.cut: Counter = Counter()  # stage -> calls cut by max_tokens (finish reason "length")
-        self.engine_errors = 0
+        # every row written so far, counted once by the same RunStats as each part's manifest
+        self.total = RunStats()
         for key, part in list(self.parts.items()):
             if part.expected == 0:
                 self.finished.append(self.parts.pop(key).finish())
@@ -149,7 +128,6 @@ class PartSink:
                     raise RuntimeError(f"part {key}: row {env['row_index']} arrived twice")
                 part.seen.add(env["row_index"])
                 self._route(part, env)
-                self.rows_done += 1
             part.flush("refined")
             part.flush("rejected")
             if part.error:
@@ -162,24 +140,28 @@ class PartSink:
                 del self.parts[key]
                 log.info("part %s written: %d rows", key, part.expected)
 
+    @property
+    def counts(self) -> Counter:
+        """The counters of every row written so far (stats.COUNTERS: queries, rejected, relabel, ...)."""
+        return self.total.overall()
+
+    @property
+    def rows_done(self) -> int:
+        c = self.counts
+        return c["queries"] + c["rejected"]
+
     def _route(self, shard: _Part, env: dict) -> None:
-        shard.stats.add_timing(env.get("engine_s") or 0.0, env.get("start_s") or 0.0)
         record = json.loads(env["record"])
+        subset = record.get("subset") if isinstance(record, dict) else None
+        for stats in (shard.stats, self.total):
+            stats.add_timing(env.get("engine_s") or 0.0, env.get("start_s") or 0.0)
+            if env["status"] == "ok":
+                stats.add_refined(record)
+            else:
+                stats.add_rejected(subset if isinstance(subset, str) else None, env["reason"] or "unknown")
         if env["status"] == "ok":
             shard.refined.append(record)
-            shard.stats.add_refined(record)
-            self.actions.update(d["action"] for d in record.get("decisions") or [])
-            for call in record.get("llm") or []:
-                for stage in (1, 2):
-                    for kind in ("prompt", "output"):
-                        self.tokens[(stage, kind)] += call.get(f"stage{stage}_{kind}_tokens") or 0
-                    self.cut[stage] += call.get(f"stage{stage}_finish_reason") == "length"
             return
-        self.rejected += 1
-        reason = (env["reason"] or "unknown").split(":")[0]
-        self.reasons[reason] += 1
-        self.engine_errors += reason in ("engine_error", "refine_error")
-        subset = record.get("subset") if isinstance(record, dict) else None
         qid = record.get("query_id") if isinstance(record, dict) else None
         original = (
             {k: record.get(k) for k in INPUT_FIELDS if k in record} if isinstance(record, dict) and "llm" in record else record
@@ -194,7 +176,6 @@ class PartSink:
                 "row": json.dumps(original, ensure_ascii=False, default=str),
             }
         )
-        shard.stats.add_rejected(subset if isinstance(subset, str) else None, env["reason"] or "unknown")
 
     def close(self) -> None:
         for name, part in list(self.parts.items()):

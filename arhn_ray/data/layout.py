@@ -1,0 +1,89 @@
+"""The output folder's layout, in one place: every command that writes or reads an output goes
+through :class:`OutputLayout`, on the local disk or ``s3://`` alike, with the storage options
+(credentials, endpoint) it was given.
+
+```
+refined/<shard>/<part>.parquet    refined rows          rejected/<shard>/<part>.parquet  rejected rows
+_parts/<shard>/<part>.json        a part's manifest, written last: the part is complete
+stats.json  report.md  report.png  README.md (the card)  config.yaml  logs/  evaluate/
+```
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from arhn_ray.data.readers import filesystem
+
+KINDS = ("refined", "rejected")
+
+
+def data_files(kind: str) -> str:
+    """Where a kind's rows are, relative to the output folder (the card's ``data_files``)."""
+    return f"{kind}/*/*.parquet"
+
+
+class OutputLayout:
+    def __init__(self, path: str, storage_options: dict | None = None):
+        self.path = path
+        self.storage_options = dict(storage_options or {})
+        self.fs, root = filesystem(path, self.storage_options)
+        self.root = root.rstrip("/")
+        self.local = "file" in self.fs.protocol  # a str or a tuple of names, ("file", "local") for the local disk
+
+    def file(self, name: str) -> str:
+        """``stats.json``, ``report.md``, ``report.png``, ``README.md``, ``config.yaml``, ``logs/...``."""
+        return f"{self.root}/{name}"
+
+    def shard_dir(self, kind: str, shard: str) -> str:
+        return f"{self.root}/{kind}/{shard}"
+
+    def part_file(self, kind: str, part_key: str) -> str:
+        """``part_key`` is ``<shard>/<part id>``."""
+        return f"{self.root}/{kind}/{part_key}.parquet"
+
+    def manifest_file(self, part_key: str) -> str:
+        return f"{self.root}/_parts/{part_key}.json"
+
+    def files(self, kind: str) -> list[str]:
+        return sorted(self.fs.glob(f"{self.root}/{data_files(kind)}"))
+
+    def read_rows(self, kind: str = "refined", columns: list[str] | None = None) -> Iterator[dict]:
+        import pyarrow.parquet as pq
+
+        for path in self.files(kind):
+            with self.fs.open(path, "rb") as f:
+                yield from pq.read_table(f, columns=columns).to_pylist()
+
+    def manifests(self) -> list[dict[str, Any]]:
+        out = []
+        for path in sorted(self.fs.glob(f"{self.root}/_parts/*/*.json")):
+            with self.fs.open(path, "rt") as f:
+                out.append(json.load(f))
+        return out
+
+    def complete_parts(self) -> dict[str, dict[str, Any]]:
+        """Manifests of the parts already written, by part key."""
+        return {f"{m['shard']}/{m['part']}": m for m in self.manifests()}
+
+    def read_text(self, name: str) -> str:
+        with self.fs.open(self.file(name), "rt", encoding="utf-8") as f:
+            return f.read()
+
+    def write_text(self, name: str, text: str) -> None:
+        with self.fs.open(self.file(name), "wt", encoding="utf-8") as f:
+            f.write(text)
+
+    def put(self, local_path: str, name: str) -> None:
+        self.fs.put(local_path, self.file(name))
+
+    def exists(self, name: str) -> bool:
+        return self.fs.exists(self.file(name))
+
+    def clear_parts(self) -> None:
+        """What ``output.overwrite`` removes: every part and its manifest."""
+        for sub in ("_parts", *KINDS):
+            if self.fs.exists(f"{self.root}/{sub}"):
+                self.fs.rm(f"{self.root}/{sub}", recursive=True)
