@@ -71,7 +71,7 @@ def from_flagembedding(row: dict) -> dict:
         if pos is None
         else [{"docid": f"{qid}:pos:{i}", "title": "", "text": t} for i, t in enumerate(pos)],
         "negative_passages": [{"docid": f"{qid}:neg:{i}", "title": "", "text": t} for i, t in enumerate(neg or [])],
-        "subset": row.get("subset") or row.get("type") or "",
+        "subset": row.get("subset") or "",  # else the file's name (data/rows.py); "type" is a task kind, not a dataset
     }
     return out
 

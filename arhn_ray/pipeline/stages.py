@@ -19,9 +19,8 @@ from typing import Any
 import pyarrow as pa
 
 from arhn_ray.config import Config, method_options
-from arhn_ray.data.parts import Part, read_part
-from arhn_ray.data.readers import to_canonical
-from arhn_ray.data.records import InvalidRow, validate_row
+from arhn_ray.data.parts import Part
+from arhn_ray.data.rows import read_rows
 from arhn_ray.data.truncation import make_truncator
 from arhn_ray.engines.base import AsyncEngine, Engine
 from arhn_ray.engines.factory import start_engine
@@ -60,12 +59,11 @@ def read_parts(batch: dict, fmt: str, max_passage_chars: int, storage_options: d
     for spec in batch["part"]:
         part = Part.from_json(str(spec))
         out: list[dict] = []
-        first_seen: dict[str, int] = {}
         n = 0
         try:
-            for index, raw, error in read_part(part, storage_options):
+            for r in read_rows(part, fmt, max_passage_chars, storage_options):
                 n += 1
-                out.append(_validated(part, index, raw, error, fmt, max_passage_chars, first_seen))
+                out.append(_envelope(part, r.index, r.row) if r.row is not None else _envelope(part, r.index, r.raw, "rejected", r.field, r.reason))
                 if len(out) >= block_rows:
                     yield pa.Table.from_pylist(out, schema=ENVELOPE)
                     out = []
@@ -74,20 +72,6 @@ def read_parts(batch: dict, fmt: str, max_passage_chars: int, storage_options: d
         else:
             out.append(_envelope(part, n, None, "part_end"))
         yield pa.Table.from_pylist(out, schema=ENVELOPE)
-
-
-def _validated(part: Part, index: int, raw: Any, error: str | None, fmt: str, max_chars: int, first_seen: dict[str, int]) -> dict:
-    if error:
-        return _envelope(part, index, raw, "rejected", "row", error)
-    try:
-        row = validate_row(to_canonical(raw, fmt), max_chars)
-        qid = row["query_id"]
-        if qid in first_seen:
-            raise InvalidRow("query_id", f"duplicate query_id {qid!r} (first at row {first_seen[qid]})")
-        first_seen[qid] = index
-    except InvalidRow as e:
-        return _envelope(part, index, raw, "rejected", e.field, f"invalid {e.field}: {e.message}")
-    return _envelope(part, index, row)
 
 
 def make_refiner(cfg: Config, engine: Engine | AsyncEngine | None = None) -> Refiner:
