@@ -12,8 +12,12 @@ import json
 import logging
 import sys
 
+from arhn_ray.agreement import COUNT_AS
 from arhn_ray.card import demo_labels
 from arhn_ray.config import ConfigError, load_config
+from arhn_ray.data.export import FORMATS as EXPORT_FORMATS
+from arhn_ray.data.export import SHORT_POLICIES
+from arhn_ray.method.labeling import POSITIVE_NO_ANSWER, VARIANTS
 
 
 def _refine(args: argparse.Namespace) -> int:
@@ -133,24 +137,26 @@ def _prepare_model(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from arhn_ray.stats import load_stats, write_report
+    from arhn_ray.data.layout import OutputLayout
+    from arhn_ray.pipeline.report import render_report
+    from arhn_ray.stats import load_stats
 
-    stats = load_stats(args.output)
-    md, png = write_report(stats, args.output)
-    print(md.read_text())
-    print(f"picture: {png}")
+    out = OutputLayout(args.output, args.storage_options)
+    render_report(out, load_stats(out))
+    print(out.read_text("report.md"))
+    print(f"picture: {out.file('report.png')}")
     return 0
 
 
 def _relabel(args: argparse.Namespace) -> int:
-    from arhn_ray.pipeline.job import relabel
+    from arhn_ray.relabel import relabel
 
     overrides = [f"method.variant={args.variant}"]
     if args.positive_no_answer:
         overrides.append(f"method.positive_no_answer={args.positive_no_answer}")
     if args.max_relabeled is not None:
         overrides.append(f"method.max_relabeled={args.max_relabeled}")
-    stats = relabel(args.output, args.out, overrides)
+    stats = relabel(args.output, args.out, overrides, args.storage_options)
     print(summary(stats, args.out))
     return 0
 
@@ -158,7 +164,8 @@ def _relabel(args: argparse.Namespace) -> int:
 def _agreement(args: argparse.Namespace) -> int:
     from arhn_ray.agreement import agreement, render
 
-    result = agreement(args.output, args.reference, stage2=args.stage2_reference, positive_actions=args.count_as)
+    result = agreement(args.output, args.reference, stage2=args.stage2_reference, positive_actions=args.count_as,
+                       storage_options=args.storage_options)  # fmt: skip
     print(render(result))
     if args.json:
         with open(args.json, "w") as f:
@@ -171,7 +178,8 @@ def _export(args: argparse.Namespace) -> int:
 
     try:
         kind = file_type(args.out)
-        n = export(args.output, args.format, args.out, negatives=args.negatives, seed=args.seed, prefixes=args.e5_prefixes, short=args.short)
+        n = export(args.output, args.format, args.out, negatives=args.negatives, seed=args.seed, prefixes=args.e5_prefixes, short=args.short,
+                   storage_options=args.storage_options)  # fmt: skip
     except ValueError as e:  # a bad --out, --format or --short: named, no traceback
         print(f"arhn-ray: {e}", file=sys.stderr)
         return 2
@@ -184,6 +192,12 @@ def _command(sub, name: str, help: str, example: str, fn) -> argparse.ArgumentPa
                        formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.set_defaults(fn=fn)
     return p
+
+
+def _storage_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage-options", type=json.loads, default={}, metavar="JSON",
+                   help='fsspec options for an s3:// output (and the input it names), e.g. \'{"client_kwargs": {"endpoint_url": "..."}}\'; '
+                   "credentials are best left to the environment")  # fmt: skip
 
 
 def parser() -> argparse.ArgumentParser:
@@ -223,14 +237,16 @@ def parser() -> argparse.ArgumentParser:
 
     s = _command(sub, "stats", "render report.md and report.png of an output folder again", "arhn-ray stats out/local", _stats)
     s.add_argument("output")
+    _storage_options(s)
 
     rl = _command(sub, "relabel", "recompute the labels from the LLM outputs stored in an output folder, with no LLM",
                   "arhn-ray relabel out/local --variant filter --out out/local-filter", _relabel)  # fmt: skip
     rl.add_argument("output")
-    rl.add_argument("--variant", choices=["rf", "relabel", "filter"], required=True)
-    rl.add_argument("--positive-no-answer", choices=["paper", "keep", "reject"], default=None)
+    rl.add_argument("--variant", choices=VARIANTS, required=True)
+    rl.add_argument("--positive-no-answer", choices=POSITIVE_NO_ANSWER, default=None)
     rl.add_argument("--max-relabeled", type=int, default=None)
     rl.add_argument("--out", required=True)
+    _storage_options(rl)
 
     a = _command(sub, "agreement", "Cohen's kappa of an output's labels against reference judgments",
                  "arhn-ray agreement out/local --reference rlhn_stage_1.jsonl --stage2-reference rlhn_stage_2.jsonl", _agreement)  # fmt: skip
@@ -239,21 +255,23 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--stage2-reference", default=None, help="RLHN stage-2 verdicts; they decide the queries they hold")
     a.add_argument(
         "--count-as",
-        choices=["relabel", "relabel+filter"],
+        choices=sorted(COUNT_AS),
         default="relabel",
         help="which ARHN actions count as 'false negative'",
     )
     a.add_argument("--json", default=None, help="also write the result here")
+    _storage_options(a)
 
     e = _command(sub, "export", "write training files from an output folder",
                  "arhn-ray export out/local --format sentence-transformers --negatives 7 --out train.parquet", _export)  # fmt: skip
     e.add_argument("output")
-    e.add_argument("--format", choices=["sentence-transformers", "flagembedding", "tevatron"], required=True)
+    e.add_argument("--format", choices=EXPORT_FORMATS, required=True)
     e.add_argument("--negatives", type=int, default=7)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--e5-prefixes", action="store_true", help="prefix 'query: ' and 'passage: ' (E5)")
-    e.add_argument("--short", choices=["repeat", "drop", "keep"], default="repeat", help="rows with fewer negatives than asked")
+    e.add_argument("--short", choices=SHORT_POLICIES, default="repeat", help="rows with fewer negatives than asked")
     e.add_argument("--out", required=True)
+    _storage_options(e)
     return p
 
 

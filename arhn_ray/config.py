@@ -1,15 +1,13 @@
 """The job's configuration: OmegaConf structured config, YAML files, ``key=value`` overrides.
 
 An unknown key or a bad value fails before any work and names the key. The saved config
-leaves secrets out: only the *names* of environment variables that hold them are kept.
+leaves secrets out (arhn_ray/secrets.py): only the *names* of variables that hold them are kept.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +16,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from arhn_ray.data.readers import FORMATS as READER_FORMATS
 from arhn_ray.data.truncation import resolve_tokenizer
+from arhn_ray.engines.options import ENGINE_KINDS, EngineConfig
 from arhn_ray.method.labeling import MethodOptions
+from arhn_ray.secrets import mask_in_logs, redact, secret_values
 
 
 @dataclass
@@ -37,57 +37,6 @@ class OutputConfig:
     path: str = MISSING
     storage_options: dict[str, Any] = field(default_factory=dict)
     overwrite: bool = False  # False: shards already complete are skipped (resume)
-
-
-@dataclass
-class EngineConfig:
-    kind: str = "vllm"  # vllm | openai | replay
-    model: str = "bundled:smollm2"
-    tokenizer: str | None = None
-    replay_path: str | None = None
-    replay_delay_s: float = 0.0  # replay: latency per batch, standing in for an engine (benchmarks, fault tests)
-    # replay: hold each request for its recorded tokens' time in max_num_seqs slots (engines/latency.py:
-    # prefill_tokens_per_s, decode_tokens_per_s, max_num_seqs, time_scale, trace_dir)
-    replay_latency: dict[str, Any] | None = None
-    replicas: int = 1
-    tensor_parallel_size: int = 1
-    pipeline_parallel_size: int = 1
-    device: str = "auto"  # auto | gpu | cpu
-    num_cpus: float = 1.0  # per replica on CPU engines
-    dtype: str = "auto"
-    max_model_len: int | None = None
-    gpu_memory_utilization: float = 0.9
-    enable_prefix_caching: bool = True
-    enforce_eager: bool = False
-    # vllm: sequences and tokens one engine step schedules; None leaves vLLM's default, which differs
-    # by front end (vllm.LLM: 256 / 8192 on a GPU; AsyncLLMEngine: 128 / 2048), so cluster configs set both
-    max_num_seqs: int | None = None
-    max_num_batched_tokens: int | None = None
-    seed: int = 0
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = -1  # -1: all tokens (vLLM's "off")
-    min_p: float = 0.0
-    chat_template_kwargs: dict[str, Any] = field(default_factory=lambda: {"enable_thinking": False})
-    engine_kwargs: dict[str, Any] = field(default_factory=dict)
-    # vllm: an engine that fails to start (the GPU memory of the engine it replaces not yet free) is
-    # started again, up to start_attempts times, start_retry_wait_s apart (doubling)
-    start_attempts: int = 3
-    start_retry_wait_s: float = 30.0
-    # vllm: a call in flight with no engine step for this long means the engine is dead (hung GPU,
-    # stopped process); the replica then exits and Ray restarts it. An exited engine process is
-    # noticed within a second whatever this is.
-    stall_timeout_s: float = 600.0
-    # vllm: AsyncLLMEngine instead of vllm.LLM; each row goes Stage 1 -> Stage 2 on its own
-    # and batches overlap (pipeline.max_concurrent_batches). replay supports it too.
-    async_engine: bool = False
-    # openai-compatible servers
-    base_url: str | None = None
-    api_key_env: str | None = None  # the NAME of the variable holding the key, never the key
-    max_concurrency: int = 8
-    timeout_s: float = 300.0
-    regex_param: str = "structured_outputs"  # how the server takes a regex: structured_outputs | guided_regex | none
-    max_attempts: int = 5
 
 
 @dataclass
@@ -172,13 +121,11 @@ class Config:
 
 _CHOICES = {
     "input.format": READER_FORMATS,
-    "engine.kind": ("vllm", "openai", "replay"),
+    "engine.kind": ENGINE_KINDS,
     "engine.device": ("auto", "gpu", "cpu"),
     "engine.regex_param": ("structured_outputs", "guided_regex", "none"),
     "pipeline.mode": ("fused", "staged"),
 }
-_SECRET_WORDS = ("secret", "password", "session_token", "auth_token", "api_key", "apikey", "key_id", "access_key", "credential")
-_SECRET_KEYS = {"key", "secret", "token", "password", "authorization"}
 
 
 class ConfigError(ValueError):
@@ -268,75 +215,20 @@ def method_options(cfg: Config) -> MethodOptions:
     )
 
 
-def _is_secret(key: str) -> bool:
-    k = key.lower()
-    return not k.endswith("_env") and (k in _SECRET_KEYS or any(w in k for w in _SECRET_WORDS))
-
-
-def _redact(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {k: "<redacted>" if _is_secret(str(k)) else _redact(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_redact(v) for v in node]
-    return node
+def as_dict(cfg: Config) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[return-value]
 
 
 def to_yaml(cfg: Config) -> str:
     """The resolved config, with anything that looks like a secret replaced."""
-    return OmegaConf.to_yaml(OmegaConf.create(_redact(OmegaConf.to_container(OmegaConf.structured(cfg)))))
+    return OmegaConf.to_yaml(OmegaConf.create(redact(as_dict(cfg))))
 
 
 def config_digest(cfg: Config) -> str:
-    return hashlib.sha256(
-        json.dumps(_redact(OmegaConf.to_container(OmegaConf.structured(cfg))), sort_keys=True).encode()
-    ).hexdigest()[:16]
-
-
-def secret_values(cfg: Config) -> list[str]:
-    """The secret strings a config carries or names (for masking them in logs)."""
-    found: list[str] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                if _is_secret(str(k)) and isinstance(v, str) and v:
-                    found.append(v)
-                else:
-                    walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(OmegaConf.to_container(OmegaConf.structured(cfg)))
-    for env in (cfg.engine.api_key_env,):
-        if env and os.environ.get(env):
-            found.append(os.environ[env])
-    return [v for v in found if len(v) >= 4]
-
-
-class SecretMask(logging.Filter):
-    """Replaces known secret values in every record a handler emits, from any library."""
-
-    def __init__(self, secrets: list[str]):
-        super().__init__()
-        self.secrets = sorted(set(secrets), key=len, reverse=True)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        masked = message
-        for secret in self.secrets:
-            masked = masked.replace(secret, "<redacted>")
-        if masked != message:
-            record.msg, record.args = masked, None
-        return True
+    """A hash of the whole resolved config (secrets left out): which run wrote an output."""
+    return hashlib.sha256(json.dumps(redact(as_dict(cfg)), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def mask_secrets_in_logs(cfg: Config) -> None:
-    secrets = secret_values(cfg)
-    if not secrets:
-        return
-    mask = SecretMask(secrets)
-    root = logging.getLogger()
-    for handler in root.handlers:
-        if not any(isinstance(f, SecretMask) and f.secrets == mask.secrets for f in handler.filters):
-            handler.addFilter(mask)
+    """Every secret the config carries or names (``engine.api_key_env``) is masked in every log handler."""
+    mask_in_logs(secret_values(as_dict(cfg), [cfg.engine.api_key_env]))

@@ -35,7 +35,7 @@ class Outcome:
 Steps = Generator[list[ChatRequest], list[ChatResult], list[Outcome]]
 
 
-def config_hash(options: lb.MethodOptions, prompts: PromptSet, model: str) -> str:
+def method_hash(options: lb.MethodOptions, prompts: PromptSet, model: str) -> str:
     blob = json.dumps([asdict(options), prompts.sha256, model], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -63,7 +63,7 @@ class Refiner:
             "prompt_version": prompts.version,
             "prompt_sha256": prompts.sha256,
             "variant": options.variant,
-            "config_hash": config_hash(options, prompts, engine.model),
+            "method_hash": method_hash(options, prompts, engine.model),
             "arhn_ray_version": __version__,
         }
 
@@ -106,11 +106,11 @@ class Refiner:
         except StopIteration as done:
             return done.value
 
-    def stage1(self, rows: list[dict], plans: list[lb.Plan] | None = None) -> list[Outcome]:
+    def stage1(self, rows: list[dict], plans: list[lb.RowPlan] | None = None) -> list[Outcome]:
         """Adds ``llm`` (one entry per chunk, Stage 1 filled) to each row."""
         return self._drive(self._stage1(rows, plans))
 
-    def stage2(self, rows: list[dict], plans: list[lb.Plan] | None = None) -> list[Outcome]:
+    def stage2(self, rows: list[dict], plans: list[lb.RowPlan] | None = None) -> list[Outcome]:
         """Reads the stored Stage 1 texts, ranks what needs ranking, labels every negative."""
         return self._drive(self._stage2(rows, plans))
 
@@ -122,10 +122,10 @@ class Refiner:
         second = iter(self.stage2([row for row, _ in ready], [plan for _, plan in ready]))
         return [o if o.rejected else next(second) for o in first]
 
-    async def astage1(self, rows: list[dict], plans: list[lb.Plan] | None = None) -> list[Outcome]:
+    async def astage1(self, rows: list[dict], plans: list[lb.RowPlan] | None = None) -> list[Outcome]:
         return await self._adrive(self._stage1(rows, plans))
 
-    async def astage2(self, rows: list[dict], plans: list[lb.Plan] | None = None) -> list[Outcome]:
+    async def astage2(self, rows: list[dict], plans: list[lb.RowPlan] | None = None) -> list[Outcome]:
         return await self._adrive(self._stage2(rows, plans))
 
     async def arefine(self, rows: list[dict]) -> list[Outcome]:
@@ -145,7 +145,7 @@ class Refiner:
     # The stages are generators: they yield the requests they need and are sent the results,
     # so one body serves the blocking engines (``_drive``) and the async ones (``_adrive``).
 
-    def _stage1(self, rows: list[dict], plans: list[lb.Plan] | None) -> Steps:
+    def _stage1(self, rows: list[dict], plans: list[lb.RowPlan] | None) -> Steps:
         plans = plans if plans is not None else [lb.plan_row(row, self.options, self.truncate) for row in rows]
         requests, owners = [], []
         for r, plan in enumerate(plans):
@@ -162,7 +162,7 @@ class Refiner:
             rows[r]["llm"].append(_call(c, res))
         return [Outcome(row, failures.get(r), "llm" if r in failures else None) for r, row in enumerate(rows)]
 
-    def _stage2(self, rows: list[dict], plans: list[lb.Plan] | None) -> Steps:
+    def _stage2(self, rows: list[dict], plans: list[lb.RowPlan] | None) -> Steps:
         out: list[Outcome | None] = [None] * len(rows)
         work = []
         requests, owners = [], []

@@ -10,12 +10,27 @@ import time
 
 import pytest
 
+NODE_API_KEY_ENV, NODE_API_KEY = "ARHN_TEST_API_KEY", "sk-live-should-not-leak-7f3a"
 RAY_TMP = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray"
 
 
 def _ray_sessions() -> set[str]:
     """Every local Ray cluster started on this machine leaves a session folder, whichever process started it."""
     return {p.name for p in RAY_TMP.glob("session_2*")} if RAY_TMP.is_dir() else set()
+
+
+def _started_here(session: str) -> bool:
+    """The folder's name ends with the starting process's pid: this test run's, or a process of it
+    (one that has exited too, which cannot be told from another run's)."""
+    import psutil
+
+    pid = int(session.rsplit("_", 1)[-1])
+    if pid == os.getpid():
+        return True
+    try:
+        return os.getpid() in {p.pid for p in psutil.Process(pid).parents()}
+    except psutil.Error:
+        return True
 
 
 def _vllm_processes() -> set[int]:
@@ -39,7 +54,7 @@ def tier_guard(request):
     sessions, had_vllm, engines = _ray_sessions(), "vllm" in sys.modules, _vllm_processes()
     yield
     wrong = []
-    if "ray" not in marks and _ray_sessions() - sessions:
+    if "ray" not in marks and any(_started_here(s) for s in _ray_sessions() - sessions):
         wrong.append("started a Ray cluster without the 'ray' marker")
     if "vllm" not in marks and ((not had_vllm and "vllm" in sys.modules) or _vllm_processes() - engines):
         wrong.append("imported vLLM or started an engine without the 'vllm' marker")
@@ -53,6 +68,8 @@ def ray_cluster():
     paper's placement (8 replicas x TP 2) can be scheduled; CPU engines ask for CPUs only."""
     import ray
 
+    # the nodes' environment holds an API key, as a cluster's does (tests/test_reliability.py's secrets test)
+    os.environ.setdefault(NODE_API_KEY_ENV, NODE_API_KEY)
     if not ray.is_initialized():
         ray.init(num_cpus=24, num_gpus=16, include_dashboard=False, log_to_driver=False)
     yield ray

@@ -18,7 +18,8 @@ from helpers import RLHN_STAGE1, load_jsonl
 
 from arhn_ray.data.records import validate_row
 from arhn_ray.engines.base import ChatRequest
-from arhn_ray.engines.openai_engine import OpenAIEngine, OpenAIOptions
+from arhn_ray.engines.openai_engine import OpenAIEngine
+from arhn_ray.engines.options import EngineConfig
 from arhn_ray.engines.replay import ReplayEngine
 from arhn_ray.method import labeling as lb
 from arhn_ray.method.prompts import PromptSet, chat
@@ -71,7 +72,7 @@ def flaky_server():
 def test_retries_with_backoff_then_succeeds(flaky_server, status, monkeypatch):
     Flaky.status, Flaky.fail = status, 2
     monkeypatch.setenv("MY_TEST_KEY", "sk-test-secret")
-    eng = OpenAIEngine(OpenAIOptions(base_url=flaky_server, model="m", api_key_env="MY_TEST_KEY", max_attempts=4, max_concurrency=3))
+    eng = OpenAIEngine(EngineConfig(kind="openai", base_url=flaky_server, model="m", api_key_env="MY_TEST_KEY", max_attempts=4, max_concurrency=3))
     res = eng.generate([ChatRequest(chat(f"p{i}"), max_tokens=5) for i in range(4)])
     assert [r.text for r in res] == [f"ok p{i}" for i in range(4)]
     assert all(r.error is None and r.prompt_tokens == 3 for r in res)
@@ -81,7 +82,7 @@ def test_retries_with_backoff_then_succeeds(flaky_server, status, monkeypatch):
 
 def test_bounded_retries_give_an_error_result_for_that_request_only(flaky_server):
     Flaky.status, Flaky.fail = 500, 99
-    eng = OpenAIEngine(OpenAIOptions(base_url=flaky_server, model="m", max_attempts=2))
+    eng = OpenAIEngine(EngineConfig(kind="openai", base_url=flaky_server, model="m", max_attempts=2))
     Flaky.fail = 2
     res = eng.generate([ChatRequest(chat("always-400")), ChatRequest(chat("fine"), max_tokens=5)])
     assert res[0].error and "HTTP 400" in res[0].error
@@ -91,7 +92,7 @@ def test_bounded_retries_give_an_error_result_for_that_request_only(flaky_server
 
 def test_missing_api_key_variable_is_a_clear_error():
     with pytest.raises(RuntimeError, match="NOT_SET_ANYWHERE"):
-        OpenAIEngine(OpenAIOptions(base_url="http://127.0.0.1:9/v1", model="m", api_key_env="NOT_SET_ANYWHERE"))
+        OpenAIEngine(EngineConfig(kind="openai", base_url="http://127.0.0.1:9/v1", model="m", api_key_env="NOT_SET_ANYWHERE"))
 
 
 def test_replay_serves_recordings_and_errors_on_missing(tmp_path):
@@ -141,7 +142,7 @@ def vllm_server():
 def test_openai_engine_against_vllm_serve_with_verbatim_regex(vllm_server):
     rows = [validate_row(r) for r in load_jsonl(RLHN_STAGE1)[3:4]]
     rows[0]["negative_passages"] = rows[0]["negative_passages"][:4]
-    eng = OpenAIEngine(OpenAIOptions(base_url=vllm_server, model="smollm2", max_concurrency=2, timeout_s=600))
+    eng = OpenAIEngine(EngineConfig(kind="openai", base_url=vllm_server, model="smollm2", max_concurrency=2, timeout_s=600))
     options = lb.MethodOptions(stage1_constraint="verbatim", stage2_constraint="format")
     out = Refiner(eng, options, PromptSet.load(), stage1_max_tokens=800).refine(rows)[0]
     assert out.rejected is None, out.rejected

@@ -16,6 +16,42 @@ from arhn_ray.method import labeling as lb
 pytestmark = pytest.mark.ray
 
 
+def rlhn_verdicts(row: dict) -> dict[tuple[str, str], str]:
+    """The test's own reading of an RLHN verdict, not the code under test's: the ``Doc (i)`` numbers
+    between ``<better>`` and ``</better>`` are false negatives, every other negative is a negative."""
+    response = row["response"]
+    better = response[response.find("<better>") : response.find("</better>")] if "<better>" in response else ""
+    numbers = {int(part.split(")")[0]) for part in better.split("Doc (")[1:]}
+    return {(row["query_id"], n["docid"]): "false_negative" if i in numbers else "negative"
+            for i, n in enumerate(row["negative_passages"], 1)}  # fmt: skip
+
+
+def reference_verdicts() -> dict[tuple[str, str], str]:
+    """RLHN's stage-1 verdicts, with its stage-2 verdicts deciding the queries they hold."""
+    verdicts = {}
+    for r in load_jsonl(RLHN_STAGE1):
+        verdicts.update(rlhn_verdicts(r))
+    for r in load_jsonl(RLHN_STAGE2):
+        decided = {k: v for k, v in verdicts.items() if k[0] != r["query_id"]}
+        verdicts = {**decided, **rlhn_verdicts(r)}
+    return verdicts
+
+
+def test_rlhn_verdicts_are_read_as_labelled_by_hand():
+    """Two real verdicts, read by a person: only the documents under <better> are false negatives
+    (those under <worse> are not), numbered from 1 into negative_passages."""
+    first = next(r for r in load_jsonl(RLHN_STAGE1) if r["query_id"] == "e61a5737af172e3cf100e433b3dd3ca2")
+    labels = _rlhn_labels(first)
+    assert len(labels) == 25
+    assert {d for (_, d), label in labels.items() if label == "false_negative"} == {"53cf1cb9f857148ca624c90000cfc3be"}  # Doc (21)
+    assert labels[(first["query_id"], "b77cd9cfb4879112cc29431dade52e87")] == "negative"  # Doc (18), under <worse>
+    second = load_jsonl(RLHN_STAGE2)[0]  # "<better> Preferred over or equally as ground truth: [Doc (9), Doc (18)] </better>"
+    assert second["query_id"] == "30e5344ce410c048f01d18976f26087f"
+    assert {d for (_, d), label in _rlhn_labels(second).items() if label == "false_negative"} == {
+        "bd572a5bd7769cf1c205a6052f754a05", "24f01348e12402405af7220c1ece0235"}  # fmt: skip
+    assert _rlhn_labels(second)[(second["query_id"], "8babf6d1454518eca4688b138e4f85f5")] == "negative"  # Doc (12), under <worse>
+
+
 def perfect_recordings(rows: list[dict], verdicts: dict) -> list[dict]:
     """Stage 1 finds a snippet exactly in RLHN's 'better' negatives; Stage 2 ranks them above [1]."""
     rec = []
@@ -36,13 +72,8 @@ def perfect_recordings(rows: list[dict], verdicts: dict) -> list[dict]:
 @pytest.fixture(scope="module")
 def replay_output(ray_cluster, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("replay")
-    raw = load_jsonl(RLHN_STAGE1)
-    rows = [validate_row(r) for r in raw]
-    verdicts = {}
-    for r in raw:
-        verdicts.update(_rlhn_labels(r))
-    for r in load_jsonl(RLHN_STAGE2):
-        verdicts.update(_rlhn_labels(r))
+    rows = [validate_row(r) for r in load_jsonl(RLHN_STAGE1)]
+    verdicts = reference_verdicts()  # read by the test itself: a misreading in agreement.py cannot agree with it
     (tmp / "in").mkdir()
     with open(tmp / "in" / "msmarco.jsonl", "w") as f:
         for r in rows:
@@ -92,16 +123,21 @@ def test_kappa_drops_when_filter_counts_as_false_negative_or_stage2_is_ignored(r
     from arhn_ray.agreement import agreement
 
     assert agreement(str(replay_output), str(RLHN_STAGE1))["overall"]["kappa"] < 1.0
+    # a reference written from RLHN's verdicts (not from the output), then the same with one label flipped
+    verdicts = reference_verdicts()
     csv_ref = tmp_path / "ref.csv"
-    rows = [r for r in pq.read_table(replay_output / "refined" / "msmarco").to_pylist()]
-    with open(csv_ref, "w") as f:
-        f.write("query_id,docid,label\n")
-        for r in rows:
-            for d in r["decisions"]:
-                f.write(
-                    f"{r['query_id']},{d['docid']},{'false_negative' if d['action'] == 'relabel' or d['reason'] == 'duplicate_of_positive' else 'negative'}\n"
-                )
+    flipped = next(k for k, v in sorted(verdicts.items()) if v == "negative")
+
+    def write(labels: dict) -> None:
+        with open(csv_ref, "w") as f:
+            f.write("query_id,docid,label\n" + "".join(f"{q},{d},{v}\n" for (q, d), v in sorted(labels.items())))
+
+    write(verdicts)
     assert agreement(str(replay_output), str(csv_ref))["overall"]["kappa"] == 1.0
+    write({**verdicts, flipped: "false_negative"})
+    result = agreement(str(replay_output), str(csv_ref))["overall"]
+    (fn_fn, fn_neg), (neg_fn, neg_neg) = result["confusion"]["matrix"]
+    assert result["kappa"] < 1.0 and (fn_neg, neg_fn) == (1, 0)  # the reference says false negative, the run says negative
 
 
 def test_relabel_recomputes_variants_without_an_llm(replay_output, tmp_path):
@@ -198,7 +234,7 @@ def test_the_output_is_a_dataset_people_load(replay_output, tmp_path, capsys):
     assert len(refined) == stats["overall"]["queries"] and "decisions" in refined.column_names
     card = (replay_output / "README.md").read_text()
     assert card.startswith("---\nconfigs:") and "data_files: refined/*/*.parquet" in card
-    assert f"{stats['overall']['queries']} queries refined" in card and stats["config_hash"] in card
+    assert f"{stats['overall']['queries']} queries refined" in card and stats["config_digest"] in card
     assert "NOT fit for training" not in card  # a replay of recorded labels, not the bundled model
 
     for fmt in ("sentence-transformers", "flagembedding", "tevatron"):
@@ -230,7 +266,7 @@ def test_the_card_warns_when_the_bundled_model_labeled_the_data():
 def test_help_reads_as_plain_text_with_an_example_for_each_command(capsys):
     import pytest
 
-    for argv in ([], ["refine"], ["plan"], ["stats"], ["relabel"], ["agreement"], ["export"], ["prepare-model"]):
+    for argv in ([], ["refine"], ["plan"], ["stage"], ["stats"], ["relabel"], ["agreement"], ["export"], ["prepare-model"]):
         with pytest.raises(SystemExit) as exit_:
             main([*argv, "--help"])
         assert exit_.value.code == 0

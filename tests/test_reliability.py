@@ -9,7 +9,9 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pyarrow as pa
@@ -447,37 +449,65 @@ def test_hostile_passages_cannot_steer_attribution_or_ranking():
 # --- 6. secrets ----------------------------------------------------------------------------
 
 
-@pytest.mark.ray
-def test_secrets_never_reach_logs_config_or_provenance(ray_cluster, tmp_path, s3_server, caplog, capfd, monkeypatch):
-    import s3fs
+class _Recording(BaseHTTPRequestHandler):
+    """An OpenAI-compatible endpoint on loopback that notes the Authorization header of every call
+    and answers NO_ANSWER (no Stage 2 call follows)."""
 
-    monkeypatch.setenv("ARHN_TEST_API_KEY", "sk-live-should-not-leak")
+    headers_seen: list[str] = []
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        _Recording.headers_seen.append(self.headers.get("Authorization", ""))
+        data = json.dumps({"choices": [{"message": {"content": "NO_ANSWER"}, "finish_reason": "stop"}],
+                           "usage": {"prompt_tokens": 5, "completion_tokens": 1}}).encode()  # fmt: skip
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.ray
+def test_secrets_never_reach_logs_config_or_provenance(ray_cluster, tmp_path, s3_server, caplog, capfd):
+    """S3 credentials in the config and an API key in the nodes' environment: the key reaches the
+    server as the Authorization header, and neither reaches a log (ours, the caller's, Ray's
+    workers'), the saved config, the statistics, the report or the rows."""
+    import s3fs
+    from conftest import NODE_API_KEY, NODE_API_KEY_ENV
+
     create_bucket(s3_server, "secret-test")
     fs = s3fs.S3FileSystem(**s3_server)
     rows = [make_row(2, qid="s1")]
     local = tmp_path / "in.jsonl"
     write_jsonl(local, rows)
     fs.put(str(local), "secret-test/in/in.jsonl")
-    rec = tmp_path / "rec.jsonl"
-    write_jsonl(rec, good_recordings(rows))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recording)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Recording.headers_seen.clear()
     so = json.dumps(s3_server)
     out = tmp_path / "out"
     caplog.set_level("DEBUG")
-    run(replay_cfg("s3://secret-test/in/", rec, out, f"input.storage_options={so}", "engine.api_key_env=ARHN_TEST_API_KEY"))
+    logs = Path(ray_cluster._private.worker._global_node.get_logs_dir_path())
+    try:
+        stats = run(replay_cfg("s3://secret-test/in/", tmp_path, out, f"input.storage_options={so}", "engine.kind=openai",
+                               f"engine.base_url=http://127.0.0.1:{server.server_address[1]}/v1", f"engine.api_key_env={NODE_API_KEY_ENV}",
+                               "engine.model=m"))  # fmt: skip
+    finally:
+        server.shutdown()
+    assert stats["overall"]["queries"] == 1 and stats["overall"]["stage1_calls"] == 1
+    assert _Recording.headers_seen == [f"Bearer {NODE_API_KEY}"]
     captured = capfd.readouterr()
-    texts = [
-        caplog.text,
-        captured.out,
-        captured.err,
-        (out / "config.yaml").read_text(),
-        (out / "stats.json").read_text(),
-        (out / "report.md").read_text(),
-    ]
+    texts = [caplog.text, captured.out, captured.err]
+    texts += [(out / name).read_text() for name in ("config.yaml", "stats.json", "report.md", "README.md")]
+    texts += [p.read_text(errors="replace") for p in logs.glob("worker-*") if p.is_file()]
     refined, _ = outputs(out)
     texts.append(json.dumps(refined))
-    for secret in (s3_server["secret"], s3_server["key"], "sk-live-should-not-leak"):
+    for secret in (s3_server["secret"], s3_server["key"], NODE_API_KEY):
         assert not [t for t in texts if secret in t], secret
-    assert "ARHN_TEST_API_KEY" in (out / "config.yaml").read_text()
+    assert NODE_API_KEY_ENV in (out / "config.yaml").read_text()
 
 
 @pytest.mark.ray

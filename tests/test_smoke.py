@@ -39,16 +39,34 @@ def test_smoke_run_passes_on_cpu(tmp_path):
     assert "smoke: PASS" in res.stdout and "1 refined, 0 rejected, 9 negatives" in res.stdout
 
 
-def test_smoke_check_fails_when_a_row_is_missing(tmp_path):
-    """The check is real: the same output with one refined part removed does not pass."""
+def test_smoke_check_names_a_row_missing_from_the_output(tmp_path):
+    """The check is real: an output holding the first sample query of one file but not of the
+    other fails, naming the missing query; with both present that complaint goes away."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     sys.path.insert(0, str(ROOT / "jobs"))
     try:
         import smoke
     finally:
         sys.path.pop(0)
     from arhn_ray.config import load_config as load
+    from arhn_ray.data.layout import OutputLayout
+    from arhn_ray.data.readers import from_flagembedding
+    from arhn_ray.data.records import OUTPUT_SCHEMA
 
     cfg = load(str(ROOT / "conf" / "replay.yaml"), [f"output.path={tmp_path}", "input.limit=1", "engine.replay_path=x"])
+    rlhn = load_jsonl(SAMPLES / "rlhn_msmarco.jsonl")[0]["query_id"]
+    flag = from_flagembedding(load_jsonl(SAMPLES / "flagembedding_msmarco.jsonl")[0])["query_id"]
+    out = OutputLayout(str(tmp_path))
+
+    def write(shard: str, qid: str) -> None:
+        (tmp_path / "refined" / shard).mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist([{"query_id": qid, "decisions": [], "llm": []}], schema=OUTPUT_SCHEMA), out.part_file("refined", f"{shard}/p"))
+
     stats = {"overall": {"rejected": 0}, "rejected_reasons": {}}
+    write("rlhn_msmarco", rlhn)
     problems = smoke.check(cfg, stats)
-    assert problems and problems[0].startswith("rows in and out differ: missing")
+    assert problems[0] == f"rows in and out differ: missing [{flag!r}], extra []"
+    write("flagembedding_msmarco", flag)
+    assert not [p for p in smoke.check(cfg, stats) if p.startswith("rows in and out differ")]

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import re
 
-import tomllib
 import yaml
 from helpers import ROOT
 from packaging.requirements import Requirement
 from packaging.version import Version
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10, which requires-python admits
+    import tomli as tomllib
 
 # packages the code calls directly: CPU and GPU must run the same release of each
 SHARED = ["ray", "pyarrow", "transformers", "tokenizers", "omegaconf", "s3fs", "fsspec", "numpy", "rapidfuzz", "tenacity",

@@ -1,4 +1,4 @@
-"""Row schemas (DESIGN.md, Records) and validation that names the bad field.
+"""Row schemas (input, refined output, rejected output) and validation that names the bad field.
 
 Input rows follow the RLHN / Tevatron schema. ``validate_row`` turns a raw mapping into a
 canonical row, or says which field is wrong; it never raises.
@@ -41,7 +41,7 @@ PROVENANCE = pa.struct(
         ("prompt_version", pa.string()),
         ("prompt_sha256", pa.string()),
         ("variant", pa.string()),
-        ("config_hash", pa.string()),
+        ("method_hash", pa.string()),  # the method options, prompts and model a row was refined with
         ("arhn_ray_version", pa.string()),
     ]
 )

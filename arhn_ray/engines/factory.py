@@ -9,24 +9,13 @@ times with growing waits (``engine.start_attempts``, ``engine.start_retry_wait_s
 from __future__ import annotations
 
 import logging
-from dataclasses import fields
-from typing import TypeVar
 
 from tenacity import Retrying, stop_after_attempt, wait_exponential
 
-from arhn_ray.config import EngineConfig
 from arhn_ray.engines.base import AsyncEngine, Engine
+from arhn_ray.engines.options import EngineConfig
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-
-def engine_options(cls: type[T], engine: EngineConfig) -> T:
-    """The engine's options from the config: the fields of ``cls`` carry the config's key names."""
-    values = {f.name: getattr(engine, f.name) for f in fields(cls) if hasattr(engine, f.name)}  # type: ignore[arg-type]
-    return cls(**{k: dict(v) if isinstance(v, dict) else v for k, v in values.items()})
-
 
 def make_engine(engine: EngineConfig) -> Engine | AsyncEngine:
     if engine.kind == "replay":
@@ -34,15 +23,15 @@ def make_engine(engine: EngineConfig) -> Engine | AsyncEngine:
         from arhn_ray.engines.replay import ReplayEngine
 
         latency = LatencyModel(**engine.replay_latency) if engine.replay_latency else None
-        return ReplayEngine(engine.replay_path or "", model=engine.model or "replay", delay_s=engine.replay_delay_s, latency=latency)
+        return ReplayEngine(engine.replay_path or "", model=engine.model or "replay", storage_options=dict(engine.replay_storage_options),
+                            delay_s=engine.replay_delay_s, latency=latency)  # fmt: skip
     if engine.kind == "openai":
-        from arhn_ray.engines.openai_engine import OpenAIEngine, OpenAIOptions
+        from arhn_ray.engines.openai_engine import OpenAIEngine
 
-        return OpenAIEngine(engine_options(OpenAIOptions, engine))
-    from arhn_ray.engines.vllm_engine import AsyncVLLMEngine, VLLMEngine, VLLMOptions
+        return OpenAIEngine(engine)
+    from arhn_ray.engines.vllm_engine import AsyncVLLMEngine, VLLMEngine
 
-    cls = AsyncVLLMEngine if engine.async_engine else VLLMEngine
-    return cls(engine_options(VLLMOptions, engine))
+    return (AsyncVLLMEngine if engine.async_engine else VLLMEngine)(engine)
 
 
 def start_engine(engine: EngineConfig) -> Engine | AsyncEngine:

@@ -9,31 +9,14 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 from arhn_ray.engines.base import ChatRequest, ChatResult
+from arhn_ray.engines.options import EngineConfig
 from arhn_ray.method.snippets import strip_thinking
-
-
-@dataclass
-class OpenAIOptions:
-    base_url: str
-    model: str
-    api_key_env: str | None = None
-    max_concurrency: int = 8
-    timeout_s: float = 300.0
-    max_attempts: int = 5
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = -1  # sent only when set: vLLM's and SGLang's servers take it, OpenAI's does not
-    min_p: float = 0.0
-    seed: int | None = 0
-    regex_param: str = "structured_outputs"  # structured_outputs | guided_regex | none
-    chat_template_kwargs: dict[str, Any] = field(default_factory=lambda: {"enable_thinking": False})
 
 
 class _Retryable(Exception):
@@ -45,7 +28,9 @@ def _is_retryable(e: BaseException) -> bool:
 
 
 class OpenAIEngine:
-    def __init__(self, options: OpenAIOptions):
+    def __init__(self, options: EngineConfig):
+        if not options.base_url:
+            raise ValueError("engine.base_url: the openai engine needs the server's URL")
         self.options = options
         self.model = options.model
         headers = {}

@@ -16,38 +16,15 @@ import inspect
 import itertools
 import logging
 import threading
-from dataclasses import dataclass, field
 from typing import Any
 
 from arhn_ray.engines.base import ChatRequest, ChatResult
 from arhn_ray.engines.bundled import resolve_model
+from arhn_ray.engines.options import EngineConfig
 from arhn_ray.engines.watchdog import EngineDead, Watchdog, is_engine_death
 from arhn_ray.method.snippets import strip_thinking
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class VLLMOptions:
-    model: str = "bundled:smollm2"
-    tokenizer: str | None = None
-    dtype: str = "auto"
-    max_model_len: int | None = None
-    tensor_parallel_size: int = 1
-    pipeline_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.9
-    enable_prefix_caching: bool = True
-    enforce_eager: bool = False
-    max_num_seqs: int | None = None
-    max_num_batched_tokens: int | None = None
-    seed: int = 0
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = -1
-    min_p: float = 0.0
-    chat_template_kwargs: dict[str, Any] = field(default_factory=lambda: {"enable_thinking": False})
-    engine_kwargs: dict[str, Any] = field(default_factory=dict)
-    stall_timeout_s: float = 600.0  # a call in flight with no engine step for this long: the engine is dead
 
 
 class _VLLMBase:
@@ -57,7 +34,7 @@ class _VLLMBase:
     feed the engine the same input and the length check sees exactly what vLLM will.
     """
 
-    def __init__(self, options: VLLMOptions):
+    def __init__(self, options: EngineConfig):
         self.options = options
         self.model = options.model
         self.path = resolve_model(options.model)
@@ -143,7 +120,7 @@ class _VLLMBase:
 class VLLMEngine(_VLLMBase):
     """``vllm.LLM``: each call is one batch that ends when its longest request ends."""
 
-    def __init__(self, options: VLLMOptions):
+    def __init__(self, options: EngineConfig):
         from vllm import LLM
 
         super().__init__(options)
@@ -208,7 +185,7 @@ class AsyncVLLMEngine(_VLLMBase):
     driven from one event loop (the Ray Data actor's, or ``asyncio.run`` in a script).
     """
 
-    def __init__(self, options: VLLMOptions):
+    def __init__(self, options: EngineConfig):
         import vllm
 
         super().__init__(options)

@@ -37,7 +37,7 @@ def verbatim_spans(text: str, max_sentences: int = 3) -> list[str]:
     """Every span of 1..max_sentences consecutive sentences, as it stands in the text."""
     sents = sentences(text)
     spans = []
-    starts = _sentence_starts(text, sents)
+    starts = sentence_starts(text, sents)
     for i in range(len(sents)):
         for k in range(1, max_sentences + 1):
             j = i + k - 1
@@ -47,7 +47,7 @@ def verbatim_spans(text: str, max_sentences: int = 3) -> list[str]:
     return spans
 
 
-def _sentence_starts(text: str, sents: list[str]) -> list[int]:
+def sentence_starts(text: str, sents: list[str]) -> list[int]:
     starts, at = [], 0
     for s in sents:
         at = text.index(s, at)
@@ -59,7 +59,7 @@ def _sentence_starts(text: str, sents: list[str]) -> list[int]:
 def _span_alternatives(text: str, max_sentences: int) -> str:
     """Nested alternatives: s1( s2( s3)?)?|s2( s3( s4)?)?|... without repeating whole spans."""
     sents = sentences(text)
-    starts = _sentence_starts(text, sents)
+    starts = sentence_starts(text, sents)
     alts = []
     for i in range(len(sents)):
         expr = ""

@@ -13,16 +13,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from arhn_ray.method import ranking as rk
-from arhn_ray.method.constraints import stage1_format, stage1_verbatim, stage2_format
-from arhn_ray.method.prompts import PromptSet, neutralize
-from arhn_ray.method.sentence_ids import ground_ids, ids_constraint, numbered, parse_answers
-from arhn_ray.method.snippets import UNGROUNDED, Grounded, ParsedSnippet, ground, parse_stage1
+from arhn_ray.method.constraints import stage2_format
+from arhn_ray.method.prompts import PromptSet
+from arhn_ray.method.snippets import UNGROUNDED
+from arhn_ray.method.stage1 import MODES, Stage1Read
 
 VARIANTS = ("rf", "relabel", "filter")
 POSITIVE_NO_ANSWER = ("paper", "keep", "reject")
 STAGE2_INPUTS = ("snippet", "passage")
 STAGE1_CONSTRAINTS = ("none", "format", "verbatim")
-STAGE1_OUTPUTS = ("text", "sentence_ids")  # the paper's copied snippet, or ids of the passage's sentences
+STAGE1_OUTPUTS = tuple(MODES)  # the paper's copied snippet, or ids of the passage's sentences (method/stage1.py)
 STAGE2_CONSTRAINTS = ("none", "format")
 RELABEL, FILTER, KEEP = "relabel", "filter", "keep"
 
@@ -75,7 +75,7 @@ def _head(text: str) -> str:
 
 
 @dataclass
-class Plan:
+class RowPlan:
     """A row cut into chunks. Passage texts are the truncated ones the LLM sees."""
 
     row: dict
@@ -85,7 +85,7 @@ class Plan:
     chunks: list[list[int]]  # indices into row["negative_passages"]
 
 
-def plan_row(row: dict, options: MethodOptions, truncate: Callable[[str], str] | None = None) -> Plan:
+def plan_row(row: dict, options: MethodOptions, truncate: Callable[[str], str] | None = None) -> RowPlan:
     cut = truncate or (lambda t: t)
     positives = row["positive_passages"]
     negatives = row["negative_passages"]
@@ -103,7 +103,7 @@ def plan_row(row: dict, options: MethodOptions, truncate: Callable[[str], str] |
         rest.append(i)
     n = options.max_negatives_per_chunk
     chunks = [rest[i : i + n] for i in range(0, len(rest), n)]
-    return Plan(
+    return RowPlan(
         row=row,
         anchor_text=cut(positives[0]["text"]),
         negative_texts=[cut(neg["text"]) for neg in negatives],
@@ -112,60 +112,30 @@ def plan_row(row: dict, options: MethodOptions, truncate: Callable[[str], str] |
     )
 
 
-def chunk_passages(plan: Plan, chunk: int) -> list[str]:
+def chunk_passages(plan: RowPlan, chunk: int) -> list[str]:
     """doc1 = anchor, doc2.. = the chunk's negatives."""
     return [plan.anchor_text] + [plan.negative_texts[i] for i in plan.chunks[chunk]]
 
 
-def stage1_request(plan: Plan, chunk: int, prompts: PromptSet, options: MethodOptions) -> tuple[str, str | None]:
-    """The Stage 1 prompt and its decoding constraint (a regex or None)."""
-    passages = chunk_passages(plan, chunk)
-    if options.stage1_output == "sentence_ids":
-        neutral = [neutralize(p) for p in passages]
-        prompt = prompts.stage1_prompt(plan.row["query"], [numbered(p) for p in neutral])
-        return prompt, None if options.stage1_constraint == "none" else ids_constraint(neutral)
-    prompt = prompts.stage1_prompt(plan.row["query"], passages)
-    if options.stage1_constraint == "verbatim":
-        return prompt, stage1_verbatim([neutralize(p) for p in passages])
-    if options.stage1_constraint == "format":
-        return prompt, stage1_format(len(passages))
-    return prompt, None
+def stage1_request(plan: RowPlan, chunk: int, prompts: PromptSet, options: MethodOptions) -> tuple[str, str | None]:
+    """The Stage 1 prompt and its decoding constraint (a regex or None), as the output mode asks."""
+    return MODES[options.stage1_output].request(plan.row["query"], chunk_passages(plan, chunk), prompts, options.stage1_constraint)
 
 
 @dataclass
-class ChunkSnippets:
+class ChunkSnippets(Stage1Read):
     """Stage 1 result of one chunk: position 0 is the anchor, then the chunk's negatives."""
-
-    parsed: list[ParsedSnippet]
-    grounded: list[Grounded]
 
     def snippet(self, pos: int, options: MethodOptions) -> str | None:
         g = self.grounded[pos]
-        if g.grounding == UNGROUNDED and not options.ungrounded_as_no_answer and options.stage1_output == "text":
+        if g.grounding == UNGROUNDED and not options.ungrounded_as_no_answer and MODES[options.stage1_output].keeps_ungrounded_text:
             return self.parsed[pos].text
         return g.snippet
 
 
-def read_stage1(plan: Plan, chunk: int, text: str, options: MethodOptions) -> ChunkSnippets:
-    passages = chunk_passages(plan, chunk)
-    if options.stage1_output == "sentence_ids":
-        parsed = parse_answers(text, len(passages))
-        return ChunkSnippets(parsed, [ground_ids(p.text, passage, neutralize(passage)) for p, passage in zip(parsed, passages)])
-    parsed = parse_stage1(text, len(passages))
-    grounded = []
-    for p, passage in zip(parsed, passages):
-        neutral = neutralize(passage)
-        g = ground(p.text, neutral, options.fuzzy_threshold)
-        if g.snippet is not None and neutral is not passage:
-            g = Grounded(_same_span(g.snippet, neutral, passage), g.grounding)
-        grounded.append(g)
-    return ChunkSnippets(parsed, grounded)
-
-
-def _same_span(span: str, neutral: str, original: str) -> str:
-    """neutralize() keeps lengths, so the model's span is cut from the passage itself."""
-    at = neutral.find(span)
-    return original[at : at + len(span)] if at >= 0 else span
+def read_stage1(plan: RowPlan, chunk: int, text: str, options: MethodOptions) -> ChunkSnippets:
+    read = MODES[options.stage1_output].read(text, chunk_passages(plan, chunk), options.fuzzy_threshold)
+    return ChunkSnippets(read.parsed, read.grounded)
 
 
 @dataclass
@@ -176,7 +146,7 @@ class Stage2Request:
 
 
 def stage2_request(
-    plan: Plan, chunk: int, snippets: ChunkSnippets, prompts: PromptSet, options: MethodOptions
+    plan: RowPlan, chunk: int, snippets: ChunkSnippets, prompts: PromptSet, options: MethodOptions
 ) -> Stage2Request | None:
     """None when Stage 2 cannot change a label (no negative has a snippet, or the anchor has none)."""
     size = len(plan.chunks[chunk]) + 1
@@ -208,7 +178,7 @@ class RowLabels:
 
 
 def label_row(
-    plan: Plan,
+    plan: RowPlan,
     snippets: list[ChunkSnippets],
     stage2: list[tuple[Stage2Request, rk.Ranking] | None],
     options: MethodOptions,

@@ -1,6 +1,6 @@
 """Stage 2 output: read ``[i] > [j] > ...`` and repair it into a full order of 1..n.
 
-The rules (DESIGN.md): read from the last ``</think>`` onwards; ids in order; duplicates
+The rules: read from the last ``</think>`` onwards; ids in order; duplicates
 dropped (first wins); unknown ids dropped; missing ids appended in doc order; when no id can
 be read, [1] first then doc order, marked ``parse_fallback``.
 """

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 
-from arhn_ray.method.constraints import _sentence_starts, sentences
+from arhn_ray.method.constraints import sentence_starts, sentences
 from arhn_ray.method.prompts import NO_ANSWER
 from arhn_ray.method.snippets import (
     EXACT,
@@ -84,7 +84,7 @@ def parse_ids(answer: str | None, n_sentences: int, max_sentences: int = MAX_SEN
 def rebuild(passage: str, a: int, b: int) -> str:
     """Sentences a..b (1-based) as they stand in the passage, separators included."""
     sents = sentences(passage)
-    starts = _sentence_starts(passage, sents)
+    starts = sentence_starts(passage, sents)
     return passage[starts[a - 1] : starts[b - 1] + len(sents[b - 1])]
 
 
@@ -98,5 +98,5 @@ def ground_ids(answer: str | None, passage: str, neutral: str) -> Grounded:
         return Grounded(None, UNGROUNDED)
     a, b = ids  # type: ignore[misc]
     span = rebuild(neutral, a, b)
-    at = _sentence_starts(neutral, sentences(neutral))[a - 1]
+    at = sentence_starts(neutral, sentences(neutral))[a - 1]
     return Grounded(passage[at : at + len(span)], EXACT)

@@ -35,15 +35,14 @@ def plain_loop(cfg, out: Path, rows: list[dict]) -> dict:
     from vllm import SamplingParams
     from vllm.sampling_params import StructuredOutputsParams
 
-    from arhn_ray.engines.factory import engine_options
-    from arhn_ray.engines.vllm_engine import VLLMEngine, VLLMOptions
+    from arhn_ray.engines.vllm_engine import VLLMEngine
     from arhn_ray.method import labeling as lb
     from arhn_ray.method.prompts import chat
     from arhn_ray.pipeline.stages import make_refiner
 
     e = cfg.engine
     t0 = time.perf_counter()
-    engine = VLLMEngine(engine_options(VLLMOptions, e))
+    engine = VLLMEngine(e)
     start = time.perf_counter() - t0
     refiner = make_refiner(cfg, engine)
     llm, options, prompts = engine.llm, refiner.options, refiner.prompts

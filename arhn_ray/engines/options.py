@@ -1,0 +1,61 @@
+"""An engine's options, defined once: the config's ``engine`` section is this dataclass, and every
+engine (vLLM's two front ends, the OpenAI-compatible client, the replay) reads the fields it uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+ENGINE_KINDS = ("vllm", "openai", "replay")
+
+
+@dataclass
+class EngineConfig:
+    kind: str = "vllm"  # one of ENGINE_KINDS
+    model: str = "bundled:smollm2"
+    tokenizer: str | None = None
+    replay_path: str | None = None
+    replay_storage_options: dict[str, Any] = field(default_factory=dict)  # replay_path on S3 behind credentials
+    replay_delay_s: float = 0.0  # replay: latency per batch, standing in for an engine (benchmarks, fault tests)
+    # replay: hold each request for its recorded tokens' time in max_num_seqs slots (engines/latency.py:
+    # prefill_tokens_per_s, decode_tokens_per_s, max_num_seqs, time_scale, trace_dir)
+    replay_latency: dict[str, Any] | None = None
+    replicas: int = 1
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    device: str = "auto"  # auto | gpu | cpu
+    num_cpus: float = 1.0  # per replica on CPU engines
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    gpu_memory_utilization: float = 0.9
+    enable_prefix_caching: bool = True
+    enforce_eager: bool = False
+    # vllm: sequences and tokens one engine step schedules; None leaves vLLM's default, which differs
+    # by front end (vllm.LLM: 256 / 8192 on a GPU; AsyncLLMEngine: 128 / 2048), so cluster configs set both
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    seed: int = 0
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = -1  # -1: all tokens (vLLM's "off")
+    min_p: float = 0.0
+    chat_template_kwargs: dict[str, Any] = field(default_factory=lambda: {"enable_thinking": False})
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    # vllm: an engine that fails to start (the GPU memory of the engine it replaces not yet free) is
+    # started again, up to start_attempts times, start_retry_wait_s apart (doubling)
+    start_attempts: int = 3
+    start_retry_wait_s: float = 30.0
+    # vllm: a call in flight with no engine step for this long means the engine is dead (hung GPU,
+    # stopped process); the replica then exits and Ray restarts it. An exited engine process is
+    # noticed within a second whatever this is.
+    stall_timeout_s: float = 600.0
+    # vllm: AsyncLLMEngine instead of vllm.LLM; each row goes Stage 1 -> Stage 2 on its own
+    # and batches overlap (pipeline.max_concurrent_batches). replay supports it too.
+    async_engine: bool = False
+    # openai-compatible servers
+    base_url: str | None = None
+    api_key_env: str | None = None  # the NAME of the variable holding the key, never the key
+    max_concurrency: int = 8
+    timeout_s: float = 300.0
+    regex_param: str = "structured_outputs"  # how the server takes a regex: structured_outputs | guided_regex | none
+    max_attempts: int = 5
