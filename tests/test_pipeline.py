@@ -193,6 +193,24 @@ def test_s3_in_and_out(ray_cluster, tmp_path, s3_server):
     assert "testing-secret-value" not in saved and "testing-key-id" not in saved
     assert fs.exists("arhn-test/out/report.png")
 
+    # every command that reads an output reads this one, with the same storage options (the S3
+    # server's endpoint and credentials: without them s3fs would ask AWS itself)
+    from arhn_ray.cli import main
+
+    opts = ["--storage-options", so]
+    assert main(["relabel", "s3://arhn-test/out", "--variant", "relabel", "--out", "s3://arhn-test/relabeled", *opts]) == 0
+    relabeled = json.loads(fs.cat("arhn-test/relabeled/stats.json"))["overall"]
+    assert (relabeled["queries"], relabeled["relabel"], relabeled["filter"]) == (3, 3, 0)  # the relabel variant filters nothing
+    assert main(["export", "s3://arhn-test/out", "--format", "flagembedding", "--out", str(tmp_path / "train.jsonl"), *opts]) == 0
+    assert len((tmp_path / "train.jsonl").read_text().splitlines()) == 2  # c has no negative left (both relabeled)
+    reference = tmp_path / "ref.csv"
+    reference.write_text("query_id,docid,label\n" + "".join(f"{q},{d},{'false_negative' if a == 'relabel' else 'negative'}\n"
+                                                            for q, decisions in expected.items() for d, a in decisions))  # fmt: skip
+    assert main(["agreement", "s3://arhn-test/out", "--reference", str(reference), "--json", str(tmp_path / "k.json"), *opts]) == 0
+    assert json.loads((tmp_path / "k.json").read_text())["overall"]["kappa"] == 1.0
+    fs.rm("arhn-test/out/report.png")
+    assert main(["stats", "s3://arhn-test/out", *opts]) == 0 and fs.exists("arhn-test/out/report.png")
+
 
 def test_staged_pools_leave_room_to_read_on_a_two_cpu_machine(tmp_path):
     """Two replicas of one CPU each fill a 2-core laptop; reading must still get scheduled."""
