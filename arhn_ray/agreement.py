@@ -6,6 +6,9 @@ Reference formats:
   1-based index into ``negative_passages``): documents under ``<better>`` are false negatives,
   the others negatives. A stage-2 verdict file decides the queries it holds.
 
+- another output folder (``arhn-ray agreement OUT_A --reference OUT_B``, e.g. ARHN against the
+  TopK-PercPos baseline): the decisions themselves are compared, relabel / filter / keep.
+
 A negative filtered as ``duplicate_of_positive`` *is* the positive, so it counts as a false
 negative whichever actions ``positive_actions`` names: it was removed only to avoid listing the
 positive twice.
@@ -22,6 +25,7 @@ from typing import Any
 from arhn_ray.data.layout import OutputLayout
 
 FALSE_NEGATIVE, NEGATIVE = "false_negative", "negative"
+ACTIONS = ["relabel", "filter", "keep"]
 COUNT_AS = {"relabel": {"relabel"}, "relabel+filter": {"relabel", "filter"}}  # ARHN actions that mean "false negative"
 LABELS = [FALSE_NEGATIVE, NEGATIVE]
 _BETTER = re.compile(r"<better>(.*?)</better>", re.DOTALL | re.IGNORECASE)
@@ -88,19 +92,40 @@ def agreement(
     return result
 
 
-def _kappa(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+def decision_agreement(output: str, reference: str, storage_options: dict | None = None) -> dict[str, Any]:
+    """Kappa of two outputs' decisions (relabel / filter / keep) over the negatives both decided."""
+    ref = {(row["query_id"], d["docid"]): d["action"] for row in OutputLayout(reference, storage_options).read_rows("refined")
+           for d in row["decisions"]}  # fmt: skip
+    pairs: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for row in OutputLayout(output, storage_options).read_rows("refined"):
+        for d in row["decisions"]:
+            if (row["query_id"], d["docid"]) in ref:
+                pairs[row.get("subset") or "default"].append((ref[(row["query_id"], d["docid"])], d["action"]))
+    everything = [p for ps in pairs.values() for p in ps]
+    return {"compared": "decisions", "reference": reference, "subsets": {n: _kappa(ps, ACTIONS) for n, ps in sorted(pairs.items())},
+            "overall": _kappa(everything, ACTIONS)}  # fmt: skip
+
+
+def is_output(path: str, storage_options: dict | None = None) -> bool:
+    out = OutputLayout(path, storage_options)
+    return out.fs.isdir(out.root) and out.exists("_parts")
+
+
+def _kappa(pairs: list[tuple[str, str]], labels: list[str] = LABELS) -> dict[str, Any]:
     from sklearn.metrics import cohen_kappa_score, confusion_matrix
 
     if not pairs:
         return {"n": 0, "kappa": None, "confusion": None}
     ref, ours = zip(*pairs)
     # one class on both sides leaves kappa undefined (0/0): reported as n/a, not as a number
-    kappa = None if len(set(ref) | set(ours)) < 2 else round(float(cohen_kappa_score(ref, ours, labels=LABELS)), 4)
-    cm = confusion_matrix(ref, ours, labels=LABELS).tolist()
-    return {"n": len(pairs), "kappa": kappa, "confusion": {"rows_reference_cols_arhn": LABELS, "matrix": cm}}
+    kappa = None if len(set(ref) | set(ours)) < 2 else round(float(cohen_kappa_score(ref, ours, labels=labels)), 4)
+    cm = confusion_matrix(ref, ours, labels=labels).tolist()
+    return {"n": len(pairs), "kappa": kappa, "confusion": {"rows_reference_cols_arhn": labels, "matrix": cm}}
 
 
 def render(result: dict[str, Any]) -> str:
+    if result.get("compared") == "decisions":
+        return _render_decisions(result)
     lines = [f"Cohen's kappa (ARHN false negative = {' or '.join(result['count_as_false_negative'])})", ""]
     lines.append("| subset | pairs | kappa | ref FN & ARHN FN | ref FN & ARHN neg | ref neg & ARHN FN | ref neg & ARHN neg |")
     lines.append("|---|---:|---:|---:|---:|---:|---:|")
@@ -108,4 +133,15 @@ def render(result: dict[str, Any]) -> str:
         m = r["confusion"]["matrix"] if r["confusion"] else [[0, 0], [0, 0]]
         kappa = "n/a" if r["kappa"] is None else f"{r['kappa']:.4f}"
         lines.append(f"| {name} | {r['n']} | {kappa} | {m[0][0]} | {m[0][1]} | {m[1][0]} | {m[1][1]} |")
+    return "\n".join(lines)
+
+
+def _render_decisions(result: dict[str, Any]) -> str:
+    lines = [f"Cohen's kappa of the decisions against {result['reference']} (rows: the reference's action, columns: this output's)", ""]
+    lines.append("| subset | pairs | kappa | " + " | ".join(f"{a} / {b}" for a in ACTIONS for b in ACTIONS) + " |")
+    lines.append("|---|---:|---:|" + "---:|" * len(ACTIONS) ** 2)
+    for name, r in [*result["subsets"].items(), ("**overall**", result["overall"])]:
+        cells = [c for row in (r["confusion"]["matrix"] if r["confusion"] else [[0] * 3] * 3) for c in row]
+        kappa = "n/a" if r["kappa"] is None else f"{r['kappa']:.4f}"
+        lines.append(f"| {name} | {r['n']} | {kappa} | " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)

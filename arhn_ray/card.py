@@ -18,7 +18,7 @@ BUNDLED_PREFIX = "bundled:"
 def demo_labels(stats: dict[str, Any]) -> str | None:
     """The warning a run of the bundled model carries, or None for a real model."""
     model = stats.get("model") or ""
-    if not model.startswith(BUNDLED_PREFIX):
+    if not model.startswith(BUNDLED_PREFIX) or stats.get("method", "arhn") != "arhn":
         return None
     o = stats["overall"]
     return (

@@ -15,8 +15,10 @@ import sys
 from arhn_ray.agreement import COUNT_AS
 from arhn_ray.card import demo_labels
 from arhn_ray.config import ConfigError, load_config
+from arhn_ray.console import quietly
 from arhn_ray.data.export import FORMATS as EXPORT_FORMATS
 from arhn_ray.data.export import SHORT_POLICIES
+from arhn_ray.data.layout import OutputLayout
 from arhn_ray.method.labeling import POSITIVE_NO_ANSWER, VARIANTS
 
 
@@ -27,10 +29,8 @@ def _refine(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     try:
         check_output(cfg)  # before the log file, which goes under the output
-        if args.verbose:
-            stats = run(cfg)
-        else:
-            stats = _quietly(run, cfg)
+        banner = f"refining {cfg.input.path} -> {cfg.output.path}"
+        stats = run(cfg) if args.verbose else quietly(lambda: run(cfg), OutputLayout(cfg.output.path, cfg.output.storage_options), "refine", banner)
     except TooManyRejected as e:
         print(f"arhn-ray: stopped: {e}", file=sys.stderr)
         return 3
@@ -39,42 +39,6 @@ def _refine(args: argparse.Namespace) -> int:
         return 4
     print(summary(stats, cfg.output.path))
     return 0
-
-
-def _quietly(run, cfg):
-    """The run with Ray's and vLLM's output in a log file; the terminal shows the progress line."""
-    import time
-
-    from arhn_ray.console import ProgressHandler, only_ours, quiet
-    from arhn_ray.data.readers import filesystem
-
-    fs, root = filesystem(cfg.output.path, cfg.output.storage_options)
-    local = "file" in fs.protocol
-    name = f"refine-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    path = f"{root}/logs/{name}" if local else f"arhn-ray-logs/{name}"
-    import ray
-
-    ours = not ray.is_initialized()  # a Ray the caller started (a notebook, a test session) stays up
-    try:
-        with quiet(path) as console:
-            console.write(f"arhn-ray: refining {cfg.input.path} -> {cfg.output.path} (Ray and vLLM logs: {path}; -v shows them here)\n")
-            handler = ProgressHandler(console)
-            handler.addFilter(only_ours)
-            logging.getLogger().addHandler(handler)
-            try:
-                stats = run(cfg)
-                if ours and ray.is_initialized():  # workers' last lines (their shutdown) go to the log, not the terminal
-                    ray.shutdown()
-                return stats
-            finally:  # while the terminal stream is open: the handler ends its progress line on it
-                logging.getLogger().removeHandler(handler)
-                handler.close()
-    finally:
-        if not local:
-            try:
-                fs.put(path, f"{root}/logs/{name}")
-            except Exception as e:  # the log stays where it is
-                print(f"arhn-ray: log kept at {path} ({type(e).__name__} copying it to {cfg.output.path})", file=sys.stderr)
 
 
 def summary(stats: dict, output: str) -> str:
@@ -86,10 +50,11 @@ def summary(stats: dict, output: str) -> str:
         f"  refined       {o['queries']}",
         f"  rejected      {o['rejected']}  {stats['rejected_reasons'] or ''}",
         f"  negatives     {o['negatives_in']}: relabeled {o['relabel']}, filtered {o['filter']}, kept {o['keep']}",
-        f"  stage 1       {o['stage1_calls']} calls ({o.get('stage1_cut', 0)} cut by max_tokens), "
-        f"{o['stage1_prompt_tokens']} prompt + {o['stage1_output_tokens']} output tokens",
-        f"  stage 2       {o['stage2_calls']} calls ({o['stage2_skipped']} skipped, {o.get('stage2_cut', 0)} cut by max_tokens), "
-        f"{o['stage2_prompt_tokens']} prompt + {o['stage2_output_tokens']} output tokens",
+        *([f"  stage 1       {o['stage1_calls']} calls ({o.get('stage1_cut', 0)} cut by max_tokens), "
+           f"{o['stage1_prompt_tokens']} prompt + {o['stage1_output_tokens']} output tokens",
+           f"  stage 2       {o['stage2_calls']} calls ({o['stage2_skipped']} skipped, {o.get('stage2_cut', 0)} cut by max_tokens), "
+           f"{o['stage2_prompt_tokens']} prompt + {o['stage2_output_tokens']} output tokens"]
+          if stats.get("method", "arhn") == "arhn" else [f"  method        {stats['method']}, teacher {stats.get('model')}"]),
         f"  wall time     {t.get('wall_s', 0):.1f} s",
     ]
     if stats.get("unreadable_shards"):
@@ -118,7 +83,7 @@ def _stage(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     if args.list:
-        for repo in required_repos(cfg):
+        for repo in required_repos(cfg, evaluate=True):
             print(f"{repo.name}\t{repo.use}\t{'tokenizer' if repo.tokenizer_only else 'model'}")
         return 0
     staged = stage(cfg)
@@ -162,14 +127,34 @@ def _relabel(args: argparse.Namespace) -> int:
 
 
 def _agreement(args: argparse.Namespace) -> int:
-    from arhn_ray.agreement import agreement, render
+    from arhn_ray.agreement import agreement, decision_agreement, is_output, render
 
-    result = agreement(args.output, args.reference, stage2=args.stage2_reference, positive_actions=args.count_as,
-                       storage_options=args.storage_options)  # fmt: skip
+    if is_output(args.reference, args.storage_options):
+        result = decision_agreement(args.output, args.reference, args.storage_options)
+    else:
+        result = agreement(args.output, args.reference, stage2=args.stage2_reference, positive_actions=args.count_as,
+                           storage_options=args.storage_options)  # fmt: skip
     print(render(result))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from arhn_ray.evaluate.beir import BeirError
+    from arhn_ray.evaluate.report import render_markdown
+    from arhn_ray.evaluate.run import evaluate
+
+    out = OutputLayout(args.output, args.storage_options)
+    work = lambda: evaluate(args.output, args.eval, args.overrides, baseline=args.baseline, storage_options=args.storage_options)  # noqa: E731
+    try:
+        result = work() if args.verbose else quietly(work, out, "evaluate", f"evaluating {args.output} on {args.eval}")
+    except BeirError as e:
+        print(f"arhn-ray: {e}", file=sys.stderr)
+        return 2
+    print(render_markdown(result))
+    print(f"wrote {args.output.rstrip('/')}/evaluate/evaluate.json, evaluate.md, evaluate.png and the card's section")
     return 0
 
 
@@ -251,7 +236,7 @@ def parser() -> argparse.ArgumentParser:
     a = _command(sub, "agreement", "Cohen's kappa of an output's labels against reference judgments",
                  "arhn-ray agreement out/local --reference rlhn_stage_1.jsonl --stage2-reference rlhn_stage_2.jsonl", _agreement)  # fmt: skip
     a.add_argument("output")
-    a.add_argument("--reference", required=True, help="JSONL/CSV {query_id, docid, label} or an RLHN verdict JSONL")
+    a.add_argument("--reference", required=True, help="JSONL/CSV {query_id, docid, label}, an RLHN verdict JSONL, or another output folder")
     a.add_argument("--stage2-reference", default=None, help="RLHN stage-2 verdicts; they decide the queries they hold")
     a.add_argument(
         "--count-as",
@@ -261,6 +246,14 @@ def parser() -> argparse.ArgumentParser:
     )
     a.add_argument("--json", default=None, help="also write the result here")
     _storage_options(a)
+
+    ev = _command(sub, "evaluate", "train the same retriever on the original, the refined and the TopK-PercPos rows and score each on a "
+                  "BEIR-format set, with paired bootstrap intervals", "arhn-ray evaluate out/local --eval arhn_ray/evaluate/msmarco_beir", _evaluate)  # fmt: skip
+    ev.add_argument("output")
+    ev.add_argument("--eval", required=True, help="a BEIR-format folder: corpus.jsonl, queries.jsonl, qrels/test.tsv")
+    ev.add_argument("--baseline", default=None, help="a TopK-PercPos output of the same input (else it is run now, into OUTPUT/evaluate/)")
+    ev.add_argument("overrides", nargs="*", help="key=value under evaluate (model, batch_size, lr, epochs, negatives, seed, workers, use_gpu, ...)")
+    _storage_options(ev)
 
     e = _command(sub, "export", "write training files from an output folder",
                  "arhn-ray export out/local --format sentence-transformers --negatives 7 --out train.parquet", _export)  # fmt: skip
@@ -276,7 +269,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args, extra = p.parse_known_args(argv)
+    # key=value overrides may also follow the options (`evaluate OUT --eval DIR key=value`)
+    if extra and (not hasattr(args, "overrides") or not all("=" in e and not e.startswith("-") for e in extra)):
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.fn(args)

@@ -17,6 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 from arhn_ray.data.readers import FORMATS as READER_FORMATS
 from arhn_ray.data.truncation import resolve_tokenizer
 from arhn_ray.engines.options import ENGINE_KINDS, EngineConfig
+from arhn_ray.engines.teacher import KINDS as TEACHER_KINDS
 from arhn_ray.method.labeling import MethodOptions
 from arhn_ray.secrets import mask_in_logs, redact, secret_values
 
@@ -39,8 +40,12 @@ class OutputConfig:
     overwrite: bool = False  # False: shards already complete are skipped (resume)
 
 
+METHODS = ("arhn", "topk_percpos")
+
+
 @dataclass
 class MethodConfig:
+    name: str = "arhn"  # arhn (the two LLM stages) | topk_percpos (the teacher-score baseline, `baseline`)
     variant: str = "rf"
     max_negatives_per_chunk: int = 10
     positive_no_answer: str = "paper"
@@ -98,6 +103,41 @@ class PipelineConfig:
 
 
 @dataclass
+class BaselineConfig:
+    """TopK-PercPos (method.name=topk_percpos): a negative scored above pos - |pos| * relative_margin is filtered."""
+
+    model: str = "bundled:minilm"  # an embedding model or a cross-encoder (the paper's baseline: a BGE reranker)
+    kind: str = "auto"  # auto | embedding | cross-encoder
+    relative_margin: float = 0.05
+    batch_size: int = 64
+    query_prefix: str = ""  # e.g. "query: " for an E5 teacher
+    passage_prefix: str = ""
+
+
+@dataclass
+class EvaluateConfig:
+    """``arhn-ray evaluate``: the retriever each arm trains. Defaults: the bundled MiniLM on one CPU
+    worker; the cluster config follows the paper (E5-base, prefixes, batch 128, lr 2e-5, 7 negatives)."""
+
+    model: str = "bundled:minilm"
+    query_prefix: str = ""
+    passage_prefix: str = ""
+    max_seq_len: int = 256
+    batch_size: int = 16
+    mini_batch_size: int | None = None  # set: CachedMultipleNegativesRankingLoss, for batches larger than memory holds
+    lr: float = 2e-5
+    warmup_ratio: float = 0.1
+    epochs: int = 1
+    negatives: int = 7
+    seed: int = 0
+    workers: int = 1  # Ray Train workers per arm (data parallel)
+    use_gpu: bool = False
+    top_k: int = 100
+    bootstrap_samples: int = 1000
+    split: str = "test"
+
+
+@dataclass
 class PreflightConfig:
     # the cluster has fewer GPUs than replicas x TP x PP: wait this long for them (an autoscaler may
     # add nodes), saying so every poll_s; None waits as long as it takes, 0 fails at once
@@ -117,6 +157,8 @@ class Config:
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     preflight: PreflightConfig = field(default_factory=PreflightConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
 _CHOICES = {
@@ -125,6 +167,8 @@ _CHOICES = {
     "engine.device": ("auto", "gpu", "cpu"),
     "engine.regex_param": ("structured_outputs", "guided_regex", "none"),
     "pipeline.mode": ("fused", "staged"),
+    "method.name": METHODS,
+    "baseline.kind": TEACHER_KINDS,
 }
 
 
@@ -175,6 +219,8 @@ def check(cfg: Config) -> None:
         raise ConfigError(
             "config key 'engine.async_engine': the openai engine has no async mode (it already sends requests concurrently)"
         )
+    if cfg.method.name == "topk_percpos" and cfg.pipeline.mode != "fused":
+        raise ConfigError("config key 'pipeline.mode': method.name=topk_percpos has one step and runs in pipeline.mode=fused")
     if cfg.pipeline.max_concurrent_batches > 1 and not cfg.engine.async_engine:
         raise ConfigError("config key 'pipeline.max_concurrent_batches': more than 1 needs engine.async_engine=true")
     if cfg.truncation.tokenizer:
@@ -188,6 +234,11 @@ def check(cfg: Config) -> None:
         method_options(cfg)
     except ValueError as e:
         raise ConfigError(f"config key 'method' / 'stage1' / 'stage2': {e}") from None
+
+
+def uses_llm(cfg: Config) -> bool:
+    """ARHN runs the LLM engines; the TopK-PercPos baseline runs its teacher instead."""
+    return cfg.method.name == "arhn"
 
 
 def stage2_engine(cfg: Config) -> EngineConfig:

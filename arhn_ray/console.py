@@ -13,9 +13,13 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TextIO
+from typing import TextIO, TypeVar
+
+from arhn_ray.data.layout import OutputLayout
+
+T = TypeVar("T")
 
 PROGRESS_LOGGER = "arhn_ray.progress"
 
@@ -95,6 +99,37 @@ def fit(text: str, short: str, width: int) -> str:
     while len(segments) > 1 and len("; ".join(segments)) > width:
         segments.pop()
     return "; ".join(segments)[:width]
+
+
+def quietly(work: Callable[[], T], out: OutputLayout, command: str, banner: str) -> T:
+    """``work()`` with Ray's and vLLM's output in ``OUTPUT/logs/<command>-<time>.log`` (copied there at
+    the end when the output is remote); the terminal shows the banner, progress and our warnings.
+    A Ray this process did not start (a notebook's, a test session's) is left up."""
+    import ray
+
+    name = f"{command}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    path = out.file(f"logs/{name}") if out.local else f"arhn-ray-logs/{name}"
+    ours = not ray.is_initialized()
+    try:
+        with quiet(path) as console:
+            console.write(f"arhn-ray: {banner} (Ray and vLLM logs: {path}; -v shows them here)\n")
+            handler = ProgressHandler(console)
+            handler.addFilter(only_ours)
+            logging.getLogger().addHandler(handler)
+            try:
+                result = work()
+                if ours and ray.is_initialized():  # workers' last lines (their shutdown) go to the log, not the terminal
+                    ray.shutdown()
+                return result
+            finally:  # while the terminal stream is open: the handler ends its progress line on it
+                logging.getLogger().removeHandler(handler)
+                handler.close()
+    finally:
+        if not out.local:
+            try:
+                out.put(path, f"logs/{name}")
+            except Exception as e:  # the log stays where it is
+                print(f"arhn-ray: log kept at {path} ({type(e).__name__} copying it to {out.path})", file=sys.stderr)
 
 
 def only_ours(record: logging.LogRecord) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from arhn_ray.config import Config, stage2_engine
+from arhn_ray.config import Config, stage2_engine, uses_llm
 
 # a tokenizer needs these files, not the model's weights
 TOKENIZER_FILES = ["*.json", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
@@ -31,9 +31,11 @@ def _is_hub_name(name: str | None) -> bool:
     return name.count("/") == 1
 
 
-def required_repos(cfg: Config) -> list[Repo]:
+def required_repos(cfg: Config, evaluate: bool = False) -> list[Repo]:
     """The repositories ``cfg`` loads from the hub: the engines' models and tokenizers (in-process
-    vLLM only: a server or a replay needs none here) and the truncation tokenizer."""
+    vLLM only: a server or a replay needs none here), or the baseline's teacher, and the truncation
+    tokenizer; with ``evaluate``, also what ``arhn-ray evaluate`` loads (its retriever, the teacher
+    of the baseline it runs)."""
     found: dict[str, Repo] = {}
 
     def need(name: str | None, use: str, tokenizer_only: bool) -> None:
@@ -43,14 +45,18 @@ def required_repos(cfg: Config) -> list[Repo]:
         if known is None or (known.tokenizer_only and not tokenizer_only):
             found[name] = Repo(name, use, tokenizer_only)
 
-    engines = [("engine", cfg.engine)]
-    if cfg.pipeline.mode == "staged" and cfg.stage2.engine:
+    if not uses_llm(cfg) or evaluate:
+        need(cfg.baseline.model, "baseline.model", False)
+    engines = [("engine", cfg.engine)] if uses_llm(cfg) else []
+    if engines and cfg.pipeline.mode == "staged" and cfg.stage2.engine:
         engines.append(("stage2.engine", stage2_engine(cfg)))
     for key, engine in engines:
         if engine.kind == "vllm":
             need(engine.model, f"{key}.model", False)
             need(engine.tokenizer, f"{key}.tokenizer", True)
     need(cfg.truncation.tokenizer, "truncation.tokenizer", True)
+    if evaluate:
+        need(cfg.evaluate.model, "evaluate.model", False)
     return list(found.values())
 
 
@@ -72,10 +78,11 @@ def missing_repos(cfg: Config) -> list[Repo]:
 
 
 def stage(cfg: Config) -> list[tuple[Repo, str]]:
-    """Download every required repository into the Hugging Face cache (``HF_HOME``); returns where each went."""
+    """Download every repository the config's refine and evaluate load into the Hugging Face cache
+    (``HF_HOME``); returns where each went."""
     from huggingface_hub import snapshot_download
 
     return [
         (repo, snapshot_download(repo.name, allow_patterns=TOKENIZER_FILES if repo.tokenizer_only else None))
-        for repo in required_repos(cfg)
+        for repo in required_repos(cfg, evaluate=True)
     ]

@@ -9,6 +9,7 @@ import subprocess
 import time
 
 import pytest
+from helpers import PER_FILE, ROOT, run_in_terminal
 
 NODE_API_KEY_ENV, NODE_API_KEY = "ARHN_TEST_API_KEY", "sk-live-should-not-leak-7f3a"
 RAY_TMP = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray"
@@ -106,6 +107,26 @@ def s3_server():
     yield options
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def readme_run(tmp_path_factory):
+    """The README's main command, once for the session: `jobs/install-cpu.sh` (without --test) into a
+    new virtualenv, then `arhn-ray refine conf/local.yaml` at an 80-column terminal, on the first
+    PER_FILE queries of each sample file. The run's output and everything its terminal showed; the
+    tests that read a real engine's output share it (tests/test_local_run.py, the notebook's replay)."""
+    tmp = tmp_path_factory.mktemp("local")
+    venv = tmp / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PYTHONPATH")}
+    env.update(PATH=f"{venv / 'bin'}:{env['PATH']}", VIRTUAL_ENV=str(venv), ARHN_RAY_CACHE=str(tmp / "cache"))
+    install = subprocess.run(["bash", "jobs/install-cpu.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-3000:]
+    out = tmp / "out"
+    cmd = [str(venv / "bin" / "arhn-ray"), "refine", "conf/local.yaml", f"output.path={out}", f"input.limit={PER_FILE}"]
+    code, screen = run_in_terminal(cmd, env, columns=80, timeout=3000)
+    assert code == 0, screen[-3000:]
+    return out, screen  # all the terminal shows
 
 
 def create_bucket(s3_options: dict, name: str) -> None:

@@ -13,6 +13,9 @@ DATA = ROOT / "tests" / "data"
 SAMPLES = ROOT / "arhn_ray" / "samples"
 RLHN_STAGE1 = DATA / "rlhn_msmarco_passage.stage_1.gpt-4o-mini.jsonl"
 RLHN_STAGE2 = DATA / "rlhn_msmarco_passage.stage_2.gpt-4o.jsonl"
+# the README's main command runs on the first PER_FILE queries of each sample file: on a 2-core CPU
+# without bf16 units a query takes the bundled model over a minute
+PER_FILE = 1
 
 
 def load_jsonl(path: Path) -> list[dict]:

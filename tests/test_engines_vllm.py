@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 
 import pytest
 from helpers import RLHN_STAGE1, ROOT, load_jsonl
@@ -104,7 +105,9 @@ def test_format_constraint_never_falls_back(engine, rows, truncate):
             else:
                 assert statuses == [OK] * len(statuses), call["stage1_text"][-300:]
     assert oks >= 1, "no block parsed at all"
-    ranked = refiner.stage2([o.row for o in staged])
+    # paper_literal sends all N+1 to Stage 2 whatever Stage 1 found, so Stage 2's format constraint runs too
+    literal = Refiner(engine, replace(options, paper_literal=True), PromptSet.load(), truncate, stage2_max_tokens=64)
+    ranked = literal.stage2([o.row for o in staged])
     stage2 = [call for o in ranked for call in o.row["llm"] if call["stage2_text"] is not None]
     assert stage2, "no Stage 2 call was made"
     assert all(call["stage2_status"] in ("ok", "repaired") for call in stage2), [c["stage2_text"] for c in stage2]

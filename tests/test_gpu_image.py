@@ -41,5 +41,4 @@ def test_a_pin_that_clashes_with_the_cuda_torch_is_caught(tmp_path):
     bad = tmp_path / "constraints.txt"
     bad.write_text(re.sub(r"(?m)^triton==.*$", "triton==3.9.0", g.CONSTRAINTS.read_text()))
     resolved, output = g.resolve(bad)
-    assert resolved is None
-    assert "ResolutionImpossible" in output and "triton" in output
+    assert resolved is None and "ResolutionImpossible" in output, output  # the same file with triton==3.7.1 resolves (above)

@@ -7,38 +7,16 @@ bundled model over a minute, and CI cannot spend the whole sample's ~25 on one c
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import RLHN_STAGE1, RLHN_STAGE2, ROOT, SAMPLES, load_jsonl, run_in_terminal
+from helpers import PER_FILE, RLHN_STAGE1, RLHN_STAGE2, SAMPLES, load_jsonl
 from test_terminal import check_screen
 
 from arhn_ray.data.readers import from_flagembedding
 from arhn_ray.data.records import OUTPUT_SCHEMA, REJECTED_SCHEMA
 
 pytestmark = [pytest.mark.vllm, pytest.mark.ray]
-PER_FILE = 1
-
-
-@pytest.fixture(scope="module")
-def local_output(tmp_path_factory):
-    """What `jobs/install-cpu.sh` (without --test) installs into a new virtualenv is all the
-    embedded default needs; the run's output and everything its terminal showed."""
-    tmp = tmp_path_factory.mktemp("local")
-    venv = tmp / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PYTHONPATH")}
-    env.update(PATH=f"{venv / 'bin'}:{env['PATH']}", VIRTUAL_ENV=str(venv), ARHN_RAY_CACHE=str(tmp / "cache"))
-    install = subprocess.run(["bash", "jobs/install-cpu.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
-    assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-3000:]
-    out = tmp / "out"
-    cmd = [str(venv / "bin" / "arhn-ray"), "refine", "conf/local.yaml", f"output.path={out}", f"input.limit={PER_FILE}"]
-    code, screen = run_in_terminal(cmd, env, columns=80, timeout=3000)
-    assert code == 0, screen[-3000:]
-    return out, screen  # all the terminal shows
 
 
 def sample_ids() -> dict[str, set[str]]:
@@ -47,8 +25,8 @@ def sample_ids() -> dict[str, set[str]]:
     return {"rlhn_msmarco": rlhn, "flagembedding_msmarco": flag}
 
 
-def test_every_sample_row_lands_in_exactly_one_output(local_output):
-    out, stdout = local_output
+def test_every_sample_row_lands_in_exactly_one_output(readme_run):
+    out, stdout = readme_run
     expected = sample_ids()
     assert sum(len(v) for v in expected.values()) == 2 * PER_FILE
     for shard, ids in expected.items():
@@ -67,8 +45,8 @@ def test_every_sample_row_lands_in_exactly_one_output(local_output):
         assert (out / name).stat().st_size > 0
 
 
-def test_the_terminal_shows_progress_and_the_summary_and_the_rest_goes_to_the_log(local_output):
-    out, terminal = local_output
+def test_the_terminal_shows_progress_and_the_summary_and_the_rest_goes_to_the_log(readme_run):
+    out, terminal = readme_run
     lines = check_screen(0, terminal, rows=2 * PER_FILE)  # the summary after the final progress line, no traceback
     assert len(lines) <= 40, terminal
     assert "relabeled" in terminal and "NOT fit for training" in terminal  # the bundled model's labels are a demo
@@ -81,8 +59,8 @@ def test_the_terminal_shows_progress_and_the_summary_and_the_rest_goes_to_the_lo
     assert "NOT fit for training" in card and "filtered" in card
 
 
-def test_verbatim_snippets_of_the_real_run_are_exact(local_output):
-    out, _ = local_output
+def test_verbatim_snippets_of_the_real_run_are_exact(readme_run):
+    out, _ = readme_run
     for shard in ("rlhn_msmarco", "flagembedding_msmarco"):
         for row in pq.read_table(out / "refined" / shard).to_pylist():
             for d in row["decisions"]:
@@ -90,11 +68,11 @@ def test_verbatim_snippets_of_the_real_run_are_exact(local_output):
             assert row["provenance"]["model"] == "bundled:smollm2"
 
 
-def test_tools_work_on_the_real_output(local_output, tmp_path, ray_cluster):
+def test_tools_work_on_the_real_output(readme_run, tmp_path, ray_cluster):
     from arhn_ray.agreement import agreement
     from arhn_ray.cli import main
 
-    out, _ = local_output
+    out, _ = readme_run
     result = agreement(str(out), str(RLHN_STAGE1), stage2=str(RLHN_STAGE2))
     assert result["overall"]["n"] == PER_FILE * 25  # the RLHN rows' negatives, each judged by GPT-4o
     print("bundled model vs RLHN verdicts:", json.dumps(result["overall"]))

@@ -25,7 +25,7 @@ def named_models(node) -> set[str]:
     found = set()
     if isinstance(node, dict):
         for key, value in node.items():
-            if key in ("model", "tokenizer") and isinstance(value, str) and not value.startswith("bundled:"):
+            if key in ("model", "tokenizer") and isinstance(value, str):
                 found.add(value)
             else:
                 found |= named_models(value)
@@ -39,10 +39,11 @@ def test_there_are_cluster_configs():
 @pytest.mark.parametrize("name", CLUSTER_CONFIGS)
 def test_staging_covers_every_model_and_tokenizer_a_cluster_config_names(name):
     cfg = load_config(str(ROOT / "conf" / name))
-    repos = {r.name: r for r in required_repos(cfg)}
-    assert set(repos) == named_models(yaml.safe_load((ROOT / "conf" / name).read_text()))
-    assert not repos[cfg.engine.model].tokenizer_only  # the engine needs the weights
-    assert repos[cfg.truncation.tokenizer].tokenizer_only  # E5's tokenizer, not its 440 MB of weights
+    staged = {r.name: r for r in required_repos(cfg, evaluate=True)}  # what `arhn-ray stage` downloads
+    assert set(staged) == named_models(yaml.safe_load((ROOT / "conf" / name).read_text())) - {"bundled:minilm"}
+    assert not staged[cfg.engine.model].tokenizer_only  # the engine needs the weights
+    refine = {r.name: r for r in required_repos(cfg)}  # what a refine pod must find
+    assert cfg.engine.model in refine and refine[cfg.truncation.tokenizer].tokenizer_only  # E5's tokenizer, not its weights
 
 
 def test_the_paper_config_needs_qwen_and_e5s_tokenizer():
@@ -94,7 +95,8 @@ def test_a_staged_cache_passes_the_model_check(tmp_path):
     (snapshot.parent.parent / "refs").mkdir()
     (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
     done, _ = cli(["stage", "conf/qwen3-32b-a100x16.yaml", "--list"], env)
-    assert done.stdout.split("\n")[:2] == ["Qwen/Qwen3-32B\tengine.model\tmodel", "intfloat/e5-base-v2\ttruncation.tokenizer\ttokenizer"]
+    assert done.stdout.splitlines() == ["BAAI/bge-reranker-v2-m3\tbaseline.model\tmodel", "Qwen/Qwen3-32B\tengine.model\tmodel",
+                                        "intfloat/e5-base-v2\tevaluate.model\tmodel"]  # fmt: skip
     code = (
         "from arhn_ray.config import load_config; from arhn_ray.staging import missing_repos; "
         "print([r.name for r in missing_repos(load_config('conf/qwen3-32b-a100x16.yaml'))])"

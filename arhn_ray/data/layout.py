@@ -73,10 +73,14 @@ class OutputLayout:
             return f.read()
 
     def write_text(self, name: str, text: str) -> None:
+        if "/" in name:
+            self.fs.makedirs(self.file(name.rsplit("/", 1)[0]), exist_ok=True)
         with self.fs.open(self.file(name), "wt", encoding="utf-8") as f:
             f.write(text)
 
     def put(self, local_path: str, name: str) -> None:
+        if "/" in name:
+            self.fs.makedirs(self.file(name.rsplit("/", 1)[0]), exist_ok=True)
         self.fs.put(local_path, self.file(name))
 
     def exists(self, name: str) -> bool:

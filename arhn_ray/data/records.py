@@ -19,6 +19,7 @@ DECISION = pa.struct(
         ("snippet", pa.string()),
         ("grounding", pa.string()),
         ("rank", pa.int32()),
+        ("score", pa.float64()),  # the TopK-PercPos teacher's score of the negative; null for ARHN
     ]
 )
 LLM_CALL = pa.struct(
@@ -40,7 +41,7 @@ PROVENANCE = pa.struct(
         ("model", pa.string()),
         ("prompt_version", pa.string()),
         ("prompt_sha256", pa.string()),
-        ("variant", pa.string()),
+        ("variant", pa.string()),  # arhn's rf / relabel / filter, or topk_percpos
         ("method_hash", pa.string()),  # the method options, prompts and model a row was refined with
         ("arhn_ray_version", pa.string()),
     ]
@@ -59,6 +60,7 @@ OUTPUT_SCHEMA = pa.schema(
     + [
         pa.field("decisions", pa.list_(DECISION)),
         pa.field("positive_snippet", pa.string()),
+        pa.field("positive_score", pa.float64()),  # the TopK-PercPos teacher's score of the anchor positive; null for ARHN
         pa.field("llm", pa.list_(LLM_CALL)),
         pa.field("provenance", PROVENANCE),
     ]

@@ -14,7 +14,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from arhn_ray.config import Config, ConfigError, EngineConfig, mask_secrets_in_logs, stage2_engine, to_yaml
+from arhn_ray.config import Config, ConfigError, EngineConfig, mask_secrets_in_logs, stage2_engine, to_yaml, uses_llm
 from arhn_ray.data.layout import OutputLayout
 from arhn_ray.data.parts import Part, parts_to_run
 from arhn_ray.pipeline.metrics import RunMetrics
@@ -33,7 +33,8 @@ def _pool(ds, cfg: Config, step: str, engine: EngineConfig):
 
     cfg = replace(cfg, engine=engine)
     # an async replica takes several batches at once and its engine overlaps them (as ray.data.llm does)
-    stage, calls = (AsyncRefineStage, cfg.pipeline.max_concurrent_batches) if engine.async_engine else (RefineStage, 1)
+    async_llm = engine.async_engine and uses_llm(cfg)  # the baseline's teacher is called batch by batch
+    stage, calls = (AsyncRefineStage, cfg.pipeline.max_concurrent_batches) if async_llm else (RefineStage, 1)
     return ds.map_batches(
         stage,
         fn_constructor_kwargs={"cfg": cfg, "step": step},

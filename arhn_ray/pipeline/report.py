@@ -8,7 +8,7 @@ import tempfile
 from typing import Any
 
 from arhn_ray.card import render_card
-from arhn_ray.config import Config, config_digest
+from arhn_ray.config import Config, config_digest, uses_llm
 from arhn_ray.data.layout import OutputLayout
 from arhn_ray.method.prompts import PromptSet
 from arhn_ray.stats import RunStats, render_files, to_json
@@ -20,10 +20,12 @@ def write_report(cfg: Config, out: OutputLayout, wall_s: float, unreadable: dict
     for manifest in out.manifests():
         stats.merge(RunStats.from_dict(manifest["stats"]))
     prompts = PromptSet.load(cfg.prompts.version, cfg.prompts.dir)
+    llm = uses_llm(cfg)
     stats.meta = {
-        "model": cfg.engine.model,
-        "engine": cfg.engine.kind,
-        "variant": cfg.method.variant,
+        "method": cfg.method.name,
+        "model": cfg.engine.model if llm else cfg.baseline.model,
+        "engine": cfg.engine.kind if llm else "teacher",
+        "variant": cfg.method.variant if llm else cfg.method.name,
         "prompt_version": prompts.version,
         "prompt_sha256": prompts.sha256,
         "config_digest": config_digest(cfg),

@@ -18,12 +18,14 @@ from typing import Any
 
 import pyarrow as pa
 
-from arhn_ray.config import Config, method_options
+from arhn_ray.baseline import TopKPercPos
+from arhn_ray.config import Config, method_options, uses_llm
 from arhn_ray.data.parts import Part
 from arhn_ray.data.rows import read_rows
 from arhn_ray.data.truncation import make_truncator
 from arhn_ray.engines.base import AsyncEngine, Engine
 from arhn_ray.engines.factory import start_engine
+from arhn_ray.engines.teacher import Teacher
 from arhn_ray.engines.watchdog import is_engine_death, leave
 from arhn_ray.method.prompts import PromptSet
 from arhn_ray.refine import Outcome, Refiner
@@ -74,7 +76,11 @@ def read_parts(batch: dict, fmt: str, max_passage_chars: int, storage_options: d
         yield pa.Table.from_pylist(out, schema=ENVELOPE)
 
 
-def make_refiner(cfg: Config, engine: Engine | AsyncEngine | None = None) -> Refiner:
+def make_refiner(cfg: Config, engine: Engine | AsyncEngine | None = None) -> Refiner | TopKPercPos:
+    """ARHN's Refiner over an LLM engine, or the TopK-PercPos baseline over its teacher (``method.name``)."""
+    if not uses_llm(cfg):
+        b = cfg.baseline
+        return TopKPercPos(Teacher(b.model, b.kind, b.batch_size, b.query_prefix, b.passage_prefix), b.relative_margin)
     return Refiner(
         engine or start_engine(cfg.engine),
         method_options(cfg),

@@ -1,0 +1,95 @@
+"""Training one arm: the retriever (sentence-transformers) fine-tuned with a contrastive loss over
+one positive, k hard negatives and the in-batch negatives (MultipleNegativesRankingLoss, or its
+cached variant for large batches), as the paper and RLHN train E5. A row with several positives
+(relabeled ones) gives one example with one of them, drawn per seed, as Tevatron does; batches
+never hold the same text twice (sentence-transformers' no-duplicates sampler), so a passage is
+never a positive and a negative of one batch.
+
+Each arm is a Ray Train job (``TorchTrainer``, data-parallel over ``evaluate.workers`` workers,
+on GPUs with ``evaluate.use_gpu``); the model comes back as the run's checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from typing import Any
+
+from arhn_ray.data.export import sample_negatives
+
+
+def examples(rows: list[dict], negatives: int, seed: int, query_prefix: str = "", passage_prefix: str = "") -> list[dict]:
+    """One training example per row with a positive and at least one negative: anchor, positive, negative_1..k."""
+    out = []
+    for row in rows:
+        negs = sample_negatives(row, negatives, seed, "repeat")
+        if not negs or not row["positive_passages"]:
+            continue
+        rng = random.Random(int(hashlib.sha1(f"pos:{seed}:{row['query_id']}".encode()).hexdigest()[:12], 16))
+        positive = rng.choice(row["positive_passages"])
+        example = {"anchor": query_prefix + row["query"], "positive": passage_prefix + _text(positive)}
+        example.update({f"negative_{i}": passage_prefix + _text(n) for i, n in enumerate(negs, 1)})
+        out.append(example)
+    return out
+
+
+def _text(passage: dict) -> str:
+    title = (passage.get("title") or "").strip()
+    return f"{title} {passage['text']}" if title else passage["text"]
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Runs in each Ray Train worker: fine-tune, then report the model as the run's checkpoint (rank 0)."""
+    import os
+    import tempfile
+
+    import ray.train
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer import losses
+    from sentence_transformers.sentence_transformer.training_args import BatchSamplers
+
+    model = SentenceTransformer(config["model"], device="cuda" if config["use_gpu"] else "cpu")
+    model.max_seq_length = config["max_seq_len"]
+    if config["mini_batch_size"]:
+        loss = losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=config["mini_batch_size"])
+    else:
+        loss = losses.MultipleNegativesRankingLoss(model)
+    work = tempfile.mkdtemp(prefix="arhn-train-")
+    args = SentenceTransformerTrainingArguments(
+        output_dir=work, num_train_epochs=config["epochs"], per_device_train_batch_size=config["batch_size"],
+        learning_rate=config["lr"], warmup_ratio=config["warmup_ratio"], seed=config["seed"], data_seed=config["seed"],
+        batch_sampler=BatchSamplers.NO_DUPLICATES, save_strategy="no", report_to="none", disable_tqdm=True,
+        logging_steps=max(1, len(config["examples"]) // config["batch_size"] // 10), use_cpu=not config["use_gpu"],
+    )  # fmt: skip
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_list(config["examples"]), loss=loss)
+    done = trainer.train()
+    metrics = {"examples": len(config["examples"]), "steps": done.global_step, "train_loss": round(float(done.training_loss), 4)}
+    if ray.train.get_context().get_world_rank() == 0:
+        saved = os.path.join(work, "model")
+        model.save(saved)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(saved))
+    else:
+        ray.train.report(metrics)
+
+
+def train_arm(name: str, rows_examples: list[dict], settings: dict[str, Any], storage: str, target: str) -> dict[str, Any]:
+    """Fine-tune ``settings['model']`` on the examples in a Ray Train job; the model is copied to
+    ``target``; returns the run's metrics (steps, training loss, seconds)."""
+    import shutil
+    import time
+
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={**settings, "examples": rows_examples},
+        scaling_config=ScalingConfig(num_workers=settings["workers"], use_gpu=settings["use_gpu"]),
+        run_config=RunConfig(name=f"arhn-evaluate-{name}", storage_path=storage),
+    )
+    started = time.perf_counter()
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as folder:
+        shutil.copytree(folder, target, dirs_exist_ok=True)
+    return {**{k: result.metrics[k] for k in ("steps", "train_loss")}, "seconds": round(time.perf_counter() - started, 1)}

@@ -1,0 +1,58 @@
+"""The TopK-PercPos baseline through the same job as ARHN: its decisions against an independent
+computation of the rule on real rows, with the teacher's scores recomputed here."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from helpers import ROOT, SAMPLES, load_jsonl
+
+from arhn_ray.method.topk_percpos import decide, threshold
+
+
+def test_the_rule_is_sentence_transformers_relative_margin():
+    assert threshold(0.8, 0.05) == pytest.approx(0.76) and threshold(-0.5, 0.05) == pytest.approx(-0.525)
+    assert decide(0.8, [0.77, 0.76, 0.5, 0.9]) == [("filter", "above_relative_margin"), ("keep", "below_relative_margin"),
+                                                  ("keep", "below_relative_margin"), ("filter", "above_relative_margin")]  # fmt: skip
+
+
+@pytest.mark.ray
+def test_the_baseline_runs_through_the_job_and_decides_as_the_rule_says(ray_cluster, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    from arhn_ray.cli import main
+    from arhn_ray.data.layout import OutputLayout
+    from arhn_ray.data.truncation import minilm_tokenizer_path
+
+    rows = load_jsonl(SAMPLES / "rlhn_msmarco.jsonl")[:3]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    assert main(["refine", str(ROOT / "conf" / "local.yaml"), "method.name=topk_percpos", f"input.path={tmp_path / 'in'}", f"output.path={out}"]) == 0
+    refined = {r["query_id"]: r for r in OutputLayout(str(out)).read_rows("refined")}
+    assert set(refined) == {r["query_id"] for r in rows}
+    stats = json.loads((out / "stats.json").read_text())
+    assert (stats["method"], stats["variant"], stats["overall"]["stage1_calls"]) == ("topk_percpos", "topk_percpos", 0)
+
+    model = SentenceTransformer(minilm_tokenizer_path(), device="cpu")  # the same teacher, loaded here on its own
+    checked = filtered = 0
+    for row in rows:
+        texts = [row["positive_passages"][0]["text"]] + [n["text"] for n in row["negative_passages"]]
+        q = model.encode([row["query"]], normalize_embeddings=True)[0]
+        scores = model.encode(texts, normalize_embeddings=True) @ q
+        bound = scores[0] - abs(scores[0]) * 0.05
+        out_row = refined[row["query_id"]]
+        assert out_row["positive_score"] == pytest.approx(float(scores[0]), abs=1e-4)
+        for neg, score, decision in zip(row["negative_passages"], scores[1:], out_row["decisions"]):
+            assert decision["docid"] == neg["docid"] and decision["score"] == pytest.approx(float(score), abs=1e-4)
+            if abs(score - bound) > 1e-4:  # a tie within float noise could go either way
+                assert decision["action"] == ("filter" if score > bound else "keep"), (row["query_id"], neg["docid"], score, bound)
+                checked += 1
+                filtered += decision["action"] == "filter"
+        kept = [n["docid"] for n, s in zip(row["negative_passages"], scores[1:]) if s <= bound]
+        assert [n["docid"] for n in out_row["negative_passages"]] == kept
+        assert out_row["positive_passages"] == row["positive_passages"]  # nothing is relabeled
+    assert checked >= 70 and 0 < filtered < checked  # both outcomes happen on these rows
+    assert not np.isnan([d["score"] for r in refined.values() for d in r["decisions"]]).any()

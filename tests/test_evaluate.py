@@ -1,0 +1,96 @@
+"""`arhn-ray evaluate`: a BEIR folder read strictly, nDCG@10 against an independent computation,
+and the whole loop (baseline, three trained arms, zero-shot) on the shipped evaluation set."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+from helpers import ROOT, SAMPLES, load_jsonl
+
+from arhn_ray.evaluate.beir import BeirError, load_beir
+
+EVAL = ROOT / "arhn_ray" / "evaluate" / "msmarco_beir"
+
+
+def test_the_shipped_eval_set_is_read_and_holds_no_training_query():
+    beir = load_beir(EVAL)
+    assert (len(beir.queries), len(beir.corpus)) == (13, 650)
+    assert not set(beir.queries) & {r["query_id"] for r in load_jsonl(SAMPLES / "rlhn_msmarco.jsonl")}
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: (d / "queries.jsonl").unlink(), "queries.jsonl: missing"),
+        (lambda d: (d / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "q\tnope\t1\n"), "test.tsv: line 2: query-id 'q'"),
+        (lambda d: (d / "qrels" / "test.tsv").open("a").write(f"{load_beir(EVAL).queries.popitem()[0]}\tno-such-doc\t1\n"),
+         "test.tsv: line 15: corpus-id 'no-such-doc' is not in corpus.jsonl"),
+        (lambda d: (d / "corpus.jsonl").open("a").write("{not json\n"), "corpus.jsonl: line 651: invalid JSON"),
+    ],
+)  # fmt: skip
+def test_a_malformed_eval_folder_fails_naming_the_file_and_the_line(tmp_path, damage, message):
+    folder = tmp_path / "eval"
+    shutil.copytree(EVAL, folder)
+    damage(folder)
+    with pytest.raises(BeirError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_beir(folder)
+
+
+def test_zero_shot_ndcg_equals_an_independent_computation():
+    """The untrained MiniLM's nDCG@10 on the shipped set by pytrec_eval, and by hand here: binary
+    judgments, so a query's nDCG@10 is 1/log2(1 + rank of its relevant passage) within the top 10."""
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from arhn_ray.data.truncation import minilm_tokenizer_path
+    from arhn_ray.evaluate.metrics import mean, per_query
+    from arhn_ray.evaluate.retrieve import retrieve
+
+    beir = load_beir(EVAL)
+    ours = mean(per_query(retrieve(minilm_tokenizer_path(), beir), beir.qrels), "ndcg@10")
+    model = SentenceTransformer(minilm_tokenizer_path(), device="cpu")
+    model.max_seq_length = 256
+    ids = list(beir.corpus)
+    docs = model.encode([beir.corpus[d] for d in ids], normalize_embeddings=True)
+    by_hand = []
+    for q, text in beir.queries.items():
+        order = np.argsort(-(docs @ model.encode([text], normalize_embeddings=True)[0]))
+        ranked = [ids[j] for j in order[:10]]
+        relevant = [i for i, d in enumerate(ranked, 1) if beir.qrels[q].get(d, 0) > 0]
+        by_hand.append(1 / math.log2(1 + relevant[0]) if relevant else 0.0)
+    assert ours == pytest.approx(float(np.mean(by_hand)), abs=1e-4)
+    assert 0.0 < ours < 1.0
+
+
+@pytest.mark.ray
+def test_evaluate_runs_the_loop_and_writes_every_field(ray_cluster, tmp_path):
+    """An ARHN output of the shipped sample (replayed), evaluated on the shipped set: the baseline is
+    run on the fly, three arms are trained (small settings: the loop, not the method), and the
+    JSON, table, picture and card section are written."""
+    from test_deploy import _recordings
+
+    from arhn_ray.cli import main
+
+    rec, n = _recordings(tmp_path)
+    out = tmp_path / "out"
+    assert main(["refine", str(ROOT / "conf" / "replay.yaml"), f"engine.replay_path={rec}", f"output.path={out}"]) == 0
+    assert main(["evaluate", str(out), "--eval", str(EVAL), "max_seq_len=64", "negatives=3", "batch_size=8", "bootstrap_samples=200"]) == 0
+    result = json.loads((out / "evaluate" / "evaluate.json").read_text())
+    assert set(result["arms"]) == {"zero_shot", "original", "refined", "topk_percpos"}
+    for arm in result["arms"].values():
+        assert 0.0 <= arm["ndcg@10"] <= 1.0 and 0.0 <= arm["recall@100"] <= 1.0 and arm["ndcg@10_ci95"][0] <= arm["ndcg@10_ci95"][1]
+    for pair in ("refined_vs_original", "refined_vs_topk_percpos"):
+        p = result["paired"][pair]
+        assert p["queries"] == 13 and p["ci95"][0] <= p["delta"] <= p["ci95"][1] and p["inconclusive"] == (p["ci95"][0] <= 0 <= p["ci95"][1])
+    train = result["train"]
+    assert train["arms"]["original"]["queries"] == n == train["arms"]["refined"]["queries"] == train["arms"]["topk_percpos"]["queries"]
+    assert train["hyperparameters"]["negatives"] == 3 and train["hyperparameters"]["model"] == "bundled:minilm"
+    for arm in ("original", "refined", "topk_percpos"):  # each arm was trained: steps taken, a finite contrastive loss
+        assert train["arms"][arm]["steps"] >= 1 and 0 < train["arms"][arm]["train_loss"] < 10, train["arms"][arm]
+    assert (out / "evaluate" / "evaluate.png").stat().st_size > 0 and "| refined |" in (out / "evaluate" / "evaluate.md").read_text()
+    card = (out / "README.md").read_text()
+    assert card.count("## Retrieval evaluation") == 1 and "checks the loop, not the method" in card
+    assert json.loads((out / "evaluate" / "topk_percpos" / "stats.json").read_text())["method"] == "topk_percpos"
