@@ -120,3 +120,13 @@ def terminal_lines(screen: str) -> list[str]:
 
     plain = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", screen)
     return [next((part for part in reversed(line.split("\r")) if part), "") for line in plain.split("\n")]
+
+
+def send_json(handler, code: int, payload: dict) -> None:
+    """A JSON answer from a ``BaseHTTPRequestHandler`` (the loopback OpenAI-compatible servers of the tests)."""
+    data = json.dumps(payload).encode()
+    handler.send_response(code)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)

@@ -104,15 +104,18 @@ def _engine_cores(exclude: set[int]) -> list:
     return found
 
 
-def _batches_done(logs: Path) -> int:
-    """Batches the replicas have finished, from the line each prints to its Ray worker log."""
-    done = 0
+BATCH_DONE = "arhn-ray replica (fused): "  # the line a replica prints for each batch it finished
+
+
+def _log_count(logs: Path, text: str) -> int:
+    """How often ``text`` stands in the Ray workers' logs (what replicas print)."""
+    total = 0
     for path in logs.glob("worker-*.out"):
         try:
-            done += path.read_text(errors="replace").count("arhn-ray replica (fused): ")
+            total += path.read_text(errors="replace").count(text)
         except OSError:
             continue
-    return done
+    return total
 
 
 @pytest.mark.ray
@@ -134,7 +137,7 @@ def test_engine_core_killed_mid_run_the_replica_restarts_and_every_row_is_refine
     )  # fmt: skip
     earlier = {p.pid for p in _engine_cores(set())}
     logs = Path(ray_cluster._private.worker._global_node.get_logs_dir_path())
-    before = _batches_done(logs)
+    before = _log_count(logs, BATCH_DONE)
     killed: list = []
     done = threading.Event()
 
@@ -144,7 +147,7 @@ def test_engine_core_killed_mid_run_the_replica_restarts_and_every_row_is_refine
         import psutil
 
         while not done.is_set() and not killed:
-            if _batches_done(logs) > before:
+            if _log_count(logs, BATCH_DONE) > before:
                 for core in _engine_cores(earlier):
                     try:
                         core.kill()
@@ -164,22 +167,12 @@ def test_engine_core_killed_mid_run_the_replica_restarts_and_every_row_is_refine
         done.set()
         killer.join()
     assert killed and killed[0][1] < finished, "the EngineCore was not killed during the run"
-    assert _batches_done(logs) - before >= 2, "no batch was refined after the kill"
+    assert _log_count(logs, BATCH_DONE) - before >= 2, "no batch was refined after the kill"
     o = stats["overall"]
     assert (o["queries"], o["rejected"]) == (4, 0), stats["rejected_reasons"]
     import pyarrow.parquet as pq
 
     assert sorted(pq.read_table(out / "refined" / "four").column("query_id").to_pylist()) == sorted(r["query_id"] for r in rows)
-
-
-def _log_count(logs: Path, text: str) -> int:
-    total = 0
-    for path in logs.glob("worker-*.out"):
-        try:
-            total += path.read_text(errors="replace").count(text)
-        except OSError:
-            continue
-    return total
 
 
 @pytest.mark.ray

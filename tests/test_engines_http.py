@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from conftest import free_port
-from helpers import RLHN_STAGE1, load_jsonl
+from helpers import RLHN_STAGE1, load_jsonl, send_json
 
 from arhn_ray.data.records import validate_row
 from arhn_ray.engines.base import ChatRequest
@@ -40,18 +40,10 @@ class Flaky(BaseHTTPRequestHandler):
         prompt = body["messages"][0]["content"]
         n = Flaky.calls[prompt] = Flaky.calls.get(prompt, 0) + 1
         if "always-400" in prompt:
-            return self._send(400, {"error": "bad request"})
+            return send_json(self, 400, {"error": "bad request"})
         if n <= Flaky.fail:
-            return self._send(Flaky.status, {"error": "try later"})
-        self._send(200, {"choices": [{"message": {"content": f"ok {prompt}"}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 3, "completion_tokens": 2}})
-
-    def _send(self, code, payload):
-        data = json.dumps(payload).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+            return send_json(self, Flaky.status, {"error": "try later"})
+        send_json(self, 200, {"choices": [{"message": {"content": f"ok {prompt}"}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 3, "completion_tokens": 2}})
 
     def log_message(self, *args):
         pass

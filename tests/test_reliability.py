@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import create_bucket
-from helpers import ROOT, ScriptedEngine, blocks, make_row, passage
+from helpers import ROOT, ScriptedEngine, blocks, make_row, passage, send_json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -458,13 +458,8 @@ class _Recording(BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802
         self.rfile.read(int(self.headers["Content-Length"]))
         _Recording.headers_seen.append(self.headers.get("Authorization", ""))
-        data = json.dumps({"choices": [{"message": {"content": "NO_ANSWER"}, "finish_reason": "stop"}],
-                           "usage": {"prompt_tokens": 5, "completion_tokens": 1}}).encode()  # fmt: skip
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, 200, {"choices": [{"message": {"content": "NO_ANSWER"}, "finish_reason": "stop"}],
+                              "usage": {"prompt_tokens": 5, "completion_tokens": 1}})  # fmt: skip
 
     def log_message(self, *args):
         pass
