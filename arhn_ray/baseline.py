@@ -8,6 +8,7 @@ import hashlib
 import json
 
 from arhn_ray import __version__
+from arhn_ray.data.records import passage_text
 from arhn_ray.engines.teacher import Teacher
 from arhn_ray.method.topk_percpos import decide
 from arhn_ray.refine import Outcome
@@ -27,7 +28,7 @@ class TopKPercPos:
         pairs = []
         for row in rows:
             anchor = row["positive_passages"][0]
-            pairs += [(row["query"], _text(p)) for p in [anchor, *row["negative_passages"]]]
+            pairs += [(row["query"], passage_text(p)) for p in [anchor, *row["negative_passages"]]]
         scores = iter(self.engine.score(pairs))
         out = []
         for row in rows:
@@ -43,8 +44,3 @@ class TopKPercPos:
                        "llm": [], "provenance": self.provenance}  # fmt: skip
             out.append(Outcome(refined))
         return out
-
-
-def _text(passage: dict) -> str:
-    title = (passage.get("title") or "").strip()
-    return f"{title} {passage['text']}" if title else passage["text"]

@@ -22,14 +22,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from arhn_ray.data.layout import OutputLayout
+from arhn_ray.data.records import passage_text
 
 FORMATS = ("sentence-transformers", "flagembedding", "tevatron")
 SHORT_POLICIES = ("repeat", "drop", "keep")  # a query with fewer kept negatives than asked
-
-
-def _text(p: dict, prefix: str) -> str:
-    title = (p.get("title") or "").strip()
-    return prefix + (f"{title} {p['text']}" if title else p["text"])
 
 
 def sample_negatives(row: dict, k: int, seed: int, short: str) -> list[dict] | None:
@@ -63,15 +59,15 @@ def export(
             continue
         if fmt == "sentence-transformers":
             for pos in row["positive_passages"]:
-                rec = {"anchor": qp + row["query"], "positive": _text(pos, pp)}
-                rec.update({f"negative_{i}": _text(n, pp) for i, n in enumerate(negs, 1)})
+                rec = {"anchor": qp + row["query"], "positive": pp + passage_text(pos)}
+                rec.update({f"negative_{i}": pp + passage_text(n) for i, n in enumerate(negs, 1)})
                 records.append(rec)
         elif fmt == "flagembedding":
             records.append(
                 {
                     "query": qp + row["query"],
-                    "pos": [_text(p, pp) for p in row["positive_passages"]],
-                    "neg": [_text(n, pp) for n in negs],
+                    "pos": [pp + passage_text(p) for p in row["positive_passages"]],
+                    "neg": [pp + passage_text(n) for n in negs],
                 }
             )
         else:

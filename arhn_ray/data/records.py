@@ -77,6 +77,12 @@ REJECTED_SCHEMA = pa.schema(
 )
 
 
+def passage_text(passage: dict) -> str:
+    """What a retriever or a teacher reads of a passage: its title (if any), then its text."""
+    title = (passage.get("title") or "").strip()
+    return f"{title} {passage['text']}" if title else passage["text"]
+
+
 class InvalidRow(ValueError):
     def __init__(self, field: str, message: str):
         super().__init__(f"{field}: {message}")

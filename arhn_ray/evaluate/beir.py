@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from arhn_ray.data.records import passage_text
+
 
 class BeirError(ValueError):
     pass
@@ -45,8 +47,7 @@ def load_beir(folder: str | Path, split: str = "test") -> BeirSet:
     folder = Path(folder)
     corpus = {}
     for row in _jsonl(folder / "corpus.jsonl", ("_id", "text")):
-        title = (row.get("title") or "").strip()
-        corpus[str(row["_id"])] = f"{title} {row['text']}" if title else row["text"]
+        corpus[str(row["_id"])] = passage_text(row)
     queries = {str(r["_id"]): r["text"] for r in _jsonl(folder / "queries.jsonl", ("_id", "text"))}
     path = folder / "qrels" / f"{split}.tsv"
     if not path.is_file():

@@ -16,6 +16,7 @@ import random
 from typing import Any
 
 from arhn_ray.data.export import sample_negatives
+from arhn_ray.data.records import passage_text
 
 
 def examples(rows: list[dict], negatives: int, seed: int, query_prefix: str = "", passage_prefix: str = "") -> list[dict]:
@@ -27,15 +28,10 @@ def examples(rows: list[dict], negatives: int, seed: int, query_prefix: str = ""
             continue
         rng = random.Random(int(hashlib.sha1(f"pos:{seed}:{row['query_id']}".encode()).hexdigest()[:12], 16))
         positive = rng.choice(row["positive_passages"])
-        example = {"anchor": query_prefix + row["query"], "positive": passage_prefix + _text(positive)}
-        example.update({f"negative_{i}": passage_prefix + _text(n) for i, n in enumerate(negs, 1)})
+        example = {"anchor": query_prefix + row["query"], "positive": passage_prefix + passage_text(positive)}
+        example.update({f"negative_{i}": passage_prefix + passage_text(n) for i, n in enumerate(negs, 1)})
         out.append(example)
     return out
-
-
-def _text(passage: dict) -> str:
-    title = (passage.get("title") or "").strip()
-    return f"{title} {passage['text']}" if title else passage["text"]
 
 
 def train_loop(config: dict[str, Any]) -> None:
