@@ -132,6 +132,10 @@ class EvaluateConfig:
     seed: int = 0
     workers: int = 1  # Ray Train workers per arm (data parallel)
     use_gpu: bool = False
+    # memory a training worker reserves (Ray's memory resource), so that arms side by side fit: on CPU
+    # these defaults peak at 10.6 GB a worker (activations; jobs/benchmarks/evaluate.py)
+    worker_memory_gb: float | None = 11.0
+    arms_at_once: int = 0  # arms trained side by side; 0: as many as the cluster holds (GPUs or CPUs, and memory)
     top_k: int = 100
     bootstrap_samples: int = 1000
     split: str = "test"

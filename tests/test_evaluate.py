@@ -65,6 +65,30 @@ def test_zero_shot_ndcg_equals_an_independent_computation():
     assert 0.0 < ours < 1.0
 
 
+GIB = 2.0**30
+
+
+@pytest.mark.parametrize(
+    ("workers", "use_gpu", "memory_gb", "cluster", "asked", "expected"),
+    [
+        (8, True, None, {"GPU": 16.0, "CPU": 64.0}, 0, 2),  # the A100 config: two 8-GPU arms at once, the third after
+        (8, True, None, {"GPU": 24.0}, 0, 3),
+        (8, True, None, {"GPU": 4.0}, 0, 1),  # fewer GPUs than one arm asks: one at a time (Ray waits for room)
+        (1, False, None, {"CPU": 2.0, "GPU": 16.0}, 0, 2),  # on CPU the CPUs count, not declared GPUs
+        (1, False, None, {"CPU": 24.0}, 0, 3),  # never more than the arms
+        (1, False, 10.0, {"CPU": 24.0, "memory": 17 * GIB}, 0, 1),  # this machine: memory holds one 10 GiB worker
+        (1, False, 10.0, {"CPU": 24.0, "memory": 45 * GIB}, 0, 3),
+        (1, False, None, {"CPU": 24.0}, 1, 1),  # evaluate.arms_at_once=1: one after another
+    ],
+)
+def test_arms_train_side_by_side_as_far_as_the_cluster_holds_them(workers, use_gpu, memory_gb, cluster, asked, expected):
+    from arhn_ray.evaluate.train import arms_at_once, worker_resources
+
+    per_worker = worker_resources(use_gpu, memory_gb)
+    assert per_worker == ({"GPU": 1.0} if use_gpu else {"CPU": 1.0}) | ({"memory": memory_gb * GIB} if memory_gb else {})
+    assert arms_at_once(3, workers, per_worker, cluster, asked) == expected
+
+
 @pytest.mark.ray
 def test_evaluate_runs_the_loop_and_writes_every_field(ray_cluster, tmp_path):
     """An ARHN output of the shipped sample (replayed), evaluated on the shipped set: the baseline is
@@ -77,7 +101,8 @@ def test_evaluate_runs_the_loop_and_writes_every_field(ray_cluster, tmp_path):
     rec, n = _recordings(tmp_path)
     out = tmp_path / "out"
     assert main(["refine", str(ROOT / "conf" / "replay.yaml"), f"engine.replay_path={rec}", f"output.path={out}"]) == 0
-    assert main(["evaluate", str(out), "--eval", str(EVAL), "max_seq_len=64", "negatives=3", "batch_size=8", "bootstrap_samples=200"]) == 0
+    assert main(["evaluate", str(out), "--eval", str(EVAL), "max_seq_len=64", "negatives=3", "batch_size=8", "bootstrap_samples=200",
+                 "worker_memory_gb=2"]) == 0  # fmt: skip
     result = json.loads((out / "evaluate" / "evaluate.json").read_text())
     assert set(result["arms"]) == {"zero_shot", "original", "refined", "topk_percpos"}
     for arm in result["arms"].values():
@@ -90,6 +115,10 @@ def test_evaluate_runs_the_loop_and_writes_every_field(ray_cluster, tmp_path):
     assert train["hyperparameters"]["negatives"] == 3 and train["hyperparameters"]["model"] == "bundled:minilm"
     for arm in ("original", "refined", "topk_percpos"):  # each arm was trained: steps taken, a finite contrastive loss
         assert train["arms"][arm]["steps"] >= 1 and 0 < train["arms"][arm]["train_loss"] < 10, train["arms"][arm]
+    # the session cluster declares 24 CPUs and its memory (~17 GiB here) holds three 2 GiB workers: the three
+    # one-worker arms train side by side, so the training took less than their own times added up
+    assert train["arms_at_once"] == 3 and all(train["arms"][a]["peak_rss_gb"] > 0 for a in ("original", "refined", "topk_percpos"))
+    assert train["seconds"] < sum(train["arms"][a]["seconds"] for a in ("original", "refined", "topk_percpos")), train
     assert (out / "evaluate" / "evaluate.png").stat().st_size > 0 and "| refined |" in (out / "evaluate" / "evaluate.md").read_text()
     card = (out / "README.md").read_text()
     assert card.count("## Retrieval evaluation") == 1 and "checks the loop, not the method" in card

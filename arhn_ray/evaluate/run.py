@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +25,13 @@ from arhn_ray.evaluate.beir import load_beir
 from arhn_ray.evaluate.metrics import bootstrap_mean, mean, paired_bootstrap, per_query
 from arhn_ray.evaluate.report import render_markdown, render_png, write_card_section
 from arhn_ray.evaluate.retrieve import retrieve
-from arhn_ray.evaluate.train import examples, train_arm
+from arhn_ray.evaluate.train import arms_at_once, examples, train_arm, worker_resources
 from arhn_ray.pipeline.placement import init_ray
 
 log = logging.getLogger(__name__)
 ARMS = ("zero_shot", "original", "refined", "topk_percpos")
 SETTINGS = ("model", "query_prefix", "passage_prefix", "max_seq_len", "batch_size", "mini_batch_size", "lr", "warmup_ratio",
-            "epochs", "negatives", "seed", "workers", "use_gpu")  # fmt: skip
+            "epochs", "negatives", "seed", "workers", "use_gpu", "worker_memory_gb")  # fmt: skip
 
 
 def saved_config(out: OutputLayout, overrides: list[str]) -> Config:
@@ -62,6 +64,28 @@ def baseline_rows(cfg: Config, out: OutputLayout, baseline: str | None) -> tuple
     return list(OutputLayout(target, out.storage_options).read_rows("refined")), target
 
 
+def train_arms(rows: dict[str, list[dict]], settings: dict[str, Any], ev, work: Path) -> tuple[dict[str, tuple[str, dict]], int]:
+    """Trains every arm but ``zero_shot``, side by side as far as the cluster holds them (each arm
+    its own Ray Train run; identical settings and seeds, so the order does not matter). Returns each
+    arm's model folder and training metrics, and how many arms trained at once."""
+    import ray
+
+    arms = [a for a in ARMS if a != "zero_shot"]
+    per_worker = worker_resources(ev.use_gpu, ev.worker_memory_gb)
+    at_once = arms_at_once(len(arms), ev.workers, per_worker, ray.cluster_resources(), ev.arms_at_once)
+    log.warning("evaluate: training %d arms, %d at a time (%d worker(s) each, a worker reserves %s)", len(arms), at_once, ev.workers,
+                ", ".join(f"{v / 2**30:g} GiB memory" if k == "memory" else f"{v:g} {k}" for k, v in per_worker.items()))  # fmt: skip
+
+    def one(arm: str) -> tuple[str, dict[str, Any]]:
+        train = examples(rows[arm], ev.negatives, ev.seed, ev.query_prefix, ev.passage_prefix)
+        log.warning("evaluate: training the %s arm on %d examples", arm, len(train))
+        metrics = train_arm(arm, train, settings, str(work / "ray"), str(work / arm))
+        return str(work / arm), {"examples": len(train), **metrics}
+
+    with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="arhn-arm") as pool:
+        return dict(zip(arms, pool.map(one, arms))), at_once
+
+
 def evaluate(output: str, eval_dir: str, overrides: list[str] | None = None, baseline: str | None = None,
              storage_options: dict | None = None) -> dict[str, Any]:  # fmt: skip
     out = OutputLayout(output, storage_options)
@@ -76,15 +100,13 @@ def evaluate(output: str, eval_dir: str, overrides: list[str] | None = None, bas
     init_ray(cfg.pipeline.ray_address)
     results: dict[str, Any] = {"arms": {}, "paired": {}, "train": {"hyperparameters": named,
                                                                    "baseline_output": baseline_from, "arms": {}}}  # fmt: skip
+    started = time.perf_counter()
+    trained, results["train"]["arms_at_once"] = train_arms(rows, settings, ev, work)
+    results["train"]["seconds"] = round(time.perf_counter() - started, 1)
+    results["train"]["arms"] = {arm: {"queries": len(rows[arm]), **metrics} for arm, (_, metrics) in trained.items()}
     scores = {}
     for arm in ARMS:
-        model = settings["model"]
-        if arm != "zero_shot":
-            train = examples(rows[arm], ev.negatives, ev.seed, ev.query_prefix, ev.passage_prefix)
-            log.warning("evaluate: training the %s arm on %d examples", arm, len(train))
-            model = str(work / arm)
-            metrics = train_arm(arm, train, settings, str(work / "ray"), model)
-            results["train"]["arms"][arm] = {"queries": len(rows[arm]), "examples": len(train), **metrics}
+        model = trained[arm][0] if arm in trained else settings["model"]
         run = retrieve(model, beir, ev.query_prefix, ev.passage_prefix, ev.top_k, ev.max_seq_len)
         scores[arm] = per_query(run, beir.qrels)
         ndcg = [s["ndcg@10"] for s in scores[arm].values()]

@@ -34,6 +34,22 @@ def examples(rows: list[dict], negatives: int, seed: int, query_prefix: str = ""
     return out
 
 
+def worker_resources(use_gpu: bool, memory_gb: float | None) -> dict[str, float]:
+    """What one training worker reserves: one GPU (or one CPU, whose torch then runs one thread),
+    and ``memory_gb`` of Ray's memory resource when set (CPU training is memory-bound: activations)."""
+    need = {"GPU": 1.0} if use_gpu else {"CPU": 1.0}
+    return need | ({"memory": memory_gb * 2**30} if memory_gb else {})
+
+
+def arms_at_once(arms: int, workers: int, per_worker: dict[str, float], cluster: dict[str, float], asked: int = 0) -> int:
+    """How many arms train side by side: ``asked`` if set, else as many whole arms (``workers``
+    workers of ``per_worker`` each) as the cluster's resources hold at once."""
+    if asked:
+        return max(1, min(arms, asked))
+    fits = min(int(cluster.get(k, 0.0) // (workers * v)) for k, v in per_worker.items())
+    return max(1, min(arms, fits))
+
+
 def train_loop(config: dict[str, Any]) -> None:
     """Runs in each Ray Train worker: fine-tune, then report the model as the run's checkpoint (rank 0)."""
     import os
@@ -60,7 +76,10 @@ def train_loop(config: dict[str, Any]) -> None:
     )  # fmt: skip
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_list(config["examples"]), loss=loss)
     done = trainer.train()
-    metrics = {"examples": len(config["examples"]), "steps": done.global_step, "train_loss": round(float(done.training_loss), 4)}
+    import resource
+
+    metrics = {"examples": len(config["examples"]), "steps": done.global_step, "train_loss": round(float(done.training_loss), 4),
+               "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}  # fmt: skip
     if ray.train.get_context().get_world_rank() == 0:
         saved = os.path.join(work, "model")
         model.save(saved)
@@ -71,7 +90,7 @@ def train_loop(config: dict[str, Any]) -> None:
 
 def train_arm(name: str, rows_examples: list[dict], settings: dict[str, Any], storage: str, target: str) -> dict[str, Any]:
     """Fine-tune ``settings['model']`` on the examples in a Ray Train job; the model is copied to
-    ``target``; returns the run's metrics (steps, training loss, seconds)."""
+    ``target``; returns the run's metrics (steps, training loss, the rank-0 worker's peak memory, seconds)."""
     import shutil
     import time
 
@@ -81,11 +100,12 @@ def train_arm(name: str, rows_examples: list[dict], settings: dict[str, Any], st
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={**settings, "examples": rows_examples},
-        scaling_config=ScalingConfig(num_workers=settings["workers"], use_gpu=settings["use_gpu"]),
+        scaling_config=ScalingConfig(num_workers=settings["workers"], use_gpu=settings["use_gpu"],
+                                     resources_per_worker=worker_resources(settings["use_gpu"], settings["worker_memory_gb"])),
         run_config=RunConfig(name=f"arhn-evaluate-{name}", storage_path=storage),
     )
     started = time.perf_counter()
     result = trainer.fit()
     with result.checkpoint.as_directory() as folder:
         shutil.copytree(folder, target, dirs_exist_ok=True)
-    return {**{k: result.metrics[k] for k in ("steps", "train_loss")}, "seconds": round(time.perf_counter() - started, 1)}
+    return {**{k: result.metrics[k] for k in ("steps", "train_loss", "peak_rss_gb")}, "seconds": round(time.perf_counter() - started, 1)}
