@@ -20,6 +20,7 @@ from arhn_ray.data.export import FORMATS as EXPORT_FORMATS
 from arhn_ray.data.export import SHORT_POLICIES
 from arhn_ray.data.layout import OutputLayout
 from arhn_ray.method.labeling import POSITIVE_NO_ANSWER, VARIANTS
+from arhn_ray.plan import Assumptions
 
 
 def _refine(args: argparse.Namespace) -> int:
@@ -68,11 +69,11 @@ def summary(stats: dict, output: str) -> str:
 def _plan(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from arhn_ray.plan import Assumptions, make_plan, render
+    from arhn_ray.plan import make_plan, render
 
     cfg = load_config(args.config, args.overrides)
     assume = replace(Assumptions(), sample_rows=args.sample_rows, prefill_tokens_per_gpu_s=args.prefill_tokens_per_gpu_s,
-                     decode_tokens_per_gpu_s=args.decode_tokens_per_gpu_s)  # fmt: skip
+                     decode_tokens_per_gpu_s=args.decode_tokens_per_gpu_s, train_queries_per_gpu_s=args.train_queries_per_gpu_s)  # fmt: skip
     result = make_plan(cfg, assume)
     print(json.dumps(result.to_dict(), indent=2) if args.json else render(result))
     return 0
@@ -206,9 +207,12 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("config", help="a YAML file from conf/")
     pl.add_argument("overrides", nargs="*", help="key=value, as for refine")
     pl.add_argument("--json", action="store_true", help="print the plan as JSON, for scripts")
-    pl.add_argument("--sample-rows", type=int, default=2000, help="rows read per file; the rest of a file is scaled from them")
-    pl.add_argument("--prefill-tokens-per-gpu-s", type=float, default=2930.0, help="assumed prompt tokens per GPU-second")
-    pl.add_argument("--decode-tokens-per-gpu-s", type=float, default=665.0, help="assumed output tokens per GPU-second")
+    assumed = Assumptions()
+    pl.add_argument("--sample-rows", type=int, default=assumed.sample_rows, help="rows read per file; the rest of a file is scaled from them")
+    pl.add_argument("--prefill-tokens-per-gpu-s", type=float, default=assumed.prefill_tokens_per_gpu_s, help="assumed prompt tokens per GPU-second")
+    pl.add_argument("--decode-tokens-per-gpu-s", type=float, default=assumed.decode_tokens_per_gpu_s, help="assumed output tokens per GPU-second")
+    pl.add_argument("--train-queries-per-gpu-s", type=float, default=assumed.train_queries_per_gpu_s,
+                    help="assumed training queries per GPU-second for evaluate's arms")  # fmt: skip
 
     st = _command(sub, "stage", "download every model and tokenizer a config loads into the Hugging Face cache (HF_HOME), "
                   "so that pods can run with HF_HUB_OFFLINE=1", "HF_HOME=/models/huggingface arhn-ray stage conf/qwen3-32b-a100x16.yaml", _stage)  # fmt: skip

@@ -23,6 +23,7 @@ from arhn_ray.method.prompts import PromptSet, chat
 # negatives), NO_ANSWER (~3) for the rest: 19 + 0.44 x 30 + 0.56 x 3 = 34. sentence_ids: one
 # "docK: S2-S3" line (94 tokens for 11 answers with SmolLM2's tokenizer).
 OUTPUT_TOKENS_PER_DOC = {"text": 34.0, "sentence_ids": 8.5}
+CPU_TRAIN_QUERIES_PER_S = 0.28
 
 
 @dataclass
@@ -40,6 +41,12 @@ class Assumptions:
     prefill_tokens_per_gpu_s: float = 2930.0  # prompt tokens per A100-second, Qwen3-32B bf16, engine full
     decode_tokens_per_gpu_s: float = 665.0  # output tokens per A100-second, same fit
     sample_rows: int = 2000  # rows read per file; the rest of a file is scaled from them
+    # evaluate: training queries a second per worker, one example (query, 1 positive, evaluate.negatives
+    # negatives) a query and epoch. GPU: E5-base at 512 tokens, batch 128, 1 + 1 + 7 passages, on one A100,
+    # not measured (no GPU here). CPU: jobs/benchmarks/evaluate.py's figure for the bundled MiniLM on one
+    # Ray Train worker of one CPU (RESULTS.md).
+    train_queries_per_gpu_s: float = 120.0
+    train_queries_per_cpu_s: float = CPU_TRAIN_QUERIES_PER_S
 
 
 @dataclass
@@ -61,6 +68,10 @@ class RunEstimate:
     gpus: int = 0
     hours: float = 0.0
     gpu_hours: float = 0.0
+    evaluate_arms_at_once: int = 0
+    evaluate_hours: float = 0.0  # training the three arms on the config's cluster (encoding the eval corpus not included)
+    evaluate_device: str = ""  # GPU (evaluate.use_gpu) or CPU
+    evaluate_device_hours: float = 0.0
     tokenizer: str = ""
     scaled: bool = False
     output: str = ""
@@ -119,7 +130,26 @@ def make_plan(cfg: Config, assume: Assumptions | None = None) -> RunEstimate:
     gpu_s = prompt / assume.prefill_tokens_per_gpu_s + output / assume.decode_tokens_per_gpu_s
     p.hours = gpu_s / p.gpus / 3600 if p.gpus else 0.0
     p.gpu_hours = p.hours * p.gpus
+    _price_evaluate(p, cfg, assume)
     return p
+
+
+def _price_evaluate(p: RunEstimate, cfg: Config, assume: Assumptions) -> None:
+    """``arhn-ray evaluate`` after the run: three arms, each about one training example a valid
+    row an epoch, side by side as the refine run's GPUs (or this machine's CPUs) hold them."""
+    from arhn_ray.evaluate.train import arms_at_once, worker_resources
+
+    ev = cfg.evaluate
+    # the refine run's GPUs; on CPU this machine, with Ray's default share (70%) of its memory
+    memory = 0.7 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    slots = {"GPU": float(p.gpus)} if ev.use_gpu else {"CPU": float(os.cpu_count() or 1), "memory": memory}
+    p.evaluate_device = "GPU" if ev.use_gpu else "CPU"
+    p.evaluate_arms_at_once = arms_at_once(3, ev.workers, worker_resources(ev.use_gpu, ev.worker_memory_gb), slots, ev.arms_at_once)
+    rate = assume.train_queries_per_gpu_s if ev.use_gpu else assume.train_queries_per_cpu_s
+    arm_s = (p.rows - p.rows_invalid) * ev.epochs / (ev.workers * rate)
+    rounds = -(-3 // p.evaluate_arms_at_once)
+    p.evaluate_hours = rounds * arm_s / 3600
+    p.evaluate_device_hours = 3 * arm_s * ev.workers / 3600
 
 
 def _count_row(p: RunEstimate, row: dict | None, options, prompts, truncate, count, assume: Assumptions) -> None:
@@ -204,5 +234,9 @@ def render(p: RunEstimate) -> str:
             f"(assumed per A100, Qwen3-32B: {a['prefill_tokens_per_gpu_s']:,.0f} prompt and {a['decode_tokens_per_gpu_s']:,.0f} output tokens/s)"
             if p.gpus
             else "  time              no GPU estimate: this config runs on CPU or an external server",
+            f"  evaluate          ~{p.evaluate_hours:.3g} h to train 3 arms, {p.evaluate_arms_at_once} at a time "
+            f"(~{p.evaluate_device_hours:.3g} {p.evaluate_device}-hours; assumed "
+            f"{a['train_queries_per_' + p.evaluate_device.lower() + '_s']:g} training queries/s a worker; "
+            "encoding the evaluation corpus not included)",
         ]
     )
