@@ -1,11 +1,16 @@
-"""What `arhn-ray evaluate` costs: one arm's training time per 1,000 training queries on this
-machine (the bundled MiniLM, one Ray Train CPU worker, the CPU defaults), and the retrieval of the
-shipped evaluation set; then what a cluster arm would take, from a stated assumption.
+"""What `arhn-ray evaluate` costs on this machine, and what `plan` assumes for a cluster.
 
-    python jobs/benchmarks/evaluate.py [--queries 100]
+Trains the three arms (original, refined, topk_percpos) through evaluate's own ``train_arms``
+one at a time, then side by side as far as the cluster holds them (one CPU and
+``evaluate.worker_memory_gb`` a worker), when it holds more than one. Prints the time per arm per
+1,000 training queries (the bundled MiniLM, one Ray Train CPU worker, the CPU defaults), each
+worker's peak memory, the side-by-side ratio, and the retrieval of the shipped evaluation set.
 
-Training rows are the shipped sample's 20 queries repeated under new ids (their text repeats:
-the time, not the quality, is measured).
+    python jobs/benchmarks/evaluate.py [--queries 32]
+
+Training rows are the shipped sample's queries repeated under new ids, each copy's texts marked
+with its number so that the no-duplicates batch sampler sees distinct texts (as real rows are); the
+same rows for every arm. The time, not the quality, is measured.
 """
 
 from __future__ import annotations
@@ -17,45 +22,72 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-# assumed, not measured (no GPU here): E5-base fine-tuning at 512 tokens, batch 128 of 1 + 1 + 7 passages
-# and a query, ~120 training examples a second per A100 (forward and backward of ~1,100 sequences a second)
-ASSUMED_A100_EXAMPLES_PER_S = 120.0
+
+
+def copy(row: dict, i: int) -> dict:
+    def mark(passages: list[dict]) -> list[dict]:
+        return [{**p, "docid": f"{p['docid']}-{i}", "text": f"{p['text']} ({i})"} for p in passages]
+
+    return {**row, "query_id": f"q{i}", "query": f"{row['query']} ({i})", "positive_passages": mark(row["positive_passages"]),
+            "negative_passages": mark(row["negative_passages"])}  # fmt: skip
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--queries", type=int, default=100)
+    ap.add_argument("--queries", type=int, default=32)
     args = ap.parse_args()
+    from dataclasses import replace
+
     import ray
 
     from arhn_ray.config import load_config
     from arhn_ray.engines.teacher import resolve_teacher
     from arhn_ray.evaluate.beir import load_beir
     from arhn_ray.evaluate.retrieve import retrieve
-    from arhn_ray.evaluate.run import SETTINGS
-    from arhn_ray.evaluate.train import examples, train_arm
+    from arhn_ray.evaluate.run import SETTINGS, train_arms
+    from arhn_ray.evaluate.train import arms_at_once, worker_resources
+    from arhn_ray.plan import Assumptions
 
     ev = load_config(str(ROOT / "conf" / "local.yaml")).evaluate
     sample = [json.loads(line) for line in open(ROOT / "arhn_ray" / "samples" / "rlhn_msmarco.jsonl")]
-    rows = [{**sample[i % len(sample)], "query_id": f"q{i}"} for i in range(args.queries)]
-    train = examples(rows, ev.negatives, ev.seed, ev.query_prefix, ev.passage_prefix)
+    rows = [copy(sample[i % len(sample)], i) for i in range(args.queries)]
+    arms = {"original": rows, "refined": rows, "topk_percpos": rows}
     settings = {k: getattr(ev, k) for k in SETTINGS} | {"model": resolve_teacher(ev.model)}
     ray.init(include_dashboard=False, log_to_driver=False)
-    tmp = Path(tempfile.mkdtemp(prefix="arhn-bench-evaluate-"))
-    t = time.perf_counter()
-    metrics = train_arm("bench", train, settings, str(tmp / "ray"), str(tmp / "model"))
-    arm_s = time.perf_counter() - t
+    print(f"cluster: {ray.cluster_resources().get('CPU', 0):g} CPUs; {args.queries} training queries an arm, {ev.negatives} negatives, "
+          f"batch {ev.batch_size}, max_seq_len {ev.max_seq_len}, {ev.epochs} epoch(s), model {ev.model}", flush=True)  # fmt: skip
+    wall = {}
+    for at_once in (1, 0):
+        if at_once == 0 and arms_at_once(3, ev.workers, worker_resources(False, ev.worker_memory_gb), ray.cluster_resources()) == 1:
+            print(f"side by side: not run, this cluster holds one arm at a time ({ray.cluster_resources()['memory'] / 2**30:.1f} GiB "
+                  f"of Ray memory, {ev.worker_memory_gb:g} GiB a worker)")  # fmt: skip
+            break
+        tmp = Path(tempfile.mkdtemp(prefix="arhn-bench-evaluate-"))
+        t = time.perf_counter()
+        trained, used = train_arms(arms, settings, replace(ev, arms_at_once=at_once), tmp)
+        wall[used] = time.perf_counter() - t
+        arm_s = [m["seconds"] for _, m in trained.values()]
+        steps = [m["steps"] for _, m in trained.values()]
+        peak = [m["peak_rss_gb"] for _, m in trained.values()]
+        print(f"3 arms, {used} at a time: wall {wall[used]:.1f} s; each arm {', '.join(f'{s:.1f}' for s in arm_s)} s "
+              f"(Ray Train start included), {'/'.join(map(str, steps))} steps, peak memory {'/'.join(map(str, peak))} GB", flush=True)  # fmt: skip
+    serial = wall[1]
+    per_1000 = serial / 3 * 1000 / args.queries
+    print(f"this CPU: {per_1000:.0f} s per arm per 1,000 training queries, one arm at a time (plan's train_queries_per_cpu_s: "
+          f"{1000 / per_1000:.2f})")  # fmt: skip
+    side = max(wall)
+    if side > 1:
+        print(f"side by side ({side} at a time) / one at a time, wall: {wall[side] / serial:.2f} (speed-up {serial / wall[side]:.2f}x)")
     beir = load_beir(ROOT / "arhn_ray" / "evaluate" / "msmarco_beir")
+    model = next(iter(trained.values()))[0]
     t = time.perf_counter()
-    retrieve(str(tmp / "model"), beir, k=ev.top_k, max_seq_len=ev.max_seq_len)
-    retrieval_s = time.perf_counter() - t
-    per_1000 = arm_s * 1000 / len(train)
-    print(f"this CPU: one arm, {len(train)} examples ({ev.negatives} negatives, batch {ev.batch_size}, max_seq_len {ev.max_seq_len}), "
-          f"{metrics['steps']} steps: {arm_s:.1f} s (Ray Train start included) = {per_1000:.0f} s per 1,000 training queries")
-    print(f"this CPU: retrieval of the shipped set ({len(beir.queries)} queries, {len(beir.corpus)} passages): {retrieval_s:.1f} s")
-    cluster = 680_000 / (8 * ASSUMED_A100_EXAMPLES_PER_S) / 3600
-    print(f"cluster (assumed {ASSUMED_A100_EXAMPLES_PER_S:g} examples/s per A100, 8 A100s an arm): ~{cluster:.2f} h per arm per epoch "
-          f"for 680K queries; 3 arms side by side on 24 GPUs, or one after another on 8")
+    retrieve(model, beir, ev.query_prefix, ev.passage_prefix, ev.top_k, ev.max_seq_len)
+    print(f"this CPU: retrieval of the shipped set ({len(beir.queries)} queries, {len(beir.corpus)} passages): {time.perf_counter() - t:.1f} s")
+    a = Assumptions()
+    hours = 680_000 / (8 * a.train_queries_per_gpu_s) / 3600
+    print(f"cluster (assumed, not measured: {a.train_queries_per_gpu_s:g} training queries/s per A100 for E5-base at batch 128, "
+          f"1 + 1 + 7 passages of 512 tokens): ~{hours:.2f} h per arm per epoch for 680K queries on 8 A100s; "
+          f"16 A100s train 2 of the 3 arms side by side")  # fmt: skip
 
 
 if __name__ == "__main__":
