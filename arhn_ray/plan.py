@@ -23,7 +23,6 @@ from arhn_ray.method.prompts import PromptSet, chat
 # negatives), NO_ANSWER (~3) for the rest: 19 + 0.44 x 30 + 0.56 x 3 = 34. sentence_ids: one
 # "docK: S2-S3" line (94 tokens for 11 answers with SmolLM2's tokenizer).
 OUTPUT_TOKENS_PER_DOC = {"text": 34.0, "sentence_ids": 8.5}
-CPU_TRAIN_QUERIES_PER_S = 0.28
 
 
 @dataclass
@@ -46,7 +45,7 @@ class Assumptions:
     # not measured (no GPU here). CPU: jobs/benchmarks/evaluate.py's figure for the bundled MiniLM on one
     # Ray Train worker of one CPU (RESULTS.md).
     train_queries_per_gpu_s: float = 120.0
-    train_queries_per_cpu_s: float = CPU_TRAIN_QUERIES_PER_S
+    train_queries_per_cpu_s: float = 0.28
 
 
 @dataclass

@@ -89,6 +89,16 @@ def test_arms_train_side_by_side_as_far_as_the_cluster_holds_them(workers, use_g
     assert arms_at_once(3, workers, per_worker, cluster, asked) == expected
 
 
+def test_a_memory_reservation_no_node_can_grant_is_dropped_not_waited_for():
+    """A 16 GB laptop gives Ray ~10 GiB: an 11 GiB worker would never be scheduled."""
+    from arhn_ray.evaluate.train import reservable, worker_resources
+
+    per_worker = worker_resources(False, 11.0)
+    assert reservable(per_worker, 1, {"CPU": 8.0, "memory": 10 * GIB}) == {"CPU": 1.0}
+    assert reservable(per_worker, 1, {"CPU": 8.0, "memory": 17 * GIB}) == per_worker
+    assert reservable(worker_resources(True, None), 8, {"GPU": 16.0}) == {"GPU": 1.0}
+
+
 @pytest.mark.ray
 def test_evaluate_runs_the_loop_and_writes_every_field(ray_cluster, tmp_path):
     """An ARHN output of the shipped sample (replayed), evaluated on the shipped set: the baseline is

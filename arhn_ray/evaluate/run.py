@@ -25,13 +25,13 @@ from arhn_ray.evaluate.beir import load_beir
 from arhn_ray.evaluate.metrics import bootstrap_mean, mean, paired_bootstrap, per_query
 from arhn_ray.evaluate.report import render_markdown, render_png, write_card_section
 from arhn_ray.evaluate.retrieve import retrieve
-from arhn_ray.evaluate.train import arms_at_once, examples, train_arm, worker_resources
+from arhn_ray.evaluate.train import arms_at_once, examples, reservable, train_arm, worker_resources
 from arhn_ray.pipeline.placement import init_ray
 
 log = logging.getLogger(__name__)
 ARMS = ("zero_shot", "original", "refined", "topk_percpos")
 SETTINGS = ("model", "query_prefix", "passage_prefix", "max_seq_len", "batch_size", "mini_batch_size", "lr", "warmup_ratio",
-            "epochs", "negatives", "seed", "workers", "use_gpu", "worker_memory_gb")  # fmt: skip
+            "epochs", "negatives", "seed", "workers", "use_gpu")  # fmt: skip
 
 
 def saved_config(out: OutputLayout, overrides: list[str]) -> Config:
@@ -71,15 +71,21 @@ def train_arms(rows: dict[str, list[dict]], settings: dict[str, Any], ev, work: 
     import ray
 
     arms = [a for a in ARMS if a != "zero_shot"]
-    per_worker = worker_resources(ev.use_gpu, ev.worker_memory_gb)
-    at_once = arms_at_once(len(arms), ev.workers, per_worker, ray.cluster_resources(), ev.arms_at_once)
+    cluster = ray.cluster_resources()
+    asked = worker_resources(ev.use_gpu, ev.worker_memory_gb)
+    per_worker = reservable(asked, ev.workers, cluster)
+    if per_worker != asked:
+        log.warning("evaluate: Ray has %.1f GiB of memory here, less than an arm's %d worker(s) x %g GiB (evaluate.worker_memory_gb): "
+                    "the arms train one at a time, without reserving it; lower evaluate.batch_size or max_seq_len if one runs "
+                    "out of memory", cluster.get("memory", 0.0) / 2**30, ev.workers, ev.worker_memory_gb)  # fmt: skip
+    at_once = arms_at_once(len(arms), ev.workers, per_worker, cluster, ev.arms_at_once if per_worker == asked else 1)
     log.warning("evaluate: training %d arms, %d at a time (%d worker(s) each, a worker reserves %s)", len(arms), at_once, ev.workers,
                 ", ".join(f"{v / 2**30:g} GiB memory" if k == "memory" else f"{v:g} {k}" for k, v in per_worker.items()))  # fmt: skip
 
     def one(arm: str) -> tuple[str, dict[str, Any]]:
         train = examples(rows[arm], ev.negatives, ev.seed, ev.query_prefix, ev.passage_prefix)
         log.warning("evaluate: training the %s arm on %d examples", arm, len(train))
-        metrics = train_arm(arm, train, settings, str(work / "ray"), str(work / arm))
+        metrics = train_arm(arm, train, settings, per_worker, str(work / "ray"), str(work / arm))
         return str(work / arm), {"examples": len(train), **metrics}
 
     with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="arhn-arm") as pool:

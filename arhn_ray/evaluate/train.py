@@ -41,6 +41,14 @@ def worker_resources(use_gpu: bool, memory_gb: float | None) -> dict[str, float]
     return need | ({"memory": memory_gb * 2**30} if memory_gb else {})
 
 
+def reservable(per_worker: dict[str, float], workers: int, cluster: dict[str, float]) -> dict[str, float]:
+    """``per_worker`` without its memory when the cluster's memory cannot hold one arm's workers:
+    Ray would otherwise wait forever for a reservation it can never grant."""
+    if per_worker.get("memory", 0.0) * workers <= cluster.get("memory", 0.0):
+        return per_worker
+    return {k: v for k, v in per_worker.items() if k != "memory"}
+
+
 def arms_at_once(arms: int, workers: int, per_worker: dict[str, float], cluster: dict[str, float], asked: int = 0) -> int:
     """How many arms train side by side: ``asked`` if set, else as many whole arms (``workers``
     workers of ``per_worker`` each) as the cluster's resources hold at once."""
@@ -88,8 +96,10 @@ def train_loop(config: dict[str, Any]) -> None:
         ray.train.report(metrics)
 
 
-def train_arm(name: str, rows_examples: list[dict], settings: dict[str, Any], storage: str, target: str) -> dict[str, Any]:
-    """Fine-tune ``settings['model']`` on the examples in a Ray Train job; the model is copied to
+def train_arm(name: str, rows_examples: list[dict], settings: dict[str, Any], per_worker: dict[str, float], storage: str,
+              target: str) -> dict[str, Any]:  # fmt: skip
+    """Fine-tune ``settings['model']`` on the examples in a Ray Train job of ``settings['workers']``
+    workers reserving ``per_worker`` each; the model is copied to
     ``target``; returns the run's metrics (steps, training loss, the rank-0 worker's peak memory, seconds)."""
     import shutil
     import time
@@ -100,8 +110,7 @@ def train_arm(name: str, rows_examples: list[dict], settings: dict[str, Any], st
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={**settings, "examples": rows_examples},
-        scaling_config=ScalingConfig(num_workers=settings["workers"], use_gpu=settings["use_gpu"],
-                                     resources_per_worker=worker_resources(settings["use_gpu"], settings["worker_memory_gb"])),
+        scaling_config=ScalingConfig(num_workers=settings["workers"], use_gpu=settings["use_gpu"], resources_per_worker=per_worker),
         run_config=RunConfig(name=f"arhn-evaluate-{name}", storage_path=storage),
     )
     started = time.perf_counter()
