@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from arhn_ray.config import Config, load_config
+from arhn_ray.config import Config, EvaluateConfig, load_config
 from arhn_ray.data.layout import OutputLayout
 from arhn_ray.data.parts import parts_to_run
 from arhn_ray.data.rows import read_rows
@@ -64,7 +64,7 @@ def baseline_rows(cfg: Config, out: OutputLayout, baseline: str | None) -> tuple
     return list(OutputLayout(target, out.storage_options).read_rows("refined")), target
 
 
-def train_arms(rows: dict[str, list[dict]], settings: dict[str, Any], ev, work: Path) -> tuple[dict[str, tuple[str, dict]], int]:
+def train_arms(rows: dict[str, list[dict]], settings: dict[str, Any], ev: EvaluateConfig, work: Path) -> tuple[dict[str, tuple[str, dict]], int]:
     """Trains every arm but ``zero_shot``, side by side as far as the cluster holds them (each arm
     its own Ray Train run; identical settings and seeds, so the order does not matter). Returns each
     arm's model folder and training metrics, and how many arms trained at once."""
