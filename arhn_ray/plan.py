@@ -84,7 +84,6 @@ def make_plan(cfg: Config, assume: Assumptions | None = None) -> RunEstimate:
     from arhn_ray.data.layout import OutputLayout
     from arhn_ray.data.parts import parts_to_run
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a plan downloads nothing: tokenizers not on this machine are not used
     options = method_options(cfg)
     assume = assume or Assumptions()
     if assume.stage1_output_tokens_per_doc is None:
@@ -209,7 +208,7 @@ def _truncator(cfg: Config):
     from arhn_ray.data.truncation import make_truncator
 
     try:
-        return make_truncator(cfg.truncation.tokenizer, cfg.truncation.max_seq_len)
+        return make_truncator(cfg.truncation.tokenizer, cfg.truncation.max_seq_len, local_files_only=True)
     except Exception:  # not on this machine: the plan counts untruncated passages, an upper bound
         return None
 

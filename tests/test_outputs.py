@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pyarrow.parquet as pq
 import pytest
@@ -284,6 +285,26 @@ def test_plan_reports_the_shipped_sample_without_calling_an_llm(capsys):
     text = capsys.readouterr().out
     assert "on 16 GPUs" in text and "GPU-hours" in text and "not readable here" in text
     assert "evaluate          ~" in text and "3 arms, 2 at a time" in text
+
+
+def test_plan_asks_the_hub_nothing_even_where_the_hub_library_is_already_loaded(capsys, monkeypatch):
+    """In a notebook (or this test session) huggingface_hub is imported before plan runs, so an
+    environment switch plan set would come too late: a tokenizer not on this machine made it
+    retry the unreachable hub for minutes (93 s in a CI run). Plan loads local files only, and
+    leaves the caller's environment as it was."""
+    import huggingface_hub.file_download as fd
+
+    asked = []
+
+    def no_network(url, *args, **kwargs):
+        asked.append(url)
+        raise OSError("no hub here")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(fd, "get_hf_file_metadata", no_network)
+    assert main(["plan", str(ROOT / "conf" / "qwen3-32b-a100x16.yaml"), "input.path=arhn_ray/samples", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["stage1_calls"] == 60
+    assert asked == [] and "HF_HUB_OFFLINE" not in os.environ
 
 
 def test_plan_prices_evaluate_from_the_rows_and_the_stated_rates(capsys):

@@ -10,11 +10,11 @@ from functools import lru_cache
 
 
 class Truncator:
-    def __init__(self, tokenizer: str, max_seq_len: int = 512):
+    def __init__(self, tokenizer: str, max_seq_len: int = 512, local_files_only: bool = False):
         from transformers import AutoTokenizer
 
-        self.name, self.max_seq_len = tokenizer, max_seq_len
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        self.name, self.max_seq_len, self.local_files_only = tokenizer, max_seq_len, local_files_only
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer, local_files_only=local_files_only)
         self.budget = max_seq_len - self.tokenizer.num_special_tokens_to_add(pair=False)
         if self.budget < 1:
             raise ValueError(f"truncation.max_seq_len={max_seq_len} leaves no room for text")
@@ -32,12 +32,13 @@ class Truncator:
 
     def __reduce__(self):
         """Sent to Ray workers by name, not with its cache."""
-        return (Truncator, (self.name, self.max_seq_len))
+        return (Truncator, (self.name, self.max_seq_len, self.local_files_only))
 
 
-def make_truncator(tokenizer: str | None, max_seq_len: int) -> Truncator | None:
-    """The config's truncation (``truncation.tokenizer``, ``truncation.max_seq_len``); None: passages stay whole."""
-    return Truncator(resolve_tokenizer(tokenizer), max_seq_len) if tokenizer else None
+def make_truncator(tokenizer: str | None, max_seq_len: int, local_files_only: bool = False) -> Truncator | None:
+    """The config's truncation (``truncation.tokenizer``, ``truncation.max_seq_len``); None: passages stay whole.
+    ``local_files_only``: from this machine's cache only, never the hub."""
+    return Truncator(resolve_tokenizer(tokenizer), max_seq_len, local_files_only) if tokenizer else None
 
 
 def resolve_tokenizer(name: str) -> str:
