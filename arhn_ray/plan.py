@@ -135,14 +135,14 @@ def make_plan(cfg: Config, assume: Assumptions | None = None) -> RunEstimate:
 def _price_evaluate(p: RunEstimate, cfg: Config, assume: Assumptions) -> None:
     """``arhn-ray evaluate`` after the run: three arms, each about one training example a valid
     row an epoch, side by side as the refine run's GPUs (or this machine's CPUs) hold them."""
-    from arhn_ray.evaluate.train import arms_at_once, worker_resources
+    from arhn_ray.evaluate.train import arm_layout
 
     ev = cfg.evaluate
     # the refine run's GPUs; on CPU this machine, with Ray's default share (70%) of its memory
     memory = 0.7 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     slots = {"GPU": float(p.gpus)} if ev.use_gpu else {"CPU": float(os.cpu_count() or 1), "memory": memory}
     p.evaluate_device = "GPU" if ev.use_gpu else "CPU"
-    p.evaluate_arms_at_once = arms_at_once(3, ev.workers, worker_resources(ev.use_gpu, ev.worker_memory_gb), slots, ev.arms_at_once)
+    _, p.evaluate_arms_at_once = arm_layout(ev, slots)
     rate = assume.train_queries_per_gpu_s if ev.use_gpu else assume.train_queries_per_cpu_s
     arm_s = (p.rows - p.rows_invalid) * ev.epochs / (ev.workers * rate)
     rounds = -(-3 // p.evaluate_arms_at_once)

@@ -97,6 +97,12 @@ def test_a_memory_reservation_no_node_can_grant_is_dropped_not_waited_for():
     assert reservable(per_worker, 1, {"CPU": 8.0, "memory": 10 * GIB}) == {"CPU": 1.0}
     assert reservable(per_worker, 1, {"CPU": 8.0, "memory": 17 * GIB}) == per_worker
     assert reservable(worker_resources(True, None), 8, {"GPU": 16.0}) == {"GPU": 1.0}
+    from arhn_ray.config import EvaluateConfig
+    from arhn_ray.evaluate.train import arm_layout
+
+    # what evaluate and plan both decide: without the reservation the arms go one at a time, even if more were asked
+    assert arm_layout(EvaluateConfig(arms_at_once=3), {"CPU": 8.0, "memory": 10 * GIB}) == ({"CPU": 1.0}, 1)
+    assert arm_layout(EvaluateConfig(arms_at_once=3), {"CPU": 8.0, "memory": 40 * GIB}) == (per_worker, 3)
 
 
 @pytest.mark.ray

@@ -25,7 +25,7 @@ from arhn_ray.evaluate.beir import load_beir
 from arhn_ray.evaluate.metrics import bootstrap_mean, mean, paired_bootstrap, per_query
 from arhn_ray.evaluate.report import render_markdown, render_png, write_card_section
 from arhn_ray.evaluate.retrieve import retrieve
-from arhn_ray.evaluate.train import arms_at_once, examples, reservable, train_arm, worker_resources
+from arhn_ray.evaluate.train import arm_layout, examples, train_arm
 from arhn_ray.pipeline.placement import init_ray
 
 log = logging.getLogger(__name__)
@@ -72,13 +72,11 @@ def train_arms(rows: dict[str, list[dict]], settings: dict[str, Any], ev: Evalua
 
     arms = [a for a in ARMS if a != "zero_shot"]
     cluster = ray.cluster_resources()
-    asked = worker_resources(ev.use_gpu, ev.worker_memory_gb)
-    per_worker = reservable(asked, ev.workers, cluster)
-    if per_worker != asked:
+    per_worker, at_once = arm_layout(ev, cluster, len(arms))
+    if ev.worker_memory_gb and "memory" not in per_worker:
         log.warning("evaluate: Ray has %.1f GiB of memory here, less than an arm's %d worker(s) x %g GiB (evaluate.worker_memory_gb): "
                     "the arms train one at a time, without reserving it; lower evaluate.batch_size or max_seq_len if one runs "
                     "out of memory", cluster.get("memory", 0.0) / 2**30, ev.workers, ev.worker_memory_gb)  # fmt: skip
-    at_once = arms_at_once(len(arms), ev.workers, per_worker, cluster, ev.arms_at_once if per_worker == asked else 1)
     log.warning("evaluate: training %d arms, %d at a time (%d worker(s) each, a worker reserves %s)", len(arms), at_once, ev.workers,
                 ", ".join(f"{v / 2**30:g} GiB memory" if k == "memory" else f"{v:g} {k}" for k, v in per_worker.items()))  # fmt: skip
 

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from arhn_ray.data.export import sample_negatives
 from arhn_ray.data.records import passage_text
+
+if TYPE_CHECKING:
+    from arhn_ray.config import EvaluateConfig
 
 
 def examples(rows: list[dict], negatives: int, seed: int, query_prefix: str = "", passage_prefix: str = "") -> list[dict]:
@@ -56,6 +59,14 @@ def arms_at_once(arms: int, workers: int, per_worker: dict[str, float], cluster:
         return max(1, min(arms, asked))
     fits = min(int(cluster.get(k, 0.0) // (workers * v)) for k, v in per_worker.items())
     return max(1, min(arms, fits))
+
+
+def arm_layout(ev: EvaluateConfig, cluster: dict[str, float], arms: int = 3) -> tuple[dict[str, float], int]:
+    """What each training worker reserves on ``cluster`` and how many arms train at once there: a
+    memory reservation the cluster cannot hold is dropped, and the arms then go one at a time."""
+    asked = worker_resources(ev.use_gpu, ev.worker_memory_gb)
+    per_worker = reservable(asked, ev.workers, cluster)
+    return per_worker, arms_at_once(arms, ev.workers, per_worker, cluster, ev.arms_at_once if per_worker == asked else 1)
 
 
 def train_loop(config: dict[str, Any]) -> None:
@@ -99,8 +110,8 @@ def train_loop(config: dict[str, Any]) -> None:
 def train_arm(name: str, rows_examples: list[dict], settings: dict[str, Any], per_worker: dict[str, float], storage: str,
               target: str) -> dict[str, Any]:  # fmt: skip
     """Fine-tune ``settings['model']`` on the examples in a Ray Train job of ``settings['workers']``
-    workers reserving ``per_worker`` each; the model is copied to
-    ``target``; returns the run's metrics (steps, training loss, the rank-0 worker's peak memory, seconds)."""
+    workers reserving ``per_worker`` each; the model is copied to ``target``; returns the run's
+    metrics (steps, training loss, the rank-0 worker's peak memory, seconds)."""
     import shutil
     import time
 

@@ -45,7 +45,7 @@ def main() -> None:
     from arhn_ray.evaluate.beir import load_beir
     from arhn_ray.evaluate.retrieve import retrieve
     from arhn_ray.evaluate.run import SETTINGS, train_arms
-    from arhn_ray.evaluate.train import arms_at_once, worker_resources
+    from arhn_ray.evaluate.train import arm_layout
     from arhn_ray.plan import Assumptions
 
     ev = load_config(str(ROOT / "conf" / "local.yaml")).evaluate
@@ -58,7 +58,7 @@ def main() -> None:
           f"batch {ev.batch_size}, max_seq_len {ev.max_seq_len}, {ev.epochs} epoch(s), model {ev.model}", flush=True)  # fmt: skip
     wall = {}
     for at_once in (1, 0):
-        if at_once == 0 and arms_at_once(3, ev.workers, worker_resources(False, ev.worker_memory_gb), ray.cluster_resources()) == 1:
+        if at_once == 0 and arm_layout(ev, ray.cluster_resources())[1] == 1:
             print(f"side by side: not run, this cluster holds one arm at a time ({ray.cluster_resources()['memory'] / 2**30:.1f} GiB "
                   f"of Ray memory, {ev.worker_memory_gb:g} GiB a worker)")  # fmt: skip
             break
