@@ -8,8 +8,8 @@ import hashlib
 import json
 
 from arhn_ray import __version__
-from arhn_ray.data.records import passage_text
 from arhn_ray.engines.teacher import Teacher
+from arhn_ray.method.passages import passage_text
 from arhn_ray.method.topk_percpos import decide
 from arhn_ray.refine import Outcome
 

@@ -60,7 +60,7 @@ class Stage1Config:
     constraint: str = "none"  # none | format | verbatim (with sentence_ids: any but none allows only existing ids)
     max_tokens: int = 1024
     # text: the model copies each snippet (the paper); sentence_ids: it answers ids of the passage's
-    # numbered sentences and the snippet is cut from the passage (prompts ids-v1 unless prompts.dir is set)
+    # numbered sentences and the snippet is cut from the passage (prompts ids-v2 unless prompts.dir is set)
     output: str = "text"
 
 
@@ -78,9 +78,12 @@ class TruncationConfig:
     max_seq_len: int = 512
 
 
+IDS_PROMPTS = {"paper-v1": "ids-v1", "paper-v2": "ids-v2"}  # the sentence-ids twin of each copied-text version
+
+
 @dataclass
 class PromptsConfig:
-    version: str = "paper-v1"
+    version: str = "paper-v2"  # paper-v1: Figure 3 word for word (no titles, n in the first line)
     dir: str | None = None
 
 
@@ -195,8 +198,8 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
         raise ConfigError(f"config key {key!r}: {e.msg if hasattr(e, 'msg') else e}") from None
-    if cfg.stage1.output == "sentence_ids" and cfg.prompts.version == "paper-v1" and not cfg.prompts.dir:
-        cfg.prompts.version = "ids-v1"  # the paper's Stage 1 asks for copied text, not ids
+    if cfg.stage1.output == "sentence_ids" and cfg.prompts.version in IDS_PROMPTS and not cfg.prompts.dir:
+        cfg.prompts.version = IDS_PROMPTS[cfg.prompts.version]  # the paper's Stage 1 asks for copied text, not ids
     check(cfg)
     return cfg
 

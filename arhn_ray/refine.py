@@ -173,7 +173,8 @@ class Refiner:
                 out[r] = Outcome(row, f"stage 1 outputs for {len(calls)} chunks, expected {len(plan.chunks)}", "llm")
                 continue
             snippets = [lb.read_stage1(plan, c, call["stage1_text"] or "", self.options) for c, call in enumerate(calls)]
-            stage2 = [lb.stage2_request(plan, c, s, self.prompts, self.options) for c, s in enumerate(snippets)]
+            anchor = snippets[0].anchor(self.options) if snippets else None
+            stage2 = [lb.stage2_request(plan, c, s, self.prompts, self.options, anchor) for c, s in enumerate(snippets)]
             for c, req in enumerate(stage2):
                 if req is not None:
                     requests.append(ChatRequest(chat(req.prompt), (row["query_id"], 2, c), self.stage2_max_tokens, req.constraint))
@@ -205,6 +206,7 @@ class Refiner:
                 "negative_passages": labels.negative_passages,
                 "decisions": labels.decisions,
                 "positive_snippet": labels.positive_snippet,
+                "positive_grounding": labels.positive_grounding,
                 "provenance": self.provenance,
             }
             out[r] = Outcome(refined, labels.rejected, "decisions" if labels.rejected else None)

@@ -18,6 +18,7 @@ COUNTERS = (
     "keep",
     "no_answer",
     "positive_no_answer",
+    "positive_ungrounded",  # anchor snippets not found in their passage, ranked as the model wrote them
     "stage1_calls",
     "stage2_calls",
     "stage2_skipped",
@@ -58,6 +59,8 @@ class RunStats:
                 c["no_answer"] += 1
         if decisions and row.get("positive_snippet") is None:
             c["positive_no_answer"] += 1
+        if decisions and row.get("positive_grounding") == "ungrounded" and row.get("positive_snippet") is not None:
+            c["positive_ungrounded"] += 1
         self._add_llm(s, row.get("llm") or [])
 
     def _add_llm(self, s: str, calls: list[dict]) -> None:

@@ -87,8 +87,61 @@ def test_chunks_of_n_share_the_anchor_and_leave_no_negative_unrefined():
     assert [r.key[2] for r in stage1] == [0, 1, 2]
     for r in stage1:
         assert "doc1:\nPositive passage zero." in r.messages[0]["content"]
-    assert "Output exactly 6 blocks" in stage1[2].messages[0]["content"]
+    assert "output exactly 6 blocks" in stage1[2].messages[0]["content"]
     assert len(out.row["decisions"]) == 25
+
+
+def test_later_chunks_rank_the_first_chunks_anchor_snippet():
+    """One anchor a row: chunk 1's own (different) anchor answer is not what its Stage 2 ranks."""
+    row = make_row(12)
+    other = "Positive passage zero."
+    out, engine = refine(
+        row, lambda c: [ANCHOR if c == 0 else other] + [neg_snippet(c * 10 + i) for i in range(10 if c == 0 else 2)], lambda c: "[1] > [2] > [3]"
+    )
+    stage2 = {r.key[2]: r.messages[0]["content"] for r in engine.requests if r.key[1] == 2}
+    assert set(stage2) == {0, 1}
+    assert f"[1] {ANCHOR}" in stage2[0] and f"[1] {ANCHOR}" in stage2[1] and f"[1] {other}" not in stage2[1]
+    assert out.row["positive_snippet"] == ANCHOR and out.row["positive_grounding"] == "exact"
+
+
+def test_the_llm_reads_title_then_text_and_a_snippet_may_come_from_the_title():
+    row = make_row(1, query="who founded acme?")
+    row["positive_passages"][0]["title"] = "Acme Corporation"
+    row["negative_passages"][0]["title"] = "Jane Doe (founder)"
+    out, engine = refine(row, lambda c: ["Acme Corporation Positive passage zero.", "Jane Doe (founder)"], lambda c: "[2] > [1]")
+    prompt = engine.requests[0].messages[0]["content"]
+    assert "doc1:\nAcme Corporation Positive passage zero. X is a letter." in prompt
+    assert "doc2:\nJane Doe (founder) Negative passage number 0." in prompt
+    assert out.row["decisions"][0]["snippet"] == "Jane Doe (founder)" and out.row["decisions"][0]["grounding"] == "exact"
+    assert actions(out) == [("n0", "relabel", "ranked_above_positive")]
+    # the drop-in output keeps the passage as it came, title and text apart
+    assert out.row["positive_passages"][1] == row["negative_passages"][0]
+
+
+def test_an_ungrounded_anchor_snippet_is_ranked_not_taken_as_no_answer():
+    paraphrase = "X is one of the letters of the alphabet."  # not in the positive passage
+    for literal_off in ({}, {"ungrounded_as_no_answer": True}, {"ungrounded_as_no_answer": False}):
+        out, engine = refine(make_row(2), lambda c: [paraphrase, neg_snippet(0), neg_snippet(1)], lambda c: "[1] > [3] > [2]", **literal_off)
+        stage2 = [r for r in engine.requests if r.key[1] == 2]
+        assert len(stage2) == 1 and f"[1] {paraphrase}" in stage2[0].messages[0]["content"]
+        assert actions(out) == [("n0", "filter", "answer_below_positive"), ("n1", "filter", "answer_below_positive")]
+        assert out.row["positive_snippet"] == paraphrase and out.row["positive_grounding"] == "ungrounded"
+
+
+def test_paper_literal_ranks_a_no_answer_anchor_and_its_ranking_decides():
+    out, engine = refine(make_row(2), lambda c: [None, neg_snippet(0), neg_snippet(1)], lambda c: "[2] > [1] > [3]", paper_literal=True)
+    stage2 = [r for r in engine.requests if r.key[1] == 2]
+    assert len(stage2) == 1 and "[1] NO_ANSWER" in stage2[0].messages[0]["content"]
+    assert actions(out) == [("n0", "relabel", "ranked_above_positive"), ("n1", "filter", "answer_below_positive")]
+
+
+@pytest.mark.parametrize("variant", lb.VARIANTS)
+def test_a_duplicate_of_the_positive_is_filtered_in_every_variant(variant):
+    row = make_row(1)
+    row["negative_passages"].append(passage("dup", "Positive passage zero. X is a letter."))
+    out, _ = refine(row, lambda c: [ANCHOR, neg_snippet(0)], lambda c: "[2] > [1]", variant=variant)
+    assert actions(out)[1] == ("dup", "filter", "duplicate_of_positive")
+    assert "dup" not in [p["docid"] for p in out.row["positive_passages"] + out.row["negative_passages"]]
 
 
 def test_duplicate_detection_survives_unicode_forms():
@@ -104,7 +157,7 @@ def test_duplicate_of_positive_is_filtered_and_takes_no_slot():
     row["negative_passages"].insert(1, passage("dup", "positive PASSAGE zero.  X is a letter!"))
     out, engine = refine(row, lambda c: [ANCHOR, None, None], lambda c: "")
     assert actions(out)[1] == ("dup", "filter", "duplicate_of_positive")
-    assert "Output exactly 3 blocks" in engine.requests[0].messages[0]["content"]
+    assert "output exactly 3 blocks" in engine.requests[0].messages[0]["content"]
 
 
 @pytest.mark.parametrize("policy,action", [("paper", "relabel"), ("keep", "keep")])
@@ -112,7 +165,7 @@ def test_positive_no_answer_policies(policy, action):
     out, engine = refine(make_row(2), lambda c: [None, neg_snippet(0), None], lambda c: pytest.fail("no Stage 2"), positive_no_answer=policy)
     assert actions(out)[0] == ("n0", action, "positive_no_answer")
     assert actions(out)[1] == ("n1", "keep", "no_answer")
-    assert out.rejected is None
+    assert out.rejected is None and out.row["positive_grounding"] is None
 
 
 def test_positive_no_answer_reject():

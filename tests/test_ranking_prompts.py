@@ -47,7 +47,7 @@ def test_ranking_is_always_a_permutation(text, n):
 
 def test_prompt_versions_have_a_stable_hash_and_load_from_a_folder(tmp_path):
     a, b = PromptSet.load(), PromptSet.load()
-    assert a.version == "paper-v1" and a.sha256 == b.sha256 and len(a.sha256) == 16
+    assert a.version == "paper-v2" and a.sha256 == b.sha256 and len(a.sha256) == 16
     for name in ("stage1", "stage1_document", "stage2", "stage2_item", "prhn"):
         (tmp_path / f"{name}.txt").write_text(getattr(a, name) + ("\nextra" if name == "stage2" else ""))
     c = PromptSet.load("custom", tmp_path)
@@ -55,8 +55,11 @@ def test_prompt_versions_have_a_stable_hash_and_load_from_a_folder(tmp_path):
 
 
 def test_stage1_prompt_holds_figure_3_and_the_documents():
+    literal = PromptSet.load("paper-v1").stage1_prompt("who?", ["alpha text", "beta text"])
+    assert literal.startswith("You will be given (1) a question and (2) 2 documents (doc1..doc2).")
+    assert "Output exactly 2 blocks" in literal
     p = PromptSet.load().stage1_prompt("who?", ["alpha text", "beta text"])
-    assert "Output exactly 2 blocks" in p and "(doc1..doc2)" in p
+    assert "(2 documents: doc1..doc2; output exactly 2 blocks)" in p
     assert "MUST be copied VERBATIM" in p
     assert "doc1:\nalpha text" in p and "doc2:\nbeta text" in p
     assert "who?" in p

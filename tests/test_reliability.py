@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -419,7 +420,7 @@ def parrot(req):
     """A model that copies each document verbatim (Stage 1) and echoes the items in order (Stage 2)."""
     content = req.messages[0]["content"]
     if req.key[1] == 1:
-        docs = content.split("## Documents\n", 1)[1]
+        docs = re.split(r"## Documents[^\n]*\n", content, maxsplit=1)[1]
         parts = docs.split("\n\ndoc")
         texts = [p.split(":\n", 1)[1] for p in parts]
         return blocks(texts)

@@ -103,6 +103,8 @@ def test_the_refiner_in_sentence_ids_mode_gives_exact_snippets_and_the_papers_la
 
 def test_config_picks_the_ids_prompt_version_and_the_default_stays_the_papers():
     cfg = load_config(str(ROOT / "conf" / "local.yaml"), ["stage1.output=sentence_ids"])
-    assert cfg.prompts.version == "ids-v1" and method_options(cfg).stage1_output == "sentence_ids"
+    assert cfg.prompts.version == "ids-v2" and method_options(cfg).stage1_output == "sentence_ids"
+    literal = load_config(str(ROOT / "conf" / "local.yaml"), ["stage1.output=sentence_ids", "prompts.version=paper-v1"])
+    assert literal.prompts.version == "ids-v1"
     assert load_config(str(ROOT / "conf" / "local.yaml")).stage1.output == "text"
-    assert load_config(str(ROOT / "conf" / "local.yaml")).prompts.version == "paper-v1"
+    assert load_config(str(ROOT / "conf" / "local.yaml")).prompts.version == "paper-v2"

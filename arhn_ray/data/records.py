@@ -60,6 +60,7 @@ OUTPUT_SCHEMA = pa.schema(
     + [
         pa.field("decisions", pa.list_(DECISION)),
         pa.field("positive_snippet", pa.string()),
+        pa.field("positive_grounding", pa.string()),  # the anchor snippet's grounding (ungrounded: ranked as the model wrote it)
         pa.field("positive_score", pa.float64()),  # the TopK-PercPos teacher's score of the anchor positive; null for ARHN
         pa.field("llm", pa.list_(LLM_CALL)),
         pa.field("provenance", PROVENANCE),
@@ -75,12 +76,6 @@ REJECTED_SCHEMA = pa.schema(
         ("row", pa.string()),  # the input row as JSON, so nothing is lost
     ]
 )
-
-
-def passage_text(passage: dict) -> str:
-    """What a retriever or a teacher reads of a passage: its title (if any), then its text."""
-    title = (passage.get("title") or "").strip()
-    return f"{title} {passage['text']}" if title else passage["text"]
 
 
 class InvalidRow(ValueError):

@@ -45,6 +45,15 @@ class EngineConfig:
     # started again, up to start_attempts times, start_retry_wait_s apart (doubling)
     start_attempts: int = 3
     start_retry_wait_s: float = 30.0
+    # vllm: one engine start (a model load) that takes longer than this is a hang (a predecessor's
+    # workers still holding the GPUs): the replica exits and Ray restarts it
+    start_timeout_s: float = 1800.0
+    # vllm, async engine: requests handed to the engine at once; None: 1.1 x max_num_seqs (as
+    # ray.data.llm), so the engine's waiting queue stays short and the KV cache is not oversubscribed
+    max_inflight: int | None = None
+    # vllm: its speculative_config, e.g. {method: ngram, num_speculative_tokens: 4, prompt_lookup_max: 4}
+    # (prompt-lookup decoding: Stage 1 copies spans of its own prompt); None: off
+    speculative: dict[str, Any] | None = None
     # vllm: a call in flight with no engine step for this long means the engine is dead (hung GPU,
     # stopped process); the replica then exits and Ray restarts it. An exited engine process is
     # noticed within a second whatever this is.

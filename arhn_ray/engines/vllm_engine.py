@@ -73,6 +73,8 @@ class _VLLMBase:
                 kwargs[name] = getattr(o, name)
         if o.tensor_parallel_size * o.pipeline_parallel_size > 1:
             kwargs["distributed_executor_backend"] = "ray"
+        if o.speculative:
+            kwargs["speculative_config"] = dict(o.speculative)
         kwargs.update(o.engine_kwargs)
         return kwargs
 
@@ -96,7 +98,8 @@ class _VLLMBase:
             top_k=self.options.top_k,
             min_p=self.options.min_p,
             max_tokens=room,
-            seed=self.options.seed,
+            # no per-request seed: it makes vLLM sample request by request instead of in one batched
+            # kernel, and gives every request the same noise; the engine's seed makes a run repeatable
             structured_outputs=structured,
         )
 
@@ -193,6 +196,8 @@ class AsyncVLLMEngine(_VLLMBase):
         self.tokenizer = sync_tokenizer(self.llm)
         self.max_model_len = self.llm.model_config.max_model_len
         self._ids = itertools.count()
+        self.max_inflight = options.max_inflight or inflight_bound(engine_max_num_seqs(self.llm, options))
+        self._inflight = asyncio.Semaphore(self.max_inflight)
         self._watch()
 
     async def agenerate(self, requests: list[ChatRequest]) -> list[ChatResult]:
@@ -208,9 +213,10 @@ class AsyncVLLMEngine(_VLLMBase):
 
     async def _one(self, prompt: dict, sampling):
         final = None
-        async for out in self.llm.generate(prompt, sampling, request_id=f"arhn-{next(self._ids)}"):
-            self.watchdog.beat()  # type: ignore[union-attr]
-            final = out
+        async with self._inflight:  # batches overlap: without a bound the engine queues and preempts
+            async for out in self.llm.generate(prompt, sampling, request_id=f"arhn-{next(self._ids)}"):
+                self.watchdog.beat()  # type: ignore[union-attr]
+                final = out
         return final
 
     def close(self) -> None:
@@ -219,6 +225,36 @@ class AsyncVLLMEngine(_VLLMBase):
         llm = self.__dict__.pop("llm", None)
         if llm is not None:
             llm.shutdown()
+
+
+def inflight_bound(max_num_seqs: int) -> int:
+    """Requests handed to the engine at once: about 1.1 x what one step schedules (ray.data.llm's
+    bound), enough to refill the slots that free up without queueing past the KV cache."""
+    return max(1, -(-max_num_seqs * 11 // 10))
+
+
+def engine_max_num_seqs(llm, options: EngineConfig) -> int:
+    """What the engine's scheduler was given (its own default when the config leaves it unset)."""
+    try:
+        return int(llm.vllm_config.scheduler_config.max_num_seqs)
+    except AttributeError:
+        return options.max_num_seqs or 128
+
+
+def preemptions() -> int | None:
+    """vLLM's ``vllm:num_preemptions`` counter in this process (None where the engine exposes none)."""
+    try:
+        from prometheus_client import REGISTRY
+    except ImportError:
+        return None
+    total, seen = 0.0, False
+    for metric in REGISTRY.collect():
+        if metric.name in ("vllm:num_preemptions", "vllm:num_preemptions_total"):
+            for sample in metric.samples:
+                if sample.name.endswith("_total") or sample.name == metric.name:
+                    total += sample.value
+                    seen = True
+    return int(total) if seen else None
 
 
 def cpu_dtype(dtype: str) -> str:

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from arhn_ray.data.records import passage_text
+from arhn_ray.method.passages import passage_text
 
 
 class BeirError(ValueError):

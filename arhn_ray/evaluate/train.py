@@ -16,7 +16,7 @@ import random
 from typing import TYPE_CHECKING, Any
 
 from arhn_ray.data.export import sample_negatives
-from arhn_ray.data.records import passage_text
+from arhn_ray.method.passages import passage_text
 
 if TYPE_CHECKING:
     from arhn_ray.config import EvaluateConfig

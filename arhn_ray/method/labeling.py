@@ -1,8 +1,25 @@
 """Relabel, filter or keep every hard negative of a query (the paper's Eq. 8-10, made exact).
 
 A row is planned into chunks (the anchor positive plus at most N negatives each, duplicates of
-a positive taken out first); each chunk's Stage 1 snippets decide what Stage 2 sees; each
-chunk's ranking decides the labels. All functions here are pure.
+a positive taken out first); each passage is read as the retriever reads it (title, then text);
+each chunk's Stage 1 snippets decide what Stage 2 sees; each chunk's ranking decides the labels.
+A row has one anchor snippet, chunk 0's, ranked as [1] in every chunk's Stage 2; an anchor snippet
+that is not found in its passage is still ranked (the paper ranks what the model wrote), and the
+row says it was ungrounded.
+
+The variants, per negative (``duplicate_of_positive`` is filtered in all three: a negative that
+is the positive's own text is no negative and would be a second copy as a positive):
+
+======================  ==========  ==========  ==========
+Stage 2 said            ``rf``      ``relabel``  ``filter``
+======================  ==========  ==========  ==========
+ranked above [1]        relabel     relabel     keep
+ranked below [1]        filter      keep        filter
+NO_ANSWER (Stage 1)     keep        keep        keep
+======================  ==========  ==========  ==========
+
+``filter`` and ``relabel`` apply one of the paper's two rules each (its ARHN(Filter) and
+ARHN(Relabel)); the other side stays a negative. All functions here are pure.
 """
 
 from __future__ import annotations
@@ -14,6 +31,7 @@ from dataclasses import dataclass, field
 
 from arhn_ray.method import ranking as rk
 from arhn_ray.method.constraints import stage2_format
+from arhn_ray.method.passages import passage_text
 from arhn_ray.method.prompts import PromptSet
 from arhn_ray.method.snippets import UNGROUNDED
 from arhn_ray.method.stage1 import MODES, Stage1Read
@@ -76,7 +94,7 @@ def _head(text: str) -> str:
 
 @dataclass
 class RowPlan:
-    """A row cut into chunks. Passage texts are the truncated ones the LLM sees."""
+    """A row cut into chunks. Passage texts are what the LLM sees: title and text, truncated as the retriever truncates."""
 
     row: dict
     anchor_text: str
@@ -105,8 +123,8 @@ def plan_row(row: dict, options: MethodOptions, truncate: Callable[[str], str] |
     chunks = [rest[i : i + n] for i in range(0, len(rest), n)]
     return RowPlan(
         row=row,
-        anchor_text=cut(positives[0]["text"]),
-        negative_texts=[cut(neg["text"]) for neg in negatives],
+        anchor_text=cut(passage_text(positives[0])),
+        negative_texts=[cut(passage_text(neg)) for neg in negatives],
         duplicates=duplicates,
         chunks=chunks,
     )
@@ -127,10 +145,27 @@ class ChunkSnippets(Stage1Read):
     """Stage 1 result of one chunk: position 0 is the anchor, then the chunk's negatives."""
 
     def snippet(self, pos: int, options: MethodOptions) -> str | None:
+        """A negative's snippet; an ungrounded one is NO_ANSWER unless ``ungrounded_as_no_answer`` is off."""
         g = self.grounded[pos]
         if g.grounding == UNGROUNDED and not options.ungrounded_as_no_answer and MODES[options.stage1_output].keeps_ungrounded_text:
             return self.parsed[pos].text
         return g.snippet
+
+    def anchor(self, options: MethodOptions) -> Anchor:
+        """The anchor's snippet as Stage 2 ranks it: an ungrounded copy is ranked as the model wrote it
+        (the paper has no grounding step), whatever ``ungrounded_as_no_answer`` says for negatives."""
+        g = self.grounded[0]
+        if g.grounding == UNGROUNDED and MODES[options.stage1_output].keeps_ungrounded_text:
+            return Anchor(self.parsed[0].text, UNGROUNDED)
+        return Anchor(g.snippet, g.grounding)  # sentence ids: an id that points nowhere has no text to rank
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """The row's one anchor snippet (chunk 0's): None is NO_ANSWER; grounding as for negatives."""
+
+    snippet: str | None
+    grounding: str | None
 
 
 def read_stage1(plan: RowPlan, chunk: int, text: str, options: MethodOptions) -> ChunkSnippets:
@@ -146,22 +181,24 @@ class Stage2Request:
 
 
 def stage2_request(
-    plan: RowPlan, chunk: int, snippets: ChunkSnippets, prompts: PromptSet, options: MethodOptions
+    plan: RowPlan, chunk: int, snippets: ChunkSnippets, prompts: PromptSet, options: MethodOptions, anchor: Anchor | None = None
 ) -> Stage2Request | None:
-    """None when Stage 2 cannot change a label (no negative has a snippet, or the anchor has none)."""
+    """None when Stage 2 cannot change a label (no negative has a snippet, or the anchor has none);
+    ``paper_literal`` always ranks all N+1. ``anchor`` is the row's (chunk 0's when None)."""
+    anchor = anchor or snippets.anchor(options)
     size = len(plan.chunks[chunk]) + 1
     with_snippet = [p for p in range(1, size) if snippets.snippet(p, options) is not None]
     if options.paper_literal:
         positions = list(range(size))
     else:
-        if not with_snippet or snippets.snippet(0, options) is None:
+        if not with_snippet or anchor.snippet is None:
             return None
         positions = [0, *with_snippet]
     if options.stage2_input == "passage":
         passages = chunk_passages(plan, chunk)
         items: list[str | None] = [passages[p] for p in positions]
     else:
-        items = [snippets.snippet(p, options) for p in positions]
+        items = [anchor.snippet if p == 0 else snippets.snippet(p, options) for p in positions]
     prompt = prompts.stage2_prompt(plan.row["query"], items, passages=options.stage2_input == "passage")
     constraint = stage2_format(len(items)) if options.stage2_constraint == "format" else None
     return Stage2Request(prompt, constraint, positions)
@@ -173,6 +210,7 @@ class RowLabels:
     negative_passages: list[dict]
     decisions: list[dict]
     positive_snippet: str | None
+    positive_grounding: str | None = None
     rejected: str | None = None
     stage2_status: list[str | None] = field(default_factory=list)
 
@@ -190,16 +228,18 @@ def label_row(
     for i in plan.duplicates:
         decisions[i] = _decision(negatives[i], FILTER, "duplicate_of_positive", None, None, None)
     rejected = None
+    row_anchor = snippets[0].anchor(options) if snippets else Anchor(None, None)
+    if plan.chunks and row_anchor.snippet is None and options.positive_no_answer == "reject":
+        rejected = "positive_no_answer"
     for c, members in enumerate(plan.chunks):
         cs = snippets[c]
-        anchor = cs.snippet(0, options)
         ranked = stage2[c]
         ranks = {}
         if ranked is not None:
             request, ranking = ranked
             ranks = {request.positions[item - 1]: ranking.rank(item) for item in ranking.order}
-        if anchor is None and options.positive_no_answer == "reject":
-            rejected = "positive_no_answer"
+        # paper_literal ranked a NO_ANSWER anchor too: its ranking decides, as in the paper
+        anchor_unranked = row_anchor.snippet is None and not (options.paper_literal and ranked is not None)
         for pos, i in enumerate(members, 1):
             snippet = cs.snippet(pos, options)
             grounding = cs.grounded[pos].grounding
@@ -207,7 +247,7 @@ def label_row(
             if snippet is None:
                 reason = "ungrounded" if grounding == UNGROUNDED else "no_answer"
                 action = KEEP
-            elif anchor is None:
+            elif anchor_unranked:
                 reason = "positive_no_answer"
                 action = RELABEL if options.positive_no_answer == "paper" else KEEP
             elif ranked is None or ranked[1].status == rk.PARSE_FALLBACK:
@@ -226,7 +266,8 @@ def label_row(
         positive_passages=list(row["positive_passages"]) + relabeled,
         negative_passages=[neg for neg, d in zip(negatives, decisions) if d["action"] == KEEP],
         decisions=decisions,  # type: ignore[arg-type]
-        positive_snippet=snippets[0].snippet(0, options) if snippets else None,
+        positive_snippet=row_anchor.snippet,
+        positive_grounding=row_anchor.grounding,
         rejected=rejected,
         stage2_status=[r[1].status if r else None for r in stage2],
     )

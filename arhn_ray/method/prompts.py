@@ -1,7 +1,10 @@
 """Stage 1, Stage 2 and PRHN prompts, built from versioned template files.
 
-The templates are data (``arhn_ray/prompts/<version>/*.txt``, Figure 3 of the paper for
-``paper-v1``); a config can point ``prompts.dir`` at another folder. Every passage and
+The templates are data (``arhn_ray/prompts/<version>/*.txt``): ``paper-v1`` is Figure 3 of the
+paper word for word; ``paper-v2`` (the default) tells the model a document is its title then its
+text, and puts Stage 1's fixed rules before anything that varies (n, the question, the documents),
+so that an engine's prefix cache serves the rules to every call; ``ids-v1``/``ids-v2`` are their
+sentence-ids twins. A config can point ``prompts.dir`` at another folder. Every passage and
 snippet is neutralised before it enters a prompt so that no document can forge a block
 marker, a ranking id or the NO_ANSWER token.
 """
@@ -13,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_VERSION = "paper-v1"
+DEFAULT_VERSION = "paper-v2"
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "prompts"
 TEMPLATE_FILES = ("stage1.txt", "stage1_document.txt", "stage2.txt", "stage2_item.txt", "prhn.txt")
 NO_ANSWER = "NO_ANSWER"
