@@ -57,6 +57,8 @@ def summary(stats: dict, output: str) -> str:
            f"{o['stage2_prompt_tokens']} prompt + {o['stage2_output_tokens']} output tokens"]
           if stats.get("method", "arhn") == "arhn" else [f"  method        {stats['method']}, teacher {stats.get('model')}"]),
         f"  wall time     {t.get('wall_s', 0):.1f} s",
+        *([f"  preemptions   {stats['preemptions']} (vLLM recomputed these requests: more in flight than its KV cache held)"]
+          if "preemptions" in stats else []),
     ]
     if stats.get("unreadable_shards"):
         lines.append(f"  unreadable    {json.dumps(stats['unreadable_shards'])}")

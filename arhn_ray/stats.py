@@ -79,10 +79,13 @@ class RunStats:
                 c["stage2_cut"] += call.get("stage2_finish_reason") == "length"
                 self.stage2_status[s][call.get("stage2_status") or "unknown"] += 1
 
-    def add_timing(self, engine_s: float, start_s: float) -> None:
-        """Replica time spent refining (summed over replicas) and starting engines, in seconds."""
+    def add_timing(self, engine_s: float, start_s: float, preemptions: int | None = None) -> None:
+        """Replica time spent refining (summed over replicas) and starting engines, in seconds; vLLM's
+        preemptions where the engine exposes them."""
         self.timing["engine_s"] += engine_s
         self.timing["engine_start_s"] += start_s
+        if preemptions is not None:
+            self.timing["preemptions"] += preemptions
 
     def add_rejected(self, subset: str | None, reason: str) -> None:
         self.subsets[subset or "default"]["rejected"] += 1
@@ -118,6 +121,7 @@ class RunStats:
             "stage2_status": merged(self.stage2_status),
             "rejected_reasons": dict(self.rejected_reasons),
             "replica_time": {k: round(self.timing[k], 4) for k in ("engine_s", "engine_start_s")},
+            **({"preemptions": int(self.timing["preemptions"])} if "preemptions" in self.timing else {}),
             "raw": {
                 "subsets": {k: dict(v) for k, v in self.subsets.items()},
                 "reasons": {k: dict(v) for k, v in self.reasons.items()},
@@ -136,6 +140,8 @@ class RunStats:
                 getattr(st, name)[k].update(v)
         st.rejected_reasons.update(data.get("rejected_reasons", {}))
         st.timing.update(data.get("replica_time", {}))
+        if "preemptions" in data:
+            st.timing["preemptions"] += data["preemptions"]
         return st
 
 

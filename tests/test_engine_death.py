@@ -257,3 +257,71 @@ def test_leaving_kills_the_engine_but_spares_the_resource_tracker_which_unlinks_
     while Path(f"/dev/shm/{name}").exists() and time.time() < deadline:
         time.sleep(0.1)
     assert not Path(f"/dev/shm/{name}").exists(), "the segment was left in /dev/shm"
+
+
+@pytest.mark.ray
+def test_a_restarted_replica_ends_the_engine_process_its_dead_predecessor_left(ray_cluster, tmp_path):
+    """A replica SIGKILLed by something other than the watchdog (the OOM killer) leaves its engine
+    process running; the same actor, restarted by Ray, ends it before starting its own engine."""
+    import psutil
+    import ray
+
+    @ray.remote(num_cpus=0, max_restarts=1)
+    class Replica:
+        def __init__(self, folder: str):
+            from arhn_ray.engines.lifecycle import prepare_replica
+
+            self.folder = Path(folder)
+            life = len(list(self.folder.glob("life-*")))
+            (self.folder / f"life-{life}").write_text(json.dumps(prepare_replica()))
+            # the "engine": a child that ignores its parent's death, as vLLM's engine core can
+            self.engine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True)
+            (self.folder / f"engine-{life}").write_text(str(self.engine.pid))
+
+        def die(self) -> None:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        def ready(self) -> bool:
+            return True
+
+    replica = Replica.remote(str(tmp_path))
+    assert ray.get(replica.ready.remote())
+    first = int((tmp_path / "engine-0").read_text())
+    replica.die.remote()
+    deadline = time.time() + 60
+    while not (tmp_path / "life-1").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert ray.get(replica.ready.remote(), timeout=60)
+    ended = json.loads((tmp_path / "life-1").read_text())
+    assert json.loads((tmp_path / "life-0").read_text()) == []  # a first start ends nothing
+    assert f"process {first}" in ended
+    gone = time.time() + 20
+    while psutil.pid_exists(first) and psutil.Process(first).status() != psutil.STATUS_ZOMBIE and time.time() < gone:
+        time.sleep(0.2)
+    assert not psutil.pid_exists(first) or psutil.Process(first).status() == psutil.STATUS_ZOMBIE
+    second = int((tmp_path / "engine-1").read_text())
+    assert psutil.pid_exists(second)  # its own engine is left alone
+    ray.kill(replica)
+    psutil.Process(second).kill()
+
+
+def test_an_engine_start_past_its_deadline_ends_the_replica():
+    """start_engine under engine.start_timeout_s: a load that hangs ends the process (Ray restarts it)."""
+    code = (
+        "import time\n"
+        "from arhn_ray.engines import factory\n"
+        "from arhn_ray.engines.options import EngineConfig\n"
+        "factory.make_engine = lambda engine: time.sleep(60)\n"
+        "factory.start_engine(EngineConfig(start_timeout_s=1.0, start_attempts=1))\n"
+        "print('returned')\n"
+    )
+    began = time.time()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50, cwd=ROOT)
+    from arhn_ray.engines.watchdog import EXIT_ENGINE_DEAD
+
+    assert proc.returncode == EXIT_ENGINE_DEAD and "returned" not in proc.stdout
+    assert "engine start took longer than 1 s (engine.start_timeout_s)" in proc.stdout
+    assert time.time() - began < 30

@@ -1,4 +1,4 @@
-"""An engine from the config, and its start, retried.
+"""An engine from the config, and its start, retried, each attempt under a deadline (engines/lifecycle.py).
 
 A replica that Ray restarts after its engine died starts a new engine at once, while the old
 engine's GPU memory may not be free yet; Ray does not retry an actor's constructor, so a start
@@ -12,6 +12,7 @@ import logging
 
 from tenacity import Retrying, stop_after_attempt, wait_exponential
 
+from arhn_ray.engines import lifecycle
 from arhn_ray.engines.base import AsyncEngine, Engine
 from arhn_ray.engines.options import EngineConfig
 
@@ -50,4 +51,5 @@ def start_engine(engine: EngineConfig) -> Engine | AsyncEngine:
         before_sleep=failed,
         reraise=True,
     )
-    return retrying(make_engine, engine)
+    # each attempt under engine.start_timeout_s: a load that hangs (GPUs a predecessor still holds) ends the replica
+    return retrying(lambda: lifecycle.start(lambda: make_engine(engine), engine.start_timeout_s))

@@ -51,6 +51,10 @@ class _VLLMBase:
             return EngineDead(f"vllm: {reason or f'{type(error).__name__}: {error}'}")
         return None
 
+    def preemptions(self) -> int | None:
+        """Requests vLLM preempted (and will recompute) so far: a sign of more in flight than the KV cache holds."""
+        return preemptions()
+
     def _unwatch(self) -> None:
         if self.watchdog is not None:
             self.watchdog.stop()  # before the shutdown: its children exiting is no death

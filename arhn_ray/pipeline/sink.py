@@ -154,7 +154,7 @@ class PartSink:
         record = json.loads(env["record"])
         subset = record.get("subset") if isinstance(record, dict) else None
         for stats in (shard.stats, self.total):
-            stats.add_timing(env.get("engine_s") or 0.0, env.get("start_s") or 0.0)
+            stats.add_timing(env.get("engine_s") or 0.0, env.get("start_s") or 0.0, env.get("preemptions"))
             if env["status"] == "ok":
                 stats.add_refined(record)
             else:

@@ -25,6 +25,7 @@ from arhn_ray.data.rows import read_rows
 from arhn_ray.data.truncation import make_truncator
 from arhn_ray.engines.base import AsyncEngine, Engine
 from arhn_ray.engines.factory import start_engine
+from arhn_ray.engines.lifecycle import prepare_replica
 from arhn_ray.engines.teacher import Teacher
 from arhn_ray.engines.watchdog import is_engine_death, leave
 from arhn_ray.method.prompts import PromptSet
@@ -43,6 +44,7 @@ ENVELOPE = pa.schema(
         ("record", pa.string()),
         ("engine_s", pa.float64()),  # this row's share of the replica's time in the engine step
         ("start_s", pa.float64()),  # the replica's engine start, on the first row it returns
+        ("preemptions", pa.int64()),  # vLLM's preemptions during the batch, on its first row (null: not exposed)
     ]
 )
 
@@ -52,7 +54,7 @@ def _envelope(
 ) -> dict:
     text = json.dumps(record, ensure_ascii=False, default=str)
     return {"shard": part.shard, "part": part.key, "row_index": index, "status": status, "field": field, "reason": reason,
-            "record": text, "engine_s": 0.0, "start_s": 0.0}  # fmt: skip
+            "record": text, "engine_s": 0.0, "start_s": 0.0, "preemptions": None}  # fmt: skip
 
 
 def read_parts(batch: dict, fmt: str, max_passage_chars: int, storage_options: dict, block_rows: int = 64) -> Iterator[pa.Table]:
@@ -99,10 +101,12 @@ class RefineStage:
 
     def __init__(self, cfg: Config, step: str = "fused"):
         started = time.perf_counter()
+        prepare_replica()  # a restarted replica first ends what its dead predecessor's engine left
         self.step = step
         self.refiner = make_refiner(cfg)
         self.run = getattr(self.refiner, self.STEPS[step])
         self.start_s: float | None = time.perf_counter() - started
+        self._preemptions = self._engine_preemptions()
         # the replica's busy time, counted once however many batches overlap
         self._active = 0
         self._last = 0.0
@@ -127,6 +131,10 @@ class RefineStage:
         refiner = self.__dict__.get("refiner")
         if refiner is not None:
             refiner.engine.close()
+
+    def _engine_preemptions(self) -> int | None:
+        counter = getattr(getattr(self.refiner, "engine", None), "preemptions", None)
+        return counter() if callable(counter) else None
 
     def _open(self, batch: pa.Table) -> tuple[list[dict], list[dict], list[dict]]:
         envelopes = batch.to_pylist()
@@ -155,6 +163,9 @@ class RefineStage:
         if self.start_s is not None:
             todo[0]["start_s"] = (todo[0].get("start_s") or 0.0) + self.start_s
             self.start_s = None
+        if (now := self._engine_preemptions()) is not None:
+            todo[0]["preemptions"] = (todo[0].get("preemptions") or 0) + now - (self._preemptions or 0)
+            self._preemptions = now
         if isinstance(outcomes, Exception):
             log.error("refine step %s failed on a batch of %d rows", self.step, len(todo), exc_info=outcomes)
             for env in todo:
