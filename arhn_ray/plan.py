@@ -46,6 +46,9 @@ class Assumptions:
     # Ray Train worker of one CPU (RESULTS.md).
     train_queries_per_gpu_s: float = 120.0
     train_queries_per_cpu_s: float = 0.28
+    # vLLM's prefix cache serves whole KV blocks (16 tokens on a GPU): a prompt's shared head, cut
+    # to whole blocks, costs no prefill after a replica's first call
+    prefix_block_tokens: int = 16
 
 
 @dataclass
@@ -64,6 +67,9 @@ class RunEstimate:
     stage1_output_tokens: int = 0
     stage2_prompt_tokens_at_most: int = 0
     stage2_output_tokens_at_most: int = 0
+    stage1_shared_prefix_tokens: int = 0  # the head every Stage 1 prompt shares, counted from the prompts
+    stage2_shared_prefix_tokens: int = 0
+    cached_prompt_tokens: int = 0  # prompt tokens the prefix cache serves (no prefill), both stages
     gpus: int = 0
     hours: float = 0.0
     gpu_hours: float = 0.0
@@ -94,7 +100,9 @@ def make_plan(cfg: Config, assume: Assumptions | None = None) -> RunEstimate:
     except Exception as e:  # no credentials for the output here: plan the whole input
         written, output_note = {}, f"{cfg.output.path} not readable here ({type(e).__name__}): the whole input is planned"
     parts, _ = parts_to_run(cfg.input.path, cfg.input.part_rows, cfg.input.storage_options, cfg.input.limit, written)
-    count, tokenizer_name = token_counter(cfg)
+    ids, tokenizer_name = token_ids(cfg)
+    count = lambda messages: len(ids(messages))  # noqa: E731
+    heads = (SharedPrefix(), SharedPrefix())
     prompts = PromptSet.load(cfg.prompts.version, cfg.prompts.dir)
     truncate = _truncator(cfg)
     p = RunEstimate(files=len({x.uri for x in parts}), parts=len(parts), tokenizer=tokenizer_name, assumptions=asdict(assume), output=output_note)
@@ -110,7 +118,7 @@ def make_plan(cfg: Config, assume: Assumptions | None = None) -> RunEstimate:
                 if sample.rows_sampled >= assume.sample_rows:
                     break
                 sample.rows_sampled += 1
-                _count_row(sample, r.row, options, prompts, truncate, count, assume)
+                _count_row(sample, r.row, options, prompts, truncate, ids, assume, heads)
             if sample.rows_sampled >= assume.sample_rows:
                 break
         scale = rows_in_file / sample.rows_sampled if sample.rows_sampled else 0.0
@@ -123,7 +131,14 @@ def make_plan(cfg: Config, assume: Assumptions | None = None) -> RunEstimate:
     p.rows, p.rows_sampled = totals["rows"], totals["sampled"]
     e = cfg.engine
     p.gpus = 0 if e.device == "cpu" or e.kind != "vllm" else e.replicas * e.tensor_parallel_size * e.pipeline_parallel_size
-    prompt = p.stage1_prompt_tokens + p.stage2_prompt_tokens_at_most
+    block = max(1, assume.prefix_block_tokens)
+    p.stage1_shared_prefix_tokens, p.stage2_shared_prefix_tokens = heads[0].tokens, heads[1].tokens
+    replicas = max(1, e.replicas)
+    if e.kind == "vllm" and e.enable_prefix_caching:
+        p.cached_prompt_tokens = (p.stage1_shared_prefix_tokens // block * block) * max(0, p.stage1_calls - replicas) + (
+            p.stage2_shared_prefix_tokens // block * block
+        ) * max(0, p.stage2_calls_at_most - replicas)
+    prompt = p.stage1_prompt_tokens + p.stage2_prompt_tokens_at_most - p.cached_prompt_tokens
     output = p.stage1_output_tokens + p.stage2_output_tokens_at_most
     gpu_s = prompt / assume.prefill_tokens_per_gpu_s + output / assume.decode_tokens_per_gpu_s
     p.hours = gpu_s / p.gpus / 3600 if p.gpus else 0.0
@@ -150,7 +165,27 @@ def _price_evaluate(p: RunEstimate, cfg: Config, assume: Assumptions) -> None:
     p.evaluate_device_hours = 3 * arm_s * ev.workers / 3600
 
 
-def _count_row(p: RunEstimate, row: dict | None, options, prompts, truncate, count, assume: Assumptions) -> None:
+class SharedPrefix:
+    """The token prefix every prompt fed to it shares (with the first one): what a prefix cache can serve."""
+
+    def __init__(self) -> None:
+        self.first: list[int] | None = None
+        self.tokens = 0
+
+    def add(self, ids: list[int]) -> None:
+        if self.first is None:
+            self.first, self.tokens = ids, len(ids)
+            return
+        n = 0
+        for a, b in zip(self.first[: self.tokens], ids):
+            if a != b:
+                break
+            n += 1
+        self.tokens = n
+
+
+def _count_row(p: RunEstimate, row: dict | None, options, prompts, truncate, ids, assume: Assumptions, heads) -> None:
+    count = lambda messages: len(ids(messages))  # noqa: E731
     if row is None:
         p.rows_invalid += 1
         return
@@ -161,18 +196,22 @@ def _count_row(p: RunEstimate, row: dict | None, options, prompts, truncate, cou
         prompt, _ = lb.stage1_request(plan, c, prompts, options)
         p.chunks += 1
         p.stage1_calls += 1
-        p.stage1_prompt_tokens += count(chat(prompt))
+        tokens = ids(chat(prompt))
+        heads[0].add(tokens)
+        p.stage1_prompt_tokens += len(tokens)
         p.stage1_output_tokens += round(assume.stage1_output_tokens_per_doc * (len(members) + 1))
         # at most: every negative of the chunk carries a snippet, so the chunk makes a Stage 2 call
         p.stage2_calls_at_most += 1
-        header = count(chat(prompts.stage2_prompt(row["query"], [])))
+        header_ids = ids(chat(prompts.stage2_prompt(row["query"], [])))
+        heads[1].add(header_ids)
+        header = len(header_ids)
         p.stage2_prompt_tokens_at_most += header + round(assume.stage2_item_tokens * (len(members) + 1))
         p.stage2_output_tokens_at_most += round(assume.stage2_output_tokens_per_item * (len(members) + 1))
 
 
-def token_counter(cfg: Config):
-    """Counts a chat's prompt tokens with the model's own tokenizer and chat template when this
-    machine has it; else with the truncation tokenizer; else as 4 characters a token."""
+def token_ids(cfg: Config):
+    """A chat's prompt token ids with the model's own tokenizer and chat template when this
+    machine has it; else with the truncation tokenizer; else 4-character pieces standing in for tokens."""
     from transformers import AutoTokenizer
 
     model = cfg.engine.tokenizer or cfg.engine.model
@@ -184,9 +223,9 @@ def token_counter(cfg: Config):
         tok = AutoTokenizer.from_pretrained(model, local_files_only=True)
         kwargs = dict(cfg.engine.chat_template_kwargs)
 
-        def with_template(messages: list[dict]) -> int:
+        def with_template(messages: list[dict]) -> list[int]:
             ids = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, **kwargs)
-            return len(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "input_ids") else ids)
+            return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "input_ids") else ids)
 
         return with_template, f"{cfg.engine.model} (the model's own tokenizer and chat template)"
     except Exception:
@@ -196,12 +235,16 @@ def token_counter(cfg: Config):
             from arhn_ray.data.truncation import resolve_tokenizer
 
             tok = AutoTokenizer.from_pretrained(resolve_tokenizer(cfg.truncation.tokenizer), local_files_only=True)
-            return (lambda messages: len(tok("".join(m["content"] for m in messages))["input_ids"])), (
+            return (lambda messages: list(tok("".join(m["content"] for m in messages))["input_ids"])), (
                 f"{cfg.truncation.tokenizer} (the truncation tokenizer: {cfg.engine.model}'s is not on this machine)"
             )
         except Exception:
             pass
-    return (lambda messages: sum(len(m["content"]) for m in messages) // 4), "4 characters a token (no tokenizer on this machine)"
+    def pieces(messages: list[dict]) -> list[int]:
+        text = "".join(m["content"] for m in messages)
+        return [hash(text[i : i + 4]) for i in range(0, len(text) - 3, 4)]
+
+    return pieces, "4 characters a token (no tokenizer on this machine)"
 
 
 def _truncator(cfg: Config):
@@ -228,6 +271,9 @@ def render(p: RunEstimate) -> str:
             f"  stage 2 calls     at most {p.stage2_calls_at_most:,} (none for a chunk whose negatives are all NO_ANSWER)",
             f"                    at most ~{p.stage2_prompt_tokens_at_most:,} prompt + ~{p.stage2_output_tokens_at_most:,} output tokens "
             f"(assumed {a['stage2_item_tokens']:g} tokens a snippet, {a['stage2_output_tokens_per_item']:g} per ranked item)",
+            f"  prefix cache      every Stage 1 prompt shares its first {p.stage1_shared_prefix_tokens:,} tokens, Stage 2 its first "
+            f"{p.stage2_shared_prefix_tokens:,}: ~{p.cached_prompt_tokens:,} prompt tokens served from the cache, no prefill "
+            f"(whole blocks of {a['prefix_block_tokens']:g}; enable_prefix_caching)",
             f"  time              ~{p.hours:.3g} h on {p.gpus} GPUs = ~{p.gpu_hours:.3g} GPU-hours "
             f"(assumed per A100, Qwen3-32B: {a['prefill_tokens_per_gpu_s']:,.0f} prompt and {a['decode_tokens_per_gpu_s']:,.0f} output tokens/s)"
             if p.gpus

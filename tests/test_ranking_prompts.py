@@ -2,9 +2,11 @@
 
 import re
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from arhn_ray.method import labeling as lb
 from arhn_ray.method.constraints import regex_escape, stage1_format, stage1_verbatim, stage2_format, verbatim_spans
 from arhn_ray.method.prompts import PromptSet, fill, neutralize
 from arhn_ray.method.ranking import OK, PARSE_FALLBACK, REPAIRED, parse_ranking
@@ -111,3 +113,54 @@ def test_verbatim_spans_are_substrings():
     spans = verbatim_spans(text)
     assert "One. Two!" in spans and "Two!  Three? Four" in spans
     assert all(s in text for s in spans)
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+@pytest.mark.parametrize("version", ["paper-v2", "ids-v2"])
+def test_stage1_prompts_of_different_n_share_the_rules_and_plan_counts_that_prefix(version, tmp_path):
+    """The fixed rules come before n, the question and the documents, so an engine's prefix cache
+    serves them to every call; plan counts the shared head from the real prompts and tokenizer."""
+    from helpers import ROOT, SAMPLES, load_jsonl
+
+    from arhn_ray.config import load_config, method_options
+    from arhn_ray.method.prompts import chat
+    from arhn_ray.plan import make_plan, token_ids
+
+    output = "sentence_ids" if version.startswith("ids") else "text"
+    cfg = load_config(str(ROOT / "conf" / "local.yaml"), [f"output.path={tmp_path}", f"stage1.output={output}"])
+    assert cfg.prompts.version == version
+    ids, name = token_ids(cfg)
+    assert "own tokenizer" in name
+    rows = load_jsonl(SAMPLES / "rlhn_msmarco.jsonl")[:2]
+    options = method_options(cfg)
+    prompts = PromptSet.load(cfg.prompts.version)
+    plans = [lb.plan_row(r, options) for r in rows]
+    first = lb.stage1_request(plans[0], 0, prompts, options)[0]
+    last = lb.stage1_request(plans[1], len(plans[1].chunks) - 1, prompts, options)[0]
+    assert len(plans[0].chunks[0]) != len(plans[1].chunks[-1])  # two different n
+    pair = _common(ids(chat(first)), ids(chat(last)))
+    rules = prompts.stage1[: prompts.stage1.index("## Question")]
+    assert pair >= len(ids(chat(rules))) - 8  # all of the rules (less the chat template's closing tokens)
+    planned = make_plan(cfg).stage1_shared_prefix_tokens
+    assert planned <= pair and pair - planned < 24  # over every prompt of the sample: up to the question
+
+
+def test_the_papers_literal_prompt_shares_almost_nothing_across_n(tmp_path):
+    from helpers import ROOT
+
+    from arhn_ray.config import load_config
+    from arhn_ray.plan import make_plan
+
+    cfg = load_config(str(ROOT / "conf" / "local.yaml"), [f"output.path={tmp_path}", "prompts.version=paper-v1"])
+    literal = make_plan(cfg)
+    v2 = make_plan(load_config(str(ROOT / "conf" / "local.yaml"), [f"output.path={tmp_path}"]))
+    assert literal.stage1_shared_prefix_tokens < 48 < 200 < v2.stage1_shared_prefix_tokens  # n comes in its first line
+    assert v2.cached_prompt_tokens > literal.cached_prompt_tokens
