@@ -101,7 +101,6 @@ def make_plan(cfg: Config, assume: Assumptions | None = None) -> RunEstimate:
         written, output_note = {}, f"{cfg.output.path} not readable here ({type(e).__name__}): the whole input is planned"
     parts, _ = parts_to_run(cfg.input.path, cfg.input.part_rows, cfg.input.storage_options, cfg.input.limit, written)
     ids, tokenizer_name = token_ids(cfg)
-    count = lambda messages: len(ids(messages))  # noqa: E731
     heads = (SharedPrefix(), SharedPrefix())
     prompts = PromptSet.load(cfg.prompts.version, cfg.prompts.dir)
     truncate = _truncator(cfg)
@@ -185,7 +184,6 @@ class SharedPrefix:
 
 
 def _count_row(p: RunEstimate, row: dict | None, options, prompts, truncate, ids, assume: Assumptions, heads) -> None:
-    count = lambda messages: len(ids(messages))  # noqa: E731
     if row is None:
         p.rows_invalid += 1
         return

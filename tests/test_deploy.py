@@ -19,6 +19,7 @@ from arhn_ray.staging import required_repos
 
 RAYJOB = ROOT / "jobs" / "kuberay" / "rayjob.yaml"
 STAGE_MODEL = ROOT / "jobs" / "kuberay" / "stage-model.yaml"
+SMOKE_RAYJOB = ROOT / "jobs" / "kuberay" / "smoke-rayjob.yaml"
 RAYJOB_CRD = ROOT / "tests" / "data" / "kuberay-v1.7.0-ray.io_rayjobs.yaml"
 
 
@@ -65,12 +66,69 @@ def test_the_crd_check_catches_wrong_types_and_unknown_fields():
         jsonschema.validate(job, rayjob_schema())
 
 
-def test_rayjob_is_valid_against_kuberays_crd():
+def deletion_rule_errors(spec: dict) -> list[str]:
+    """The CRD's CEL rules on deletionStrategy (x-kubernetes-validations, which jsonschema skips),
+    and KubeRay's own: deletionRules do not go with shutdownAfterJobFinishes / ttlSecondsAfterFinished."""
+    errors = []
+    ds = spec.get("deletionStrategy")
+    if not ds:
+        return errors
+    legacy, rules = "onSuccess" in ds or "onFailure" in ds, "deletionRules" in ds
+    if legacy and rules:
+        errors.append("legacy policies and deletionRules together")
+    if not ((("onSuccess" in ds) and ("onFailure" in ds)) or rules):
+        errors.append("neither both legacy policies nor deletionRules")
+    for rule in ds.get("deletionRules", []):
+        cond = rule["condition"]
+        if ("jobStatus" in cond) == ("jobDeploymentStatus" in cond):
+            errors.append(f"condition {cond}: exactly one of jobStatus / jobDeploymentStatus")
+    if rules and (spec.get("shutdownAfterJobFinishes") or "ttlSecondsAfterFinished" in spec):
+        errors.append("deletionRules with shutdownAfterJobFinishes / ttlSecondsAfterFinished")
+    return errors
+
+
+@pytest.mark.parametrize("path", [RAYJOB, SMOKE_RAYJOB])
+def test_rayjob_is_valid_against_kuberays_crd(path):
     import jsonschema
 
-    job = yaml.safe_load(RAYJOB.read_text())
+    job = yaml.safe_load(path.read_text())
     jsonschema.validate(job, rayjob_schema())
     assert unknown_fields(job, rayjob_schema()) == []
+    assert deletion_rule_errors(job["spec"]) == []
+    broken = dict(job["spec"], shutdownAfterJobFinishes=True)
+    broken["deletionStrategy"] = {"deletionRules": [{"condition": {"jobStatus": "FAILED", "jobDeploymentStatus": "Failed"}, "policy": "DeleteCluster"}]}
+    assert len(deletion_rule_errors(broken)) == 2  # the check can fail
+
+
+@pytest.mark.parametrize("path", [RAYJOB, SMOKE_RAYJOB])
+def test_a_failed_rayjob_is_not_retried_on_16_gpus_and_keeps_its_logs(path):
+    spec = yaml.safe_load(path.read_text())["spec"]
+    assert spec["backoffLimit"] <= 1
+    rules = {(r["condition"].get("jobStatus") or r["condition"]["jobDeploymentStatus"], r["policy"]): r["condition"]["ttlSeconds"]
+             for r in spec["deletionStrategy"]["deletionRules"]}  # fmt: skip
+    # success: everything goes within minutes; failure: the GPU workers go, the head (its job log) stays a while
+    assert rules[("SUCCEEDED", "DeleteCluster")] <= 300
+    for status in ("FAILED", "Failed"):
+        assert rules[(status, "DeleteWorkers")] <= 300 < 3600 <= rules[(status, "DeleteCluster")]
+
+
+def test_the_smoke_rayjob_runs_smoke_py_on_one_gpu_and_its_model_is_staged():
+    import kubernetes_validate
+
+    spec = yaml.safe_load(SMOKE_RAYJOB.read_text())["spec"]
+    (group,) = spec["rayClusterSpec"]["workerGroupSpecs"]
+    pod = group["template"]["spec"]
+    assert group["replicas"] == 1 and pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    kubernetes_validate.validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": pod}, "1.30", strict=True)
+    words = spec["entrypoint"].split()
+    assert words[:4] == ["python3", "/opt/arhn-ray/jobs/smoke.py", "--config", "/opt/arhn-ray/conf/smoke-1gpu.yaml"]
+    config = ROOT / "conf" / "smoke-1gpu.yaml"
+    cfg = load_config(str(config), words[4:])
+    assert cfg.input.path == "/opt/arhn-ray/arhn_ray/samples" and (ROOT / "arhn_ray" / "samples").is_dir()
+    stage = yaml.safe_load(STAGE_MODEL.read_text())["spec"]["template"]["spec"]["containers"][0]["command"]
+    commands = [c.split() for c in stage[-1].split(" && ")] if stage[:2] == ["sh", "-c"] else [stage]
+    assert ["arhn-ray", "stage", words[3]] in commands
+    assert "Qwen/Qwen3-0.6B" in {r.name for r in required_repos(cfg)}
 
 
 @pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.cpu"])
@@ -96,8 +154,6 @@ def test_rayjob_is_the_paper_setup_and_its_pods_are_valid():
     job = yaml.safe_load(RAYJOB.read_text())
     assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
     spec = job["spec"]
-    # the cluster is deleted soon after the job: 16 idle GPUs for an hour cost 16 GPU-hours
-    assert spec["shutdownAfterJobFinishes"] is True and 0 < spec["ttlSecondsAfterFinished"] <= 300
     submitter = spec["submitterPodTemplate"]["spec"]
     assert submitter["restartPolicy"] == "Never"
     assert "nvidia.com/gpu" not in submitter["containers"][0]["resources"]["limits"]
@@ -138,7 +194,8 @@ def test_rayjob_is_the_paper_setup_and_its_pods_are_valid():
     cfg = load_config(str(ROOT / "conf" / words[2].rsplit("/", 1)[-1]), words[3:])
     assert (cfg.engine.replicas * cfg.engine.tensor_parallel_size) == gpus
     # the staging Job stages what that very config loads: the same file of the same ConfigMap
-    assert stage_pod["containers"][0]["command"] == ["arhn-ray", "stage", words[2]]
+    command = stage_pod["containers"][0]["command"]
+    assert command[:2] == ["sh", "-c"] and ["arhn-ray", "stage", words[2]] in [c.split() for c in command[2].split(" && ")]
     config_mount = next(m for m in stage_pod["containers"][0]["volumeMounts"] if words[2].startswith(m["mountPath"] + "/"))
     assert next(v for v in stage_pod["volumes"] if v["name"] == config_mount["name"])["configMap"]["name"] == "arhn-config"
     assert stage_pod["containers"][0]["env"][0] == {"name": "HF_HOME", "value": "/models/huggingface"}

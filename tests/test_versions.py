@@ -64,6 +64,12 @@ def disagreements(text: dict[str, str]) -> list[str]:
     base = re.search(r"^FROM vllm/vllm-openai:v(\S+)", text["docker/Dockerfile"], re.M)
     if not base or Version(base.group(1)) != gpu["vllm"]:
         found.append(f"Dockerfile base {base and base.group(1)} is not vllm {gpu['vllm']}")
+    dockerfile = text["docker/Dockerfile"]
+    if "> /tmp/base-versions" not in dockerfile.split("pip install")[0] or "assert now == base" not in dockerfile:
+        found.append("Dockerfile does not check that its install left the base's torch and vllm unchanged")
+    torch = re.search(r"torch.__version__.split\('\+'\)\[0\] == '([^']+)'", dockerfile)
+    if not torch or Version(torch.group(1)) != release(gpu["torch"]):
+        found.append(f"Dockerfile's torch check {torch and torch.group(1)} is not the pinned torch {gpu['torch']}")
     check = re.search(r"== \('([^']+)', '([^']+)'\)", text["docker/Dockerfile"])
     if not check or (Version(check.group(1)), Version(check.group(2))) != (gpu["vllm"], gpu["ray"]):
         found.append("Dockerfile's version check does not name the pinned vllm and ray")
@@ -115,3 +121,13 @@ def test_a_disagreement_is_caught():
     bad = dict(text)
     bad["pyproject.toml"] = text["pyproject.toml"].replace('gpu = ["vllm>=0.32"]', 'gpu = ["vllm>=0.10"]')
     assert any("vllm>=0.10 admits releases older" in d for d in disagreements(bad))
+
+
+def test_an_image_install_that_could_swap_the_bases_torch_is_caught():
+    text = files()
+    bad = dict(text)
+    bad["docker/Dockerfile"] = text["docker/Dockerfile"].replace("assert now == base", "assert True")
+    assert any("unchanged" in d for d in disagreements(bad))
+    bad = dict(text)
+    bad["jobs/constraints-gpu.txt"] = re.sub(r"(?m)^torch==.*$", "torch==2.12.0", text["jobs/constraints-gpu.txt"])
+    assert any("torch check 2.13.0 is not the pinned torch 2.12.0" in d for d in disagreements(bad))
