@@ -156,3 +156,55 @@ def test_async_job_gives_the_same_rows_as_the_blocking_one(ray_cluster, tmp_path
     assert sorted(read_dir(asyn / "refined"), key=key) == sorted(read_dir(blocking / "refined"), key=key)
     assert [json.loads(r["row"])["query_id"] for r in read_dir(asyn / "rejected")] == ["bad"]
     assert stats["overall"]["queries"] == 3 and stats["replica_time"]["engine_s"] > 0
+
+
+def test_the_async_engine_holds_at_most_max_inflight_requests_at_once():
+    """Overlapping batches no longer flood the engine: the replica holds what is past the bound."""
+    from arhn_ray.engines.vllm_engine import AsyncVLLMEngine, inflight_bound
+
+    assert inflight_bound(256) == 282 and inflight_bound(160) == 176 and inflight_bound(1) == 2
+    running, peak = 0, 0
+
+    class FakeLLM:
+        async def generate(self, prompt, sampling, request_id):
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            await asyncio.sleep(0.01)
+            running -= 1
+            yield prompt
+
+    class Beat:
+        def beat(self):
+            pass
+
+    engine = AsyncVLLMEngine.__new__(AsyncVLLMEngine)
+    engine.llm, engine.watchdog, engine._ids = FakeLLM(), Beat(), iter(range(1000))
+
+    async def main():
+        engine._inflight = asyncio.Semaphore(5)
+        return await asyncio.gather(*(engine._one({"i": i}, None) for i in range(40)))
+
+    outs = asyncio.run(main())
+    assert peak == 5 and [o["i"] for o in outs] == list(range(40))
+
+
+def test_preemptions_are_read_from_vllms_counter_and_reach_the_stats_and_summary():
+    from prometheus_client import CollectorRegistry, Counter
+
+    from arhn_ray.cli import summary
+    from arhn_ray.engines.vllm_engine import preemptions
+    from arhn_ray.stats import RunStats
+
+    registry = CollectorRegistry()
+    assert preemptions(registry) is None  # an engine that exposes none
+    counter = Counter("vllm:num_preemptions", "preempted requests", registry=registry)
+    counter.inc(3)
+    assert preemptions(registry) == 3
+    st = RunStats()
+    st.add_timing(1.0, 0.0, 3)
+    st.add_timing(1.0, 0.0, None)
+    data = st.to_dict()
+    assert data["preemptions"] == 3 and RunStats.from_dict(data).to_dict()["preemptions"] == 3
+    assert "preemptions   3" in summary(data, "out")
+    assert "preemptions" not in RunStats().to_dict()

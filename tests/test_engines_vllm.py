@@ -261,3 +261,19 @@ def test_both_engine_kinds_get_the_sizes_and_sampling_the_paper_config_sets():
     base.max_model_len = 8192
     sampling = base._sampling(ChatRequest([{"role": "user", "content": "x"}], ("q", 1, 0), 64), 10)
     assert (sampling.temperature, sampling.top_p, sampling.top_k, sampling.min_p, sampling.seed) == (0.7, 0.8, 20, 0.0, 0)
+
+
+@pytest.mark.vllm
+def test_requests_carry_no_seed_of_their_own_and_the_engine_keeps_its_seed():
+    """A per-request seed takes vLLM off its batched sampler; the engine's seed makes runs repeatable."""
+    from arhn_ray.engines.base import ChatRequest
+    from arhn_ray.engines.options import EngineConfig
+    from arhn_ray.engines.vllm_engine import VLLMEngine
+
+    engine = VLLMEngine.__new__(VLLMEngine)
+    engine.options = EngineConfig(seed=7, temperature=0.7, speculative={"method": "ngram", "num_speculative_tokens": 4})
+    engine.path, engine.max_model_len = "/models/x", 100
+    sampling = engine._sampling(ChatRequest([{"role": "user", "content": "hi"}], ("q", 1, 0), 10, None), 5)
+    assert sampling.seed is None and sampling.temperature == 0.7 and sampling.max_tokens == 10
+    args = engine.engine_args()
+    assert args["seed"] == 7 and args["speculative_config"] == {"method": "ngram", "num_speculative_tokens": 4}

@@ -245,14 +245,15 @@ def engine_max_num_seqs(llm, options: EngineConfig) -> int:
         return options.max_num_seqs or 128
 
 
-def preemptions() -> int | None:
+def preemptions(registry=None) -> int | None:
     """vLLM's ``vllm:num_preemptions`` counter in this process (None where the engine exposes none)."""
-    try:
-        from prometheus_client import REGISTRY
-    except ImportError:
-        return None
+    if registry is None:
+        try:
+            from prometheus_client import REGISTRY as registry
+        except ImportError:
+            return None
     total, seen = 0.0, False
-    for metric in REGISTRY.collect():
+    for metric in registry.collect():
         if metric.name in ("vllm:num_preemptions", "vllm:num_preemptions_total"):
             for sample in metric.samples:
                 if sample.name.endswith("_total") or sample.name == metric.name:
