@@ -10,22 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from arhn_ray.data.layout import KINDS, data_files
-from arhn_ray.stats import render_markdown
-
-BUNDLED_PREFIX = "bundled:"
-
-
-def demo_labels(stats: dict[str, Any]) -> str | None:
-    """The warning a run of the bundled model carries, or None for a real model."""
-    model = stats.get("model") or ""
-    if not model.startswith(BUNDLED_PREFIX) or stats.get("method", "arhn") != "arhn":
-        return None
-    o = stats["overall"]
-    return (
-        f"These labels come from the bundled {model[len(BUNDLED_PREFIX):]} model (135M parameters), far too small to judge "
-        f"answers: it filtered {o['filter']} of {o['negatives_in']} negatives. They show the pipeline working and are "
-        "NOT fit for training. Refine with Qwen3-32B (conf/qwen3-32b-a100x16.yaml) for training data."
-    )
+from arhn_ray.stats import demo_labels, render_markdown
 
 
 def render_card(stats: dict[str, Any]) -> str:
@@ -65,6 +50,8 @@ def render_card(stats: dict[str, Any]) -> str:
         "| | |",
         "|---|---|",
     ]
+    if stats.get("labels_from"):
+        lines.insert(lines.index("| | |") + 2, f"| labels from | {stats['labels_from']} |")
     for key in ("model", "engine", "variant", "prompt_version", "prompt_sha256", "config_digest", "pipeline_mode"):
         lines.append(f"| {key} | `{stats.get(key)}` |")
     lines += ["", "The resolved configuration is `config.yaml`; secrets are left out.", "", "## Statistics", ""]

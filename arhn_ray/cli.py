@@ -13,7 +13,6 @@ import logging
 import sys
 
 from arhn_ray.agreement import COUNT_AS
-from arhn_ray.card import demo_labels
 from arhn_ray.config import ConfigError, load_config
 from arhn_ray.console import quietly
 from arhn_ray.data.export import FORMATS as EXPORT_FORMATS
@@ -21,6 +20,7 @@ from arhn_ray.data.export import SHORT_POLICIES
 from arhn_ray.data.layout import OutputLayout
 from arhn_ray.method.labeling import POSITIVE_NO_ANSWER, VARIANTS
 from arhn_ray.plan import Assumptions
+from arhn_ray.stats import demo_labels
 
 
 def _refine(args: argparse.Namespace) -> int:
@@ -56,7 +56,8 @@ def summary(stats: dict, output: str) -> str:
            f"  stage 2       {o['stage2_calls']} calls ({o['stage2_skipped']} skipped, {o.get('stage2_cut', 0)} cut by max_tokens), "
            f"{o['stage2_prompt_tokens']} prompt + {o['stage2_output_tokens']} output tokens"]
           if stats.get("method", "arhn") == "arhn" else [f"  method        {stats['method']}, teacher {stats.get('model')}"]),
-        f"  wall time     {t.get('wall_s', 0):.1f} s",
+        f"  wall time     {stats.get('this_run', t).get('wall_s', 0):.1f} s"
+        + ("" if stats.get("this_run", {}).get("refined", True) else " (every part was already written: nothing refined)"),
         *([f"  preemptions   {stats['preemptions']} (vLLM recomputed these requests: more in flight than its KV cache held)"]
           if "preemptions" in stats else []),
     ]

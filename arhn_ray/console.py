@@ -22,6 +22,7 @@ from arhn_ray.data.layout import OutputLayout
 T = TypeVar("T")
 
 PROGRESS_LOGGER = "arhn_ray.progress"
+# ``log.info(..., extra={"notice": True})``: a line for the terminal that is no warning
 
 
 @contextmanager
@@ -67,6 +68,9 @@ class ProgressHandler(logging.Handler):
         if record.levelno >= logging.WARNING:
             self._end_line()
             self.stream.write(f"arhn-ray: {record.levelname.lower()}: {text}\n")
+        elif getattr(record, "notice", False):
+            self._end_line()
+            self.stream.write(f"arhn-ray: {text}\n")
         elif record.name == PROGRESS_LOGGER and text != self.printed:
             self.printed = text
             now = time.monotonic()
@@ -134,4 +138,6 @@ def quietly(work: Callable[[], T], out: OutputLayout, command: str, banner: str)
 
 def only_ours(record: logging.LogRecord) -> bool:
     """The terminal shows arhn-ray's progress and any warning or error from arhn-ray."""
-    return record.name == PROGRESS_LOGGER or (record.name.startswith("arhn_ray") and record.levelno >= logging.WARNING)
+    return record.name == PROGRESS_LOGGER or (
+        record.name.startswith("arhn_ray") and (record.levelno >= logging.WARNING or getattr(record, "notice", False))
+    )

@@ -211,6 +211,23 @@ def render_markdown(stats: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+BUNDLED_PREFIX = "bundled:"
+
+
+def demo_labels(stats: dict[str, Any]) -> str | None:
+    """The warning a run of the bundled model carries, or None for a real model (an endpoint, recorded
+    outputs or a teacher made the labels: the bundled model did not)."""
+    model = stats.get("model") or ""
+    if not model.startswith(BUNDLED_PREFIX) or stats.get("method", "arhn") != "arhn" or stats.get("engine", "vllm") != "vllm":
+        return None
+    o = stats["overall"]
+    return (
+        f"These labels come from the bundled {model[len(BUNDLED_PREFIX):]} model (135M parameters), far too small to judge "
+        f"answers: it filtered {o['filter']} of {o['negatives_in']} negatives. They show the pipeline working and are "
+        "NOT fit for training. Refine with Qwen3-32B (conf/qwen3-32b-a100x16.yaml) for training data."
+    )
+
+
 def render_png(stats: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -241,7 +258,11 @@ def render_png(stats: dict[str, Any], path: Path) -> None:
         f"ARHN: {o['queries']} queries refined, {o['rejected']} rejected; "
         f"{o['relabel']} relabeled, {o['filter']} filtered, {o['keep']} kept"
     )
-    fig.tight_layout()
+    demo = demo_labels(stats)
+    fig.tight_layout(**({"rect": (0, 0.07, 1, 1)} if demo else {}))
+    if demo:
+        fig.text(0.5, 0.015, f"NOT FIT FOR TRAINING: labels from the bundled {stats['model'].removeprefix(BUNDLED_PREFIX)} model (135M), "
+                 "which shows the pipeline working; refine with Qwen3-32B for training data", ha="center", color="#b00020", fontsize=11)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

@@ -74,7 +74,7 @@ def test_sentence_ids_give_exact_snippets_for_a_fraction_of_the_output(engine, r
     """Issue 12: the real engine answers sentence ids under the ids constraint; every snippet is
     cut from its passage (exact), and Stage 1 writes far fewer tokens than copying does."""
     options = lb.MethodOptions(stage1_constraint="verbatim", stage2_constraint="format", stage1_output="sentence_ids")
-    outs = Refiner(engine, options, PromptSet.load("ids-v1"), truncate).refine([dict(r) for r in rows])
+    outs = Refiner(engine, options, PromptSet.load("ids-v2"), truncate).refine([dict(r) for r in rows])
     assert all(o.rejected is None for o in outs)
     groundings = [d["grounding"] for o in outs for d in o.row["decisions"] if d["snippet"] is not None]
     assert groundings and set(groundings) == {EXACT}

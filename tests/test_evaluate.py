@@ -117,7 +117,8 @@ def test_evaluate_runs_the_loop_and_writes_every_field(ray_cluster, tmp_path):
     rec, n = _recordings(tmp_path)
     out = tmp_path / "out"
     assert main(["refine", str(ROOT / "conf" / "replay.yaml"), f"engine.replay_path={rec}", f"output.path={out}"]) == 0
-    assert main(["evaluate", str(out), "--eval", str(EVAL), "max_seq_len=64", "negatives=3", "batch_size=8", "bootstrap_samples=200",
+    # a batch larger than every arm (the bundled model's refined arm had 6 examples for a batch of 16): each trains on what it has
+    assert main(["evaluate", str(out), "--eval", str(EVAL), "max_seq_len=64", "negatives=3", "batch_size=64", "bootstrap_samples=200",
                  "worker_memory_gb=2"]) == 0  # fmt: skip
     result = json.loads((out / "evaluate" / "evaluate.json").read_text())
     assert set(result["arms"]) == {"zero_shot", "original", "refined", "topk_percpos"}
@@ -130,7 +131,10 @@ def test_evaluate_runs_the_loop_and_writes_every_field(ray_cluster, tmp_path):
     assert train["arms"]["original"]["queries"] == n == train["arms"]["refined"]["queries"] == train["arms"]["topk_percpos"]["queries"]
     assert train["hyperparameters"]["negatives"] == 3 and train["hyperparameters"]["model"] == "bundled:minilm"
     for arm in ("original", "refined", "topk_percpos"):  # each arm was trained: steps taken, a finite contrastive loss
-        assert train["arms"][arm]["steps"] >= 1 and 0 < train["arms"][arm]["train_loss"] < 10, train["arms"][arm]
+        t = train["arms"][arm]
+        assert t["steps"] >= 1 and 0 < t["train_loss"] < 10, t
+        assert 0 < t["examples"] < 64 and t["batch_size"] == t["examples"], t  # the trainer's own batch: the arm, not 64
+    assert result["eval"]["detectable_ndcg@10_difference"] > 0.01
     # the session cluster declares 24 CPUs and its memory (~17 GiB here) holds three 2 GiB workers: the three
     # one-worker arms train side by side, so the training took less than their own times added up
     assert train["arms_at_once"] == 3 and all(train["arms"][a]["peak_rss_gb"] > 0 for a in ("original", "refined", "topk_percpos"))
@@ -139,3 +143,53 @@ def test_evaluate_runs_the_loop_and_writes_every_field(ray_cluster, tmp_path):
     card = (out / "README.md").read_text()
     assert card.count("## Retrieval evaluation") == 1 and "checks the loop, not the method" in card
     assert json.loads((out / "evaluate" / "topk_percpos" / "stats.json").read_text())["method"] == "topk_percpos"
+
+
+@pytest.mark.ray
+def test_an_arm_with_no_example_is_reported_not_trained_and_the_report_says_so(ray_cluster, tmp_path):
+    from arhn_ray.config import EvaluateConfig
+    from arhn_ray.evaluate.report import render_markdown
+    from arhn_ray.evaluate.run import train_arms
+
+    no_negatives = [{"query_id": "q", "query": "q?", "positive_passages": [{"docid": "p", "title": "", "text": "p"}],
+                     "negative_passages": [], "subset": "s"}]  # fmt: skip
+    trained, _ = train_arms({"original": [], "refined": no_negatives, "topk_percpos": []}, {}, EvaluateConfig(), tmp_path)
+    assert trained["refined"] == (None, {"examples": 0, "trained": False})
+    results = {"eval": {"queries": 13, "corpus": 650, "folder": "x", "metrics": "m", "detectable_ndcg@10_difference": 0.05},
+               "train": {"hyperparameters": {"model": "m"}, "arms": {a: m for a, (_, m) in trained.items()}},
+               "arms": {"zero_shot": {"ndcg@10": 0.5, "recall@100": 1.0, "ndcg@10_ci95": [0.4, 0.6]}, "refined": {"trained": False}},
+               "paired": {"refined_vs_original": {"skipped": "the refined arm was not trained (no example)"}}}  # fmt: skip
+    text = render_markdown(results)
+    assert "| refined | 0 | - | - | not trained" in text and "refined - original: not computed" in text
+
+
+def test_the_detectable_difference_comes_from_the_spread_and_is_never_zero_for_a_varied_set():
+    from arhn_ray.evaluate.run import detectable_difference
+
+    same = [0.2, 0.9, 0.5, 0.7] * 3 + [0.1]  # 13 queries whose arms might all rank alike (a paired interval of width 0)
+    import statistics
+
+    assert detectable_difference(same) == round(1.96 * 2**0.5 * statistics.stdev(same) / 13**0.5, 4) > 0.1
+    assert detectable_difference([0.5] * 13) == 0.0 and detectable_difference([0.5]) == 1.0
+
+
+def test_the_paired_bootstrap_is_paired():
+    """Against an independent computation: the mean per-query difference, and an interval that only a
+    paired resampling makes this narrow (the two arms vary a lot, their difference hardly at all)."""
+    import numpy as np
+
+    from arhn_ray.evaluate.metrics import paired_bootstrap
+
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0, 1, 200)
+    a = {f"q{i}": float(v + 0.02 + rng.normal(0, 0.005)) for i, v in enumerate(base)}
+    b = {f"q{i}": float(v) for i, v in enumerate(base)}
+    b["only_b"] = 0.3  # a query one arm lacks is left out
+    p = paired_bootstrap(a, b, 2000, 0)
+    diffs = [a[q] - b[q] for q in a]
+    assert p["queries"] == 200 and abs(p["delta"] - sum(diffs) / 200) < 1e-4
+    assert p["ci95"][0] > 0.015 and p["ci95"][1] < 0.025 and not p["inconclusive"]
+    # an unpaired bootstrap of the same numbers: the arms' own spread makes the interval hold 0
+    unpaired = [rng.choice(list(a.values()), 200).mean() - rng.choice(base, 200).mean() for _ in range(2000)]
+    lo, hi = np.percentile(unpaired, [2.5, 97.5])
+    assert lo < 0 < hi and not (p["ci95"][0] <= 0 <= p["ci95"][1])

@@ -90,7 +90,7 @@ def test_replay_job_gives_exact_decisions_and_every_row_once(ray_cluster, tmp_pa
     assert sorted(r["query_id"] for r in refined) == ["a", "b", "c"]
     for row in refined:
         assert [(d["docid"], d["action"]) for d in row["decisions"]] == expected[row["query_id"]]
-        assert row["provenance"]["prompt_version"] == "paper-v1"
+        assert row["provenance"]["prompt_version"] == "paper-v2"
     a = next(r for r in refined if r["query_id"] == "a")
     assert [p["docid"] for p in a["positive_passages"]] == ["p0", "n0"]
     assert [p["docid"] for p in a["negative_passages"]] == ["n2"]

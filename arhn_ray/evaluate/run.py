@@ -77,17 +77,32 @@ def train_arms(rows: dict[str, list[dict]], settings: dict[str, Any], ev: Evalua
         log.warning("evaluate: Ray has %.1f GiB of memory here, less than an arm's %d worker(s) x %g GiB (evaluate.worker_memory_gb): "
                     "the arms train one at a time, without reserving it; lower evaluate.batch_size or max_seq_len if one runs "
                     "out of memory", cluster.get("memory", 0.0) / 2**30, ev.workers, ev.worker_memory_gb)  # fmt: skip
-    log.warning("evaluate: training %d arms, %d at a time (%d worker(s) each, a worker reserves %s)", len(arms), at_once, ev.workers,
-                ", ".join(f"{v / 2**30:g} GiB memory" if k == "memory" else f"{v:g} {k}" for k, v in per_worker.items()))  # fmt: skip
+    log.info("evaluate: training %d arms, %d at a time (%d worker(s) each, a worker reserves %s)", len(arms), at_once, ev.workers,
+                ", ".join(f"{v / 2**30:g} GiB memory" if k == "memory" else f"{v:g} {k}" for k, v in per_worker.items()), extra={"notice": True})  # fmt: skip
 
-    def one(arm: str) -> tuple[str, dict[str, Any]]:
+    def one(arm: str) -> tuple[str | None, dict[str, Any]]:
         train = examples(rows[arm], ev.negatives, ev.seed, ev.query_prefix, ev.passage_prefix)
-        log.warning("evaluate: training the %s arm on %d examples", arm, len(train))
+        if not train:
+            log.warning("evaluate: the %s arm has no training example (no row kept a positive and a negative): not trained", arm)
+            return None, {"examples": 0, "trained": False}
+        log.info("evaluate: training the %s arm on %d examples", arm, len(train), extra={"notice": True})
         metrics = train_arm(arm, train, settings, per_worker, str(work / "ray"), str(work / arm))
-        return str(work / arm), {"examples": len(train), **metrics}
+        return str(work / arm), {"examples": len(train), "trained": True, **metrics}
 
     with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="arhn-arm") as pool:
         return dict(zip(arms, pool.map(one, arms))), at_once
+
+
+def detectable_difference(ndcg: list[float]) -> float:
+    """The nDCG@10 difference the set could resolve: 1.96 x sqrt(2) x the per-query spread of the
+    untrained model / sqrt(queries), i.e. two arms whose per-query scores vary as much and are not
+    correlated. From the spread, not from a paired interval: arms that rank alike give an interval
+    of width 0, which says nothing about the set."""
+    import statistics
+
+    if len(ndcg) < 2:
+        return 1.0
+    return round(1.96 * 2**0.5 * statistics.stdev(ndcg) / len(ndcg) ** 0.5, 4)
 
 
 def evaluate(output: str, eval_dir: str, overrides: list[str] | None = None, baseline: str | None = None,
@@ -110,6 +125,9 @@ def evaluate(output: str, eval_dir: str, overrides: list[str] | None = None, bas
     results["train"]["arms"] = {arm: {"queries": len(rows[arm]), **metrics} for arm, (_, metrics) in trained.items()}
     scores = {}
     for arm in ARMS:
+        if arm in trained and trained[arm][0] is None:
+            results["arms"][arm] = {"trained": False}
+            continue
         model = trained[arm][0] if arm in trained else settings["model"]
         run = retrieve(model, beir, ev.query_prefix, ev.passage_prefix, ev.top_k, ev.max_seq_len)
         scores[arm] = per_query(run, beir.qrels)
@@ -117,12 +135,14 @@ def evaluate(output: str, eval_dir: str, overrides: list[str] | None = None, bas
         results["arms"][arm] = {"ndcg@10": round(mean(scores[arm], "ndcg@10"), 4), "recall@100": round(mean(scores[arm], "recall@100"), 4),
                                 "ndcg@10_ci95": bootstrap_mean(ndcg, ev.bootstrap_samples, ev.seed)}  # fmt: skip
     for a, b in (("refined", "original"), ("refined", "topk_percpos")):
+        if a not in scores or b not in scores:
+            results["paired"][f"{a}_vs_{b}"] = {"skipped": f"the {a if a not in scores else b} arm was not trained (no example)"}
+            continue
         results["paired"][f"{a}_vs_{b}"] = paired_bootstrap(
             {q: s["ndcg@10"] for q, s in scores[a].items()}, {q: s["ndcg@10"] for q, s in scores[b].items()}, ev.bootstrap_samples, ev.seed
         )
-    lo, hi = results["paired"]["refined_vs_original"]["ci95"]
     results["eval"] = {"folder": str(eval_dir), "queries": len(beir.queries), "corpus": len(beir.corpus),
-                       "detectable_ndcg@10_difference": round((hi - lo) / 2, 4),
+                       "detectable_ndcg@10_difference": detectable_difference([s["ndcg@10"] for s in scores["zero_shot"].values()]),
                        "metrics": "pytrec_eval (trec_eval): ndcg_cut.10 with graded relevance as gains, recall.100"}  # fmt: skip
     out.write_text("evaluate/evaluate.json", json.dumps(results, indent=2))
     out.write_text("evaluate/evaluate.md", render_markdown(results))

@@ -87,17 +87,20 @@ def train_loop(config: dict[str, Any]) -> None:
     else:
         loss = losses.MultipleNegativesRankingLoss(model)
     work = tempfile.mkdtemp(prefix="arhn-train-")
+    # an arm smaller than a batch trains on what it has (one smaller batch), as a sampler of length 0 cannot
+    batch = max(1, min(config["batch_size"], len(config["examples"])))
     args = SentenceTransformerTrainingArguments(
-        output_dir=work, num_train_epochs=config["epochs"], per_device_train_batch_size=config["batch_size"],
+        output_dir=work, num_train_epochs=config["epochs"], per_device_train_batch_size=batch,
         learning_rate=config["lr"], warmup_ratio=config["warmup_ratio"], seed=config["seed"], data_seed=config["seed"],
         batch_sampler=BatchSamplers.NO_DUPLICATES, save_strategy="no", report_to="none", disable_tqdm=True,
-        logging_steps=max(1, len(config["examples"]) // config["batch_size"] // 10), use_cpu=not config["use_gpu"],
+        logging_steps=max(1, len(config["examples"]) // batch // 10), use_cpu=not config["use_gpu"],
     )  # fmt: skip
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_list(config["examples"]), loss=loss)
     done = trainer.train()
     import resource
 
-    metrics = {"examples": len(config["examples"]), "steps": done.global_step, "train_loss": round(float(done.training_loss), 4),
+    metrics = {"examples": len(config["examples"]), "batch_size": args.per_device_train_batch_size, "steps": done.global_step,
+               "train_loss": round(float(done.training_loss), 4),
                "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}  # fmt: skip
     if ray.train.get_context().get_world_rank() == 0:
         saved = os.path.join(work, "model")
@@ -128,4 +131,5 @@ def train_arm(name: str, rows_examples: list[dict], settings: dict[str, Any], pe
     result = trainer.fit()
     with result.checkpoint.as_directory() as folder:
         shutil.copytree(folder, target, dirs_exist_ok=True)
-    return {**{k: result.metrics[k] for k in ("steps", "train_loss", "peak_rss_gb")}, "seconds": round(time.perf_counter() - started, 1)}
+    kept = ("batch_size", "steps", "train_loss", "peak_rss_gb")
+    return {**{k: result.metrics[k] for k in kept}, "seconds": round(time.perf_counter() - started, 1)}

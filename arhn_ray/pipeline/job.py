@@ -123,7 +123,7 @@ def run(cfg: Config) -> dict[str, Any]:
     progress.update(sink, force=True)
     for name, reason in sink.failed.items():
         unreadable[name] = reason
-    return write_report(cfg, out, time.time() - started, unreadable)
+    return write_report(cfg, out, time.time() - started, unreadable, refined_now=bool(todo))
 
 
 def _check_rejections(cfg: Config, sink: PartSink) -> None:

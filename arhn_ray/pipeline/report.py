@@ -14,8 +14,26 @@ from arhn_ray.method.prompts import PromptSet
 from arhn_ray.stats import RunStats, render_files, to_json
 
 
-def write_report(cfg: Config, out: OutputLayout, wall_s: float, unreadable: dict[str, str] | None = None) -> dict[str, Any]:
-    """The run's statistics from the parts' manifests, written with the card and the report; returned."""
+def labels_from(cfg: Config) -> str:
+    """Who made the labels, in words: what the card and the summary say."""
+    e = cfg.engine
+    if not uses_llm(cfg):
+        return f"the TopK-PercPos teacher {cfg.baseline.model}"
+    if e.kind == "replay":
+        return f"recorded LLM outputs ({e.replay_path}); no model ran"
+    if e.kind == "openai":
+        return f"{e.model} over the OpenAI-compatible endpoint {e.base_url}"
+    if e.model.startswith("bundled:"):
+        return f"the bundled {e.model.removeprefix('bundled:')} model (135M parameters) on vLLM"
+    return f"{e.model} on vLLM"
+
+
+def write_report(cfg: Config, out: OutputLayout, wall_s: float, unreadable: dict[str, str] | None = None,
+                 refined_now: bool = True) -> dict[str, Any]:  # fmt: skip
+    """The run's statistics from the parts' manifests, written with the card and the report; returned.
+
+    Throughput adds up the runs that refined rows: a rerun that only skipped finished parts keeps
+    the figures of the runs that did the work (its own wall time is ``this_run``)."""
     stats = RunStats()
     for manifest in out.manifests():
         stats.merge(RunStats.from_dict(manifest["stats"]))
@@ -31,13 +49,28 @@ def write_report(cfg: Config, out: OutputLayout, wall_s: float, unreadable: dict
         "config_digest": config_digest(cfg),
         "pipeline_mode": cfg.pipeline.mode,
         "unreadable_shards": unreadable or {},
+        "labels_from": labels_from(cfg),
     }
     data = stats.to_dict()
-    data["throughput"] = {"wall_s": round(wall_s, 2), "queries_per_s": data["overall"]["queries"] / wall_s if wall_s else 0.0}
+    before = _previous_throughput(out) if not cfg.output.overwrite else {}
+    worked = before.get("wall_s", 0.0) + (wall_s if refined_now else 0.0)
+    runs = before.get("runs", 1 if before else 0) + (1 if refined_now else 0)
+    data["throughput"] = {"wall_s": round(worked, 2), "runs": runs,
+                          "queries_per_s": data["overall"]["queries"] / worked if worked else 0.0}  # fmt: skip
+    data["this_run"] = {"wall_s": round(wall_s, 2), "refined": refined_now}
     out.write_text("stats.json", to_json(data))
     out.write_text("README.md", render_card(data))
     render_report(out, data)
     return data
+
+
+def _previous_throughput(out: OutputLayout) -> dict[str, Any]:
+    import json
+
+    try:
+        return json.loads(out.read_text("stats.json")).get("throughput") or {}
+    except Exception:  # a first run, or an unreadable file: nothing to add to
+        return {}
 
 
 def render_report(out: OutputLayout, data: dict[str, Any]) -> None:
