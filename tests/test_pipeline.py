@@ -305,3 +305,40 @@ def test_the_runs_counters_reach_rays_metrics_endpoint(ray_cluster, tmp_path):
         time.sleep(2)
     assert {k: got.get(k) for k in want} == want
     assert got.get("tokens") == 40  # 4 Stage 1 calls (a: 1 chunk, b: 2, c: 1) of 10 output tokens
+
+
+@pytest.mark.ray
+def test_a_rerun_that_refines_nothing_keeps_the_statistics_and_the_card_names_who_made_the_labels(ray_cluster, tmp_path):
+    data, recordings, _ = dataset(tmp_path)
+    out = tmp_path / "out"
+    first = run(replay_config(data, recordings, out))
+    again = run(replay_config(data, recordings, out))  # every part already written: a no-op
+    kept = json.loads((out / "stats.json").read_text())
+    assert again["this_run"]["refined"] is False and first["this_run"]["refined"] is True
+    assert kept["throughput"] == first["throughput"] and kept["throughput"]["runs"] == 1
+    assert kept["overall"] == first["overall"]
+    from arhn_ray.cli import summary
+
+    assert "nothing refined" in summary(again, str(out)) and "nothing refined" not in summary(first, str(out))
+    card = (out / "README.md").read_text()
+    assert f"recorded LLM outputs ({recordings}); no model ran" in card
+    assert "NOT fit for training" not in card and "NOT fit" not in summary(first, str(out))  # no SmolLM2 ran
+
+
+def test_the_not_fit_for_training_note_is_where_the_bundled_model_made_the_labels(tmp_path):
+    from arhn_ray.stats import RunStats, demo_labels, render_png
+
+    base = RunStats().to_dict() | {"method": "arhn", "model": "bundled:smollm2"}
+    assert demo_labels(base | {"engine": "vllm"})
+    for other in ({"engine": "replay"}, {"engine": "openai"}, {"engine": "vllm", "model": "Qwen/Qwen3-32B"},
+                  {"engine": "teacher", "method": "topk_percpos"}):  # fmt: skip
+        assert demo_labels(base | other) is None, other
+    # the picture carries it too: the same figure with the note is taller in ink at its foot
+    import numpy as np
+    from PIL import Image
+
+    render_png(base | {"engine": "vllm", "subsets": {}}, tmp_path / "demo.png")
+    render_png(base | {"engine": "replay", "subsets": {}}, tmp_path / "real.png")
+    foot = lambda p: np.asarray(Image.open(p).convert("RGB"))[-30:].astype(int)  # noqa: E731
+    red = lambda a: int(((a[..., 0] > 150) & (a[..., 1] < 80) & (a[..., 2] < 80)).sum())  # noqa: E731
+    assert red(foot(tmp_path / "demo.png")) > 200 and red(foot(tmp_path / "real.png")) == 0

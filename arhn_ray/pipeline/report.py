@@ -53,9 +53,9 @@ def write_report(cfg: Config, out: OutputLayout, wall_s: float, unreadable: dict
     }
     data = stats.to_dict()
     before = _previous_throughput(out) if not cfg.output.overwrite else {}
-    worked = before.get("wall_s", 0.0) + (wall_s if refined_now else 0.0)
+    worked = round(before.get("wall_s", 0.0) + (wall_s if refined_now else 0.0), 2)
     runs = before.get("runs", 1 if before else 0) + (1 if refined_now else 0)
-    data["throughput"] = {"wall_s": round(worked, 2), "runs": runs,
+    data["throughput"] = {"wall_s": worked, "runs": runs,
                           "queries_per_s": data["overall"]["queries"] / worked if worked else 0.0}  # fmt: skip
     data["this_run"] = {"wall_s": round(wall_s, 2), "refined": refined_now}
     out.write_text("stats.json", to_json(data))
