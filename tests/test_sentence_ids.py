@@ -106,5 +106,9 @@ def test_config_picks_the_ids_prompt_version_and_the_default_stays_the_papers():
     assert cfg.prompts.version == "ids-v2" and method_options(cfg).stage1_output == "sentence_ids"
     literal = load_config(str(ROOT / "conf" / "local.yaml"), ["stage1.output=sentence_ids", "prompts.version=paper-v1"])
     assert literal.prompts.version == "ids-v1"
-    assert load_config(str(ROOT / "conf" / "local.yaml")).stage1.output == "text"
-    assert load_config(str(ROOT / "conf" / "local.yaml")).prompts.version == "paper-v2"
+    # the embedded default points at sentences (a first run in minutes); the paper's copied text is one override away
+    assert load_config(str(ROOT / "conf" / "local.yaml")).stage1.output == "sentence_ids"
+    assert load_config(str(ROOT / "conf" / "local.yaml")).prompts.version == "ids-v2"
+    text = load_config(str(ROOT / "conf" / "local.yaml"), ["stage1.output=text"])
+    assert text.prompts.version == "paper-v2" and text.stage1.constraint == "verbatim"
+    assert load_config(str(ROOT / "conf" / "qwen3-32b-a100x16.yaml")).stage1.output == "text"
