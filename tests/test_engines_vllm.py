@@ -249,18 +249,18 @@ def test_both_engine_kinds_get_the_sizes_and_sampling_the_paper_config_sets():
     from arhn_ray.engines.vllm_engine import _VLLMBase
 
     cfg = load_config(str(ROOT / "conf" / "qwen3-32b-a100x16.yaml"), [f"engine.model={prepare_model()}", "engine.tensor_parallel_size=1", "engine.max_model_len=8192"])
-    assert cfg.engine.async_engine and (cfg.engine.max_num_seqs, cfg.engine.max_num_batched_tokens) == (256, 8192)
+    assert cfg.engine.async_engine and (cfg.engine.max_num_seqs, cfg.engine.max_num_batched_tokens) == (160, 8192)
     base = _VLLMBase(cfg.engine)
     args = base.engine_args()
     for front_end, usage in ((vllm.AsyncEngineArgs, UsageContext.ENGINE_CONTEXT), (vllm.EngineArgs, UsageContext.LLM_CLASS)):
         scheduler = front_end(**args).create_engine_config(usage).scheduler_config
-        assert (scheduler.max_num_seqs, scheduler.max_num_batched_tokens) == (256, 8192), front_end
+        assert (scheduler.max_num_seqs, scheduler.max_num_batched_tokens) == (160, 8192), front_end
     unset = {k: v for k, v in args.items() if k not in ("max_num_seqs", "max_num_batched_tokens")}
     scheduler = vllm.AsyncEngineArgs(**unset).create_engine_config(UsageContext.ENGINE_CONTEXT).scheduler_config
-    assert scheduler.max_num_seqs < 256  # what the async engine ran before the config set it
+    assert scheduler.max_num_seqs != 160  # what the async engine ran before the config set it
     base.max_model_len = 8192
     sampling = base._sampling(ChatRequest([{"role": "user", "content": "x"}], ("q", 1, 0), 64), 10)
-    assert (sampling.temperature, sampling.top_p, sampling.top_k, sampling.min_p, sampling.seed) == (0.7, 0.8, 20, 0.0, 0)
+    assert (sampling.temperature, sampling.top_p, sampling.top_k, sampling.min_p, sampling.seed) == (0.7, 0.8, 20, 0.0, None)
 
 
 @pytest.mark.vllm
