@@ -175,12 +175,7 @@ class SharedPrefix:
         if self.first is None:
             self.first, self.tokens = ids, len(ids)
             return
-        n = 0
-        for a, b in zip(self.first[: self.tokens], ids):
-            if a != b:
-                break
-            n += 1
-        self.tokens = n
+        self.tokens = len(os.path.commonprefix([self.first[: self.tokens], ids]))
 
 
 def _count_row(p: RunEstimate, row: dict | None, options, prompts, truncate, ids, assume: Assumptions, heads) -> None:

@@ -173,7 +173,7 @@ class Refiner:
                 out[r] = Outcome(row, f"stage 1 outputs for {len(calls)} chunks, expected {len(plan.chunks)}", "llm")
                 continue
             snippets = [lb.read_stage1(plan, c, call["stage1_text"] or "", self.options) for c, call in enumerate(calls)]
-            anchor = snippets[0].anchor(self.options) if snippets else None
+            anchor = lb.row_anchor(snippets, self.options)
             stage2 = [lb.stage2_request(plan, c, s, self.prompts, self.options, anchor) for c, s in enumerate(snippets)]
             for c, req in enumerate(stage2):
                 if req is not None:

@@ -18,10 +18,10 @@ def render_markdown(r: dict[str, Any]) -> str:
              "| arm | training examples (batch) | steps | training loss | nDCG@10 (95% CI) | Recall@100 |", "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
     for arm, m in r["arms"].items():
         t = r["train"]["arms"].get(arm, {})
-        trained = f"{t['examples']} ({t['batch_size']})" if t.get("batch_size") else str(t.get("examples", "-"))
         if m.get("trained") is False:
             lines.append(f"| {arm} | 0 | - | - | not trained: no row kept a positive and a negative | - |")
             continue
+        trained = f"{t['examples']} ({t['batch_size']})" if t.get("batch_size") else str(t.get("examples", "-"))
         lines.append(f"| {arm} | {trained} | {t.get('steps', '-')} | {t.get('train_loss', '-')} | "
                      f"{m['ndcg@10']:.4f} ({m['ndcg@10_ci95'][0]:.4f} to {m['ndcg@10_ci95'][1]:.4f}) | {m['recall@100']:.4f} |")  # fmt: skip
     lines.append("")

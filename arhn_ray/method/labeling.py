@@ -180,12 +180,16 @@ class Stage2Request:
     positions: list[int]  # chunk positions (0 = anchor) in the order of items [1], [2], ...
 
 
+def row_anchor(snippets: list[ChunkSnippets], options: MethodOptions) -> Anchor:
+    """The row's one anchor snippet: chunk 0's, ranked as [1] in every chunk's Stage 2."""
+    return snippets[0].anchor(options) if snippets else Anchor(None, None)
+
+
 def stage2_request(
-    plan: RowPlan, chunk: int, snippets: ChunkSnippets, prompts: PromptSet, options: MethodOptions, anchor: Anchor | None = None
+    plan: RowPlan, chunk: int, snippets: ChunkSnippets, prompts: PromptSet, options: MethodOptions, anchor: Anchor
 ) -> Stage2Request | None:
     """None when Stage 2 cannot change a label (no negative has a snippet, or the anchor has none);
-    ``paper_literal`` always ranks all N+1. ``anchor`` is the row's (chunk 0's when None)."""
-    anchor = anchor or snippets.anchor(options)
+    ``paper_literal`` always ranks all N+1. ``anchor`` is the row's (``row_anchor``)."""
     size = len(plan.chunks[chunk]) + 1
     with_snippet = [p for p in range(1, size) if snippets.snippet(p, options) is not None]
     if options.paper_literal:
@@ -228,8 +232,8 @@ def label_row(
     for i in plan.duplicates:
         decisions[i] = _decision(negatives[i], FILTER, "duplicate_of_positive", None, None, None)
     rejected = None
-    row_anchor = snippets[0].anchor(options) if snippets else Anchor(None, None)
-    if plan.chunks and row_anchor.snippet is None and options.positive_no_answer == "reject":
+    anchor = row_anchor(snippets, options)
+    if plan.chunks and anchor.snippet is None and options.positive_no_answer == "reject":
         rejected = "positive_no_answer"
     for c, members in enumerate(plan.chunks):
         cs = snippets[c]
@@ -239,7 +243,7 @@ def label_row(
             request, ranking = ranked
             ranks = {request.positions[item - 1]: ranking.rank(item) for item in ranking.order}
         # paper_literal ranked a NO_ANSWER anchor too: its ranking decides, as in the paper
-        anchor_unranked = row_anchor.snippet is None and not (options.paper_literal and ranked is not None)
+        anchor_unranked = anchor.snippet is None and not (options.paper_literal and ranked is not None)
         for pos, i in enumerate(members, 1):
             snippet = cs.snippet(pos, options)
             grounding = cs.grounded[pos].grounding
@@ -266,8 +270,8 @@ def label_row(
         positive_passages=list(row["positive_passages"]) + relabeled,
         negative_passages=[neg for neg, d in zip(negatives, decisions) if d["action"] == KEEP],
         decisions=decisions,  # type: ignore[arg-type]
-        positive_snippet=row_anchor.snippet,
-        positive_grounding=row_anchor.grounding,
+        positive_snippet=anchor.snippet,
+        positive_grounding=anchor.grounding,
         rejected=rejected,
         stage2_status=[r[1].status if r else None for r in stage2],
     )

@@ -11,7 +11,7 @@ from arhn_ray.card import render_card
 from arhn_ray.config import Config, config_digest, uses_llm
 from arhn_ray.data.layout import OutputLayout
 from arhn_ray.method.prompts import PromptSet
-from arhn_ray.stats import RunStats, render_files, to_json
+from arhn_ray.stats import BUNDLED_PREFIX, RunStats, render_files, to_json
 
 
 def labels_from(cfg: Config) -> str:
@@ -23,8 +23,8 @@ def labels_from(cfg: Config) -> str:
         return f"recorded LLM outputs ({e.replay_path}); no model ran"
     if e.kind == "openai":
         return f"{e.model} over the OpenAI-compatible endpoint {e.base_url}"
-    if e.model.startswith("bundled:"):
-        return f"the bundled {e.model.removeprefix('bundled:')} model (135M parameters) on vLLM"
+    if e.model.startswith(BUNDLED_PREFIX):
+        return f"the bundled {e.model.removeprefix(BUNDLED_PREFIX)} model (135M parameters) on vLLM"
     return f"{e.model} on vLLM"
 
 

@@ -61,8 +61,9 @@ def plain_loop(cfg, out: Path, rows: list[dict]) -> dict:
     stage2 = []
     for plan in plans:
         calls = stored[plan.row["query_id"]]["llm"]
-        for c, call in enumerate(calls):
-            req = lb.stage2_request(plan, c, lb.read_stage1(plan, c, call["stage1_text"], options), prompts, options)
+        snippets = [lb.read_stage1(plan, c, call["stage1_text"], options) for c, call in enumerate(calls)]
+        for c, chunk in enumerate(snippets):
+            req = lb.stage2_request(plan, c, chunk, prompts, options, lb.row_anchor(snippets, options))
             if req:
                 stage2.append((chat(req.prompt), params(req.constraint, cfg.stage2.max_tokens)))
     kw = dict(use_tqdm=False, chat_template_kwargs=dict(e.chat_template_kwargs))

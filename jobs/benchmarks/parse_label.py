@@ -70,12 +70,12 @@ def main() -> None:
             plan = lb.plan_row(row, options)
             snippets = [lb.read_stage1(plan, 0, stage1, options)]
             if with_prompts:
-                request = lb.stage2_request(plan, 0, snippets[0], prompts, options)
+                request = lb.stage2_request(plan, 0, snippets[0], prompts, options, lb.row_anchor(snippets, options))
                 positions = request.positions if request else None
             else:
                 positions = [0] + [p for p in range(1, len(plan.chunks[0]) + 1) if snippets[0].snippet(p, options)]
             ranked = [None]
-            if positions and snippets[0].snippet(0, options) is not None and len(positions) > 1:
+            if positions and lb.row_anchor(snippets, options).snippet is not None and len(positions) > 1:
                 req = lb.Stage2Request("", None, positions)
                 ranked = [(req, parse_ranking(stage2, len(positions)))]
             lb.label_row(plan, snippets, ranked, options)

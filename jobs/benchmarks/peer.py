@@ -86,7 +86,9 @@ def main() -> None:
 
     def to_stage2(row):
         plan = lb.plan_row(rows[row["query_id"]], options, truncate)
-        req = lb.stage2_request(plan, row["chunk"], lb.read_stage1(plan, row["chunk"], row["text"], options), prompts, options)
+        snippets = lb.read_stage1(plan, row["chunk"], row["text"], options)
+        # the peer streams one chunk at a time: each chunk ranks its own anchor snippet (the job ranks chunk 0's)
+        req = lb.stage2_request(plan, row["chunk"], snippets, prompts, options, snippets.anchor(options))
         if req is None:
             return []
         return [{"query_id": row["query_id"], "chunk": row["chunk"], "prompt": req.prompt, "constraint": req.constraint}]
