@@ -153,7 +153,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     out = OutputLayout(args.output, args.storage_options)
     work = lambda: evaluate(args.output, args.eval, args.overrides, baseline=args.baseline, storage_options=args.storage_options)  # noqa: E731
     try:
-        result = work() if args.verbose else quietly(work, out, "evaluate", f"evaluating {args.output} on {args.eval}")
+        result = work() if args.verbose else quietly(work, out, "evaluate", f"evaluating {args.output} on {', '.join(args.eval)}")
     except BeirError as e:
         print(f"arhn-ray: {e}", file=sys.stderr)
         return 2
@@ -257,7 +257,8 @@ def parser() -> argparse.ArgumentParser:
     ev = _command(sub, "evaluate", "train the same retriever on the original, the refined and the TopK-PercPos rows and score each on a "
                   "BEIR-format set, with paired bootstrap intervals", "arhn-ray evaluate out/local --eval arhn_ray/evaluate/msmarco_beir", _evaluate)  # fmt: skip
     ev.add_argument("output")
-    ev.add_argument("--eval", required=True, help="a BEIR-format folder: corpus.jsonl, queries.jsonl, qrels/test.tsv")
+    ev.add_argument("--eval", required=True, nargs="+", metavar="DIR",
+                    help="BEIR-format folders (corpus.jsonl, queries.jsonl, qrels/test.tsv), named by BEIR's names: one or the paper's 16")
     ev.add_argument("--baseline", default=None, help="a TopK-PercPos output of the same input (else it is run now, into OUTPUT/evaluate/)")
     ev.add_argument("overrides", nargs="*", help="key=value under evaluate (model, batch_size, lr, epochs, negatives, seed, workers, use_gpu, ...)")
     _storage_options(ev)
@@ -283,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    if isinstance(getattr(args, "eval", None), list):  # --eval DIR [DIR ...] key=value: the overrides follow the folders
+        args.overrides = [*args.overrides, *(e for e in args.eval if "=" in e)]
+        args.eval = [e for e in args.eval if "=" not in e]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.fn(args)

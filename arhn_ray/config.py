@@ -115,6 +115,8 @@ class BaselineConfig:
     batch_size: int = 64
     query_prefix: str = ""  # e.g. "query: " for an E5 teacher
     passage_prefix: str = ""
+    keep: int | None = None  # NV-Retriever's top-k: the k best-scored negatives under the margin are kept (None: all)
+    replicas: int = 0  # teachers: 0 is one per GPU on a GPU cluster (each takes one GPU), else engine.replicas
 
 
 @dataclass
@@ -140,6 +142,9 @@ class EvaluateConfig:
     worker_memory_gb: float | None = 11.0
     arms_at_once: int = 0  # arms trained side by side; 0: as many as the cluster holds (GPUs or CPUs, and memory)
     top_k: int = 100
+    encoders: int = 0  # corpus encoders (a GPU each with use_gpu): 0 is one per GPU of the cluster, or one on CPU
+    encode_batch_size: int = 256  # passages a Ray Data batch of the encoder pool holds
+    search_block: int = 65_536  # passages FAISS searches at a time: the search's memory (65K x 768 fp32 = 201 MB)
     bootstrap_samples: int = 1000
     split: str = "test"
 

@@ -13,7 +13,7 @@ import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from arhn_ray.config import Config, method_options
+from arhn_ray.config import Config, method_options, uses_llm
 from arhn_ray.data.rows import read_rows
 from arhn_ray.method import labeling as lb
 from arhn_ray.method.prompts import PromptSet, chat
@@ -46,6 +46,14 @@ class Assumptions:
     # Ray Train worker of one CPU (RESULTS.md).
     train_queries_per_gpu_s: float = 120.0
     train_queries_per_cpu_s: float = 0.28
+    # evaluate's retrieval: the paper's 16 BEIR sets hold 42.9M passages (BioASQ 14.9M, FEVER and
+    # Climate-FEVER 5.4M each, HotpotQA 5.2M, DBPedia 4.6M, ...), each encoded by 4 models; E5-base
+    # in fp16 on one A100 at BEIR's ~100-token passages, not measured (no GPU here)
+    eval_passages: int = 42_900_000
+    encode_passages_per_gpu_s: float = 3000.0
+    # TopK-PercPos: (query, passage) pairs a teacher scores per A100-second, a BGE-m3-sized reranker in
+    # fp16 at ~200 tokens a pair, not measured
+    teacher_pairs_per_gpu_s: float = 1500.0
     # vLLM's prefix cache serves whole KV blocks (16 tokens on a GPU): a prompt's shared head, cut
     # to whole blocks, costs no prefill after a replica's first call
     prefix_block_tokens: int = 16
@@ -77,6 +85,10 @@ class RunEstimate:
     evaluate_hours: float = 0.0  # training the three arms on the config's cluster (encoding the eval corpus not included)
     evaluate_device: str = ""  # GPU (evaluate.use_gpu) or CPU
     evaluate_device_hours: float = 0.0
+    evaluate_encoders: int = 0
+    evaluate_encode_hours: float = 0.0  # every arm's model over assumptions.eval_passages, on evaluate.encoders GPUs
+    teachers: int = 0  # method.name=topk_percpos: teacher replicas, one GPU each
+    teacher_hours: float = 0.0
     tokenizer: str = ""
     scaled: bool = False
     output: str = ""
@@ -142,6 +154,14 @@ def make_plan(cfg: Config, assume: Assumptions | None = None) -> RunEstimate:
     gpu_s = prompt / assume.prefill_tokens_per_gpu_s + output / assume.decode_tokens_per_gpu_s
     p.hours = gpu_s / p.gpus / 3600 if p.gpus else 0.0
     p.gpu_hours = p.hours * p.gpus
+    if not uses_llm(cfg):  # the teacher scores every positive and negative; no LLM call is made
+        p.teachers = (cfg.baseline.replicas or p.gpus) if p.gpus else 0
+        pairs = p.negatives + p.rows
+        p.teacher_hours = pairs / assume.teacher_pairs_per_gpu_s / p.teachers / 3600 if p.teachers else 0.0
+        p.hours, p.gpu_hours, p.cached_prompt_tokens = p.teacher_hours, p.teacher_hours * p.teachers, 0
+        for key in ("stage1_calls", "stage2_calls_at_most", "stage1_prompt_tokens", "stage1_output_tokens",
+                    "stage2_prompt_tokens_at_most", "stage2_output_tokens_at_most"):  # fmt: skip
+            setattr(p, key, 0)
     _price_evaluate(p, cfg, assume)
     return p
 
@@ -162,6 +182,9 @@ def _price_evaluate(p: RunEstimate, cfg: Config, assume: Assumptions) -> None:
     rounds = -(-3 // p.evaluate_arms_at_once)
     p.evaluate_hours = rounds * arm_s / 3600
     p.evaluate_device_hours = 3 * arm_s * ev.workers / 3600
+    if ev.use_gpu and p.gpus:
+        p.evaluate_encoders = ev.encoders or p.gpus
+        p.evaluate_encode_hours = 4 * assume.eval_passages / assume.encode_passages_per_gpu_s / p.evaluate_encoders / 3600
 
 
 class SharedPrefix:
@@ -269,11 +292,16 @@ def render(p: RunEstimate) -> str:
             f"(whole blocks of {a['prefix_block_tokens']:g}; enable_prefix_caching)",
             f"  time              ~{p.hours:.3g} h on {p.gpus} GPUs = ~{p.gpu_hours:.3g} GPU-hours "
             f"(assumed per A100, Qwen3-32B: {a['prefill_tokens_per_gpu_s']:,.0f} prompt and {a['decode_tokens_per_gpu_s']:,.0f} output tokens/s)"
-            if p.gpus
-            else "  time              no GPU estimate: this config runs on CPU or an external server",
+            if p.gpus and not p.teachers
+            else "  time              see teachers" if p.teachers else "  time              no GPU estimate: this config runs on CPU or an external server",
             f"  evaluate          ~{p.evaluate_hours:.3g} h to train 3 arms, {p.evaluate_arms_at_once} at a time "
             f"(~{p.evaluate_device_hours:.3g} {p.evaluate_device}-hours; assumed "
             f"{a['train_queries_per_' + p.evaluate_device.lower() + '_s']:g} training queries/s a worker; "
             "encoding the evaluation corpus not included)",
+            *([f"  evaluate encoding ~{p.evaluate_encode_hours:.3g} h: 4 models x {a['eval_passages']:,} passages (the paper's 16 BEIR sets) "
+               f"on {p.evaluate_encoders} GPUs (assumed {a['encode_passages_per_gpu_s']:g} passages/s an A100); FAISS searches them block by block"]
+              if p.evaluate_encode_hours else []),
+            *([f"  teachers          {p.teachers} TopK-PercPos teachers, one GPU each, no LLM call: ~{p.teacher_hours:.3g} h "
+               f"(assumed {a['teacher_pairs_per_gpu_s']:g} scored pairs/s a GPU)"] if p.teachers else []),
         ]
     )

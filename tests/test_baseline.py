@@ -18,6 +18,20 @@ def test_the_rule_is_sentence_transformers_relative_margin():
                                                   ("keep", "below_relative_margin"), ("filter", "above_relative_margin")]  # fmt: skip
 
 
+def test_the_margin_is_the_lowest_positives_and_the_kept_are_the_top_k_best_first():
+    """sentence-transformers takes the margin from the minimum positive score; NV-Retriever keeps the
+    k best-scored negatives under it (the others go, named as such), best first."""
+    from arhn_ray.method.topk_percpos import anchor_score, kept_order
+
+    assert anchor_score([0.9, 0.6, 0.8]) == 0.6
+    scores = [0.3, 0.58, 0.5, 0.7, 0.1]  # under 0.6 - 0.03 = 0.57: 0.3, 0.5, 0.1
+    actions = decide(anchor_score([0.9, 0.6]), scores, 0.05, keep=2)
+    assert actions == [("keep", "below_relative_margin"), ("filter", "above_relative_margin"), ("keep", "below_relative_margin"),
+                       ("filter", "above_relative_margin"), ("filter", "beyond_top_k")]  # fmt: skip
+    assert kept_order(scores, actions) == [2, 0]
+    assert [a for a, _ in decide(0.6, scores, 0.05)] == ["keep", "filter", "keep", "filter", "keep"]  # keep=None: all under the margin
+
+
 @pytest.mark.ray
 def test_the_baseline_runs_through_the_job_and_decides_as_the_rule_says(ray_cluster, tmp_path):
     from sentence_transformers import SentenceTransformer
@@ -39,9 +53,10 @@ def test_the_baseline_runs_through_the_job_and_decides_as_the_rule_says(ray_clus
     model = SentenceTransformer(minilm_tokenizer_path(), device="cpu")  # the same teacher, loaded here on its own
     checked = filtered = 0
     for row in rows:
-        texts = [row["positive_passages"][0]["text"]] + [n["text"] for n in row["negative_passages"]]
+        positives = model.encode([p["text"] for p in row["positive_passages"]], normalize_embeddings=True)
         q = model.encode([row["query"]], normalize_embeddings=True)[0]
-        scores = model.encode(texts, normalize_embeddings=True) @ q
+        texts = [n["text"] for n in row["negative_passages"]]
+        scores = np.concatenate([[float(min(positives @ q))], model.encode(texts, normalize_embeddings=True) @ q])
         bound = scores[0] - abs(scores[0]) * 0.05
         out_row = refined[row["query_id"]]
         assert out_row["positive_score"] == pytest.approx(float(scores[0]), abs=1e-4)
@@ -51,7 +66,7 @@ def test_the_baseline_runs_through_the_job_and_decides_as_the_rule_says(ray_clus
                 assert decision["action"] == ("filter" if score > bound else "keep"), (row["query_id"], neg["docid"], score, bound)
                 checked += 1
                 filtered += decision["action"] == "filter"
-        kept = [n["docid"] for n, s in zip(row["negative_passages"], scores[1:]) if s <= bound]
+        kept = [n["docid"] for n, s in sorted(zip(row["negative_passages"], scores[1:]), key=lambda p: -p[1]) if s <= bound]
         assert [n["docid"] for n in out_row["negative_passages"]] == kept
         assert out_row["positive_passages"] == row["positive_passages"]  # nothing is relabeled
     assert checked >= 70 and 0 < filtered < checked  # both outcomes happen on these rows

@@ -17,7 +17,7 @@ EVAL = ROOT / "arhn_ray" / "evaluate" / "msmarco_beir"
 
 def test_the_shipped_eval_set_is_read_and_holds_no_training_query():
     beir = load_beir(EVAL)
-    assert (len(beir.queries), len(beir.corpus)) == (13, 650)
+    assert (len(beir.queries), beir.corpus_size, beir.name) == (13, 650, "msmarco_beir")
     assert not set(beir.queries) & {r["query_id"] for r in load_jsonl(SAMPLES / "rlhn_msmarco.jsonl")}
 
 
@@ -39,30 +39,52 @@ def test_a_malformed_eval_folder_fails_naming_the_file_and_the_line(tmp_path, da
         load_beir(folder)
 
 
-def test_zero_shot_ndcg_equals_an_independent_computation():
-    """The untrained MiniLM's nDCG@10 on the shipped set by pytrec_eval, and by hand here: binary
-    judgments, so a query's nDCG@10 is 1/log2(1 + rank of its relevant passage) within the top 10."""
+@pytest.mark.ray
+def test_streamed_block_search_equals_exact_search_and_ndcg_by_hand(ray_cluster, tmp_path):
+    """The retrieval path (a Ray Data encoder pool writing embeddings to the output, FAISS over
+    blocks of 128 passages, across the files' boundaries) against an exact search by hand over the
+    whole matrix, on the shipped corpus grown with copies of the sample's passages (962); and
+    zero-shot nDCG@10 by hand: binary judgments, so a query's nDCG@10 is 1/log2(1 + rank)."""
     import numpy as np
     from sentence_transformers import SentenceTransformer
 
+    from arhn_ray.config import EvaluateConfig
+    from arhn_ray.data.layout import OutputLayout
     from arhn_ray.data.truncation import minilm_tokenizer_path
+    from arhn_ray.evaluate.beir import read_corpus
     from arhn_ray.evaluate.metrics import mean, per_query
-    from arhn_ray.evaluate.retrieve import retrieve
+    from arhn_ray.evaluate.retrieve import encode_corpus, encode_queries, search
 
-    beir = load_beir(EVAL)
-    ours = mean(per_query(retrieve(minilm_tokenizer_path(), beir), beir.qrels), "ndcg@10")
-    model = SentenceTransformer(minilm_tokenizer_path(), device="cpu")
-    model.max_seq_length = 256
-    ids = list(beir.corpus)
-    docs = model.encode([beir.corpus[d] for d in ids], normalize_embeddings=True)
+    folder = tmp_path / "grown"
+    shutil.copytree(EVAL, folder)
+    extra = {p["docid"]: p for r in load_jsonl(SAMPLES / "rlhn_msmarco.jsonl") for p in r["positive_passages"] + r["negative_passages"]}
+    with open(folder / "corpus.jsonl", "a") as f:
+        f.writelines(json.dumps({"_id": f"x{d}", "title": p.get("title", ""), "text": p["text"] + " (a copy)"}) + "\n" for d, p in extra.items())
+    beir = load_beir(folder)
+    assert beir.corpus_size > 900
+    model = minilm_tokenizer_path()
+    ev = EvaluateConfig(encode_batch_size=200)
+    out = OutputLayout(str(tmp_path / "out"))
+    target = out.file("evaluate/embeddings/grown")
+    encode_corpus(beir.corpus_path, {"zero_shot": model}, ev, 2, target, out.arrow_filesystem())
+    qids, queries = encode_queries(beir.queries, {"zero_shot": model}, ev, 1)["zero_shot"]
+    run = search(target, out.arrow_filesystem(), "zero_shot", qids, queries, 100, beir.corpus_size, block_rows=128)
+
+    st = SentenceTransformer(model, device="cpu")
+    st.max_seq_length = ev.max_seq_len
+    ids, texts = zip(*read_corpus(beir))
+    docs = st.encode(list(texts), normalize_embeddings=True)
     by_hand = []
     for q, text in beir.queries.items():
-        order = np.argsort(-(docs @ model.encode([text], normalize_embeddings=True)[0]))
-        ranked = [ids[j] for j in order[:10]]
-        relevant = [i for i, d in enumerate(ranked, 1) if beir.qrels[q].get(d, 0) > 0]
+        scores = docs @ st.encode([text], normalize_embeddings=True)[0]
+        order = np.argsort(-scores)[:100]
+        assert [ids[j] for j in order[:10]] == sorted(run[q], key=run[q].get, reverse=True)[:10]
+        # the same top 100 (by score: two copies of one text tie, and either may come 100th)
+        assert sorted(run[q].values(), reverse=True) == pytest.approx([float(scores[j]) for j in order], abs=1e-4)
+        relevant = [i for i, j in enumerate(order[:10], 1) if beir.qrels[q].get(ids[j], 0) > 0]
         by_hand.append(1 / math.log2(1 + relevant[0]) if relevant else 0.0)
-    assert ours == pytest.approx(float(np.mean(by_hand)), abs=1e-4)
-    assert 0.0 < ours < 1.0
+    ours = mean(per_query(run, beir.qrels), "ndcg@10")
+    assert ours == pytest.approx(float(np.mean(by_hand)), abs=1e-4) and 0.0 < ours < 1.0
 
 
 GIB = 2.0**30
@@ -118,8 +140,9 @@ def test_evaluate_runs_the_loop_and_writes_every_field(ray_cluster, tmp_path):
     out = tmp_path / "out"
     assert main(["refine", str(ROOT / "conf" / "replay.yaml"), f"engine.replay_path={rec}", f"output.path={out}"]) == 0
     # a batch larger than every arm (the bundled model's refined arm had 6 examples for a batch of 16): each trains on what it has
+    # the cluster config's shape on CPU: two workers an arm, the global batch split between them
     assert main(["evaluate", str(out), "--eval", str(EVAL), "max_seq_len=64", "negatives=3", "batch_size=64", "bootstrap_samples=200",
-                 "worker_memory_gb=2"]) == 0  # fmt: skip
+                 "worker_memory_gb=2", "workers=2"]) == 0  # fmt: skip
     result = json.loads((out / "evaluate" / "evaluate.json").read_text())
     assert set(result["arms"]) == {"zero_shot", "original", "refined", "topk_percpos"}
     for arm in result["arms"].values():
@@ -128,15 +151,21 @@ def test_evaluate_runs_the_loop_and_writes_every_field(ray_cluster, tmp_path):
         p = result["paired"][pair]
         assert p["queries"] == 13 and p["ci95"][0] <= p["delta"] <= p["ci95"][1] and p["inconclusive"] == (p["ci95"][0] <= 0 <= p["ci95"][1])
     train = result["train"]
-    assert train["arms"]["original"]["queries"] == n == train["arms"]["refined"]["queries"] == train["arms"]["topk_percpos"]["queries"]
     assert train["hyperparameters"]["negatives"] == 3 and train["hyperparameters"]["model"] == "bundled:minilm"
+    # one example per positive, as export writes them: the original rows have one positive each
+    assert train["arms"]["original"]["examples"] == n and train["arms"]["refined"]["examples"] >= n - train["arms"]["refined"]["queries_without_example"]
     for arm in ("original", "refined", "topk_percpos"):  # each arm was trained: steps taken, a finite contrastive loss
         t = train["arms"][arm]
         assert t["steps"] >= 1 and 0 < t["train_loss"] < 10, t
-        assert 0 < t["examples"] < 64 and t["batch_size"] == t["examples"], t  # the trainer's own batch: the arm, not 64
-    assert result["eval"]["detectable_ndcg@10_difference"] > 0.01
-    # the session cluster declares 24 CPUs and its memory (~17 GiB here) holds three 2 GiB workers: the three
-    # one-worker arms train side by side, so the training took less than their own times added up
+        # the trainer's own arguments: a global batch (the arm's queries when fewer than 64, even), half of it a device
+        assert t["batch_size"] == min(64, t["queries"]) // 2 * 2 and t["device_batch"] * 2 == t["batch_size"], t
+        assert t["world_size"] == 2 and t["gather_across_devices"] is True and t["bf16"] is False, t
+        # the run and its checkpoint live on the output's storage, not in a driver temp dir
+        assert t["checkpoint"].startswith(str(out / "evaluate" / "train" / f"arhn-evaluate-{arm}")), t
+    assert (out / "evaluate" / "examples" / "refined").is_dir() and any((out / "evaluate" / "embeddings" / EVAL.name).iterdir())
+    assert result["sets"][EVAL.name]["detectable_ndcg@10_difference"] > 0.01 and result["sets"][EVAL.name]["queries"] == 13
+    # the session cluster declares 24 CPUs and its memory (~17 GiB here) holds six 2 GiB workers: the three
+    # two-worker arms train side by side, so the training took less than their own times added up
     assert train["arms_at_once"] == 3 and all(train["arms"][a]["peak_rss_gb"] > 0 for a in ("original", "refined", "topk_percpos"))
     assert train["seconds"] < sum(train["arms"][a]["seconds"] for a in ("original", "refined", "topk_percpos")), train
     assert (out / "evaluate" / "evaluate.png").stat().st_size > 0 and "| refined |" in (out / "evaluate" / "evaluate.md").read_text()
@@ -153,14 +182,19 @@ def test_an_arm_with_no_example_is_reported_not_trained_and_the_report_says_so(r
 
     no_negatives = [{"query_id": "q", "query": "q?", "positive_passages": [{"docid": "p", "title": "", "text": "p"}],
                      "negative_passages": [], "subset": "s"}]  # fmt: skip
-    trained, _ = train_arms({"original": [], "refined": no_negatives, "topk_percpos": []}, {}, EvaluateConfig(), tmp_path)
-    assert trained["refined"] == (None, {"examples": 0, "trained": False})
-    results = {"eval": {"queries": 13, "corpus": 650, "folder": "x", "metrics": "m", "detectable_ndcg@10_difference": 0.05},
-               "train": {"hyperparameters": {"model": "m"}, "arms": {a: m for a, (_, m) in trained.items()}},
-               "arms": {"zero_shot": {"ndcg@10": 0.5, "recall@100": 1.0, "ndcg@10_ci95": [0.4, 0.6]}, "refined": {"trained": False}},
-               "paired": {"refined_vs_original": {"skipped": "the refined arm was not trained (no example)"}}}  # fmt: skip
+    from arhn_ray.data.layout import OutputLayout
+
+    trained, _ = train_arms({"original": [], "refined": no_negatives, "topk_percpos": []}, {}, EvaluateConfig(workers=2),
+                            OutputLayout(str(tmp_path)))  # fmt: skip
+    assert trained["refined"] == (None, {"examples": 0, "queries": 0, "queries_without_example": 1, "trained": False})
+    arms = {"zero_shot": {"ndcg@10": 0.5, "recall@100": 1.0, "ndcg@10_ci95": [0.4, 0.6]}, "refined": {"trained": False}}
+    paired = {"refined_vs_original": {"skipped": "the refined arm was not trained (too few examples)"}}
+    results = {"eval": {"queries": 13, "metrics": "m", "search": "s"}, "arms": arms, "paired": paired,
+               "sets": {"x": {"queries": 13, "corpus": 650, "ood": False, "detectable_ndcg@10_difference": 0.05, "arms": arms, "paired": paired}},
+               "train": {"hyperparameters": {"model": "m", "batch_size": 16, "workers": 2}, "arms": {a: m for a, (_, m) in trained.items()}}}  # fmt: skip
     text = render_markdown(results)
-    assert "| refined | 0 | - | - | not trained" in text and "refined - original: not computed" in text
+    assert "| refined | 0 | 1 | not trained: fewer queries than workers" in text and "refined - original: not computed" in text
+    assert "| x | 13 | 650 | 0.5000 | - | - | - |" in text
 
 
 def test_the_detectable_difference_comes_from_the_spread_and_is_never_zero_for_a_varied_set():
@@ -193,3 +227,62 @@ def test_the_paired_bootstrap_is_paired():
     unpaired = [rng.choice(list(a.values()), 200).mean() - rng.choice(base, 200).mean() for _ in range(2000)]
     lo, hi = np.percentile(unpaired, [2.5, 97.5])
     assert lo < 0 < hi and not (p["ci95"][0] <= 0 <= p["ci95"][1])
+
+
+def test_several_sets_average_as_table_1_does_each_set_weighing_the_same():
+    """Two sets of different sizes: Avg. is the mean of the sets' means (not of all queries), the
+    OOD average holds only the paper's out-of-domain sets, and the paired interval of the average
+    resamples within each set (so it is narrower than either set's own)."""
+    import numpy as np
+
+    from arhn_ray.config import EvaluateConfig
+    from arhn_ray.evaluate.run import summarize
+
+    rng = np.random.default_rng(3)
+    big = {f"b{i}": rng.uniform(0, 1) for i in range(300)}
+    small = {f"s{i}": rng.uniform(0, 1) for i in range(30)}
+
+    def arm(scores, shift):
+        return {q: {"ndcg@10": min(1.0, v + shift), "recall@100": 1.0} for q, v in scores.items()}
+
+    scores = {"original": [arm(big, 0.0), arm(small, 0.0)], "refined": [arm(big, 0.01), arm(small, 0.05)], "zero_shot": [arm(big, 0), arm(small, 0)]}
+    s = summarize(scores, EvaluateConfig(bootstrap_samples=500))
+    by_hand = (np.mean([min(1, v + 0.01) for v in big.values()]) + np.mean([min(1, v + 0.05) for v in small.values()])) / 2
+    assert s["arms"]["refined"]["ndcg@10"] == pytest.approx(by_hand, abs=1e-4)
+    pooled = np.mean([min(1, v + 0.01) for v in big.values()] + [min(1, v + 0.05) for v in small.values()])
+    assert abs(by_hand - pooled) > 0.002  # the two averages differ: the test tells them apart
+    p = s["paired"]["refined_vs_original"]
+    assert p["queries"] == 330 and p["delta"] == pytest.approx((np.mean([min(1, v + 0.01) - v for v in big.values()]) +
+                                                                np.mean([min(1, v + 0.05) - v for v in small.values()])) / 2, abs=1e-4)
+    assert s["paired"]["refined_vs_topk_percpos"]["skipped"].startswith("the topk_percpos arm")
+
+
+def test_decision_agreement_gives_the_table_and_kappa_of_two_hand_built_outputs(tmp_path):
+    """Two outputs deciding the same 10 negatives: a known confusion table, and kappa by its formula."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from arhn_ray.agreement import decision_agreement
+
+    ref = ["relabel", "relabel", "filter", "filter", "filter", "keep", "keep", "keep", "keep", "keep"]
+    ours = ["relabel", "filter", "filter", "filter", "keep", "keep", "keep", "keep", "keep", "relabel"]
+
+    def output(name, actions, extra=()):
+        rows = [{"query_id": "q1", "subset": "s", "decisions": [{"docid": f"d{i}", "action": a} for i, a in enumerate(actions[:5])]},
+                {"query_id": "q2", "subset": "s", "decisions": [{"docid": f"d{i}", "action": a} for i, a in enumerate(actions[5:], 5)]
+                 + list(extra)}]  # fmt: skip
+        (tmp_path / name / "refined" / "x").mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist(rows), tmp_path / name / "refined" / "x" / "p0.parquet")
+        return str(tmp_path / name)
+
+    # a decision only one side made is not compared
+    result = decision_agreement(output("ours", ours, [{"docid": "only-ours", "action": "keep"}]), output("ref", ref))
+    overall = result["overall"]
+    labels = overall["confusion"]["rows_reference_cols_arhn"]
+    table = {(r, c): overall["confusion"]["matrix"][i][j] for i, r in enumerate(labels) for j, c in enumerate(labels)}
+    assert overall["n"] == 10
+    assert (table[("relabel", "relabel")], table[("relabel", "filter")], table[("filter", "filter")], table[("filter", "keep")],
+            table[("keep", "keep")], table[("keep", "relabel")]) == (1, 1, 2, 1, 4, 1)  # fmt: skip
+    po = 7 / 10
+    pe = (2 * 2 + 3 * 3 + 5 * 5) / 100  # reference marginals 2/3/5, ours 2/3/5
+    assert overall["kappa"] == pytest.approx((po - pe) / (1 - pe), abs=1e-4)

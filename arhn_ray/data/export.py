@@ -1,8 +1,10 @@
 """Training files from a refined output, in the paper's shape: one positive, k hard negatives.
 
-Policy, the same for every format:
+Policy, the same for every format, and the one ``arhn-ray evaluate`` trains on
+(:func:`training_examples`):
 - one training row per positive (the original ones and the relabeled ones), all sharing the
-  query's sampled negatives;
+  query's sampled negatives: a relabeled negative is a positive like the original one, and a
+  query with three positives is seen three times an epoch, as the refined data says;
 - negatives are drawn without replacement from the kept ones, with a generator seeded by
   ``seed`` and the query id, so an export is reproducible row by row;
 - a query with fewer kept negatives than asked: ``repeat`` (default) cycles through the ones it
@@ -41,6 +43,19 @@ def sample_negatives(row: dict, k: int, seed: int, short: str) -> list[dict] | N
     return [negatives[i % len(negatives)] for i in range(k)]
 
 
+def training_examples(row: dict, negatives: int, seed: int = 0, short: str = "repeat", query_prefix: str = "",
+                      passage_prefix: str = "") -> list[dict]:  # fmt: skip
+    """A refined row's training examples in sentence-transformers' shape (``anchor``, ``positive``,
+    ``negative_1..k``): one per positive, all with the query's sampled negatives; none when the
+    row has no positive or (``repeat``/``drop``) too few negatives."""
+    negs = sample_negatives(row, negatives, seed, short)
+    if not negs or not row["positive_passages"]:
+        return []
+    shared = {f"negative_{i}": passage_prefix + passage_text(n) for i, n in enumerate(negs, 1)}
+    return [{"anchor": query_prefix + row["query"], "positive": passage_prefix + passage_text(pos), **shared}
+            for pos in row["positive_passages"]]  # fmt: skip
+
+
 def export(
     output: str, fmt: str, out: str, negatives: int = 7, seed: int = 0, prefixes: bool = False, short: str = "repeat",
     storage_options: dict | None = None,
@@ -54,15 +69,13 @@ def export(
     qp, pp = ("query: ", "passage: ") if prefixes else ("", "")
     records: list[dict] = []
     for row in OutputLayout(output, storage_options).read_rows("refined"):
+        if fmt == "sentence-transformers":
+            records += training_examples(row, negatives, seed, short, qp, pp)
+            continue
         negs = sample_negatives(row, negatives, seed, short)
         if negs is None:
             continue
-        if fmt == "sentence-transformers":
-            for pos in row["positive_passages"]:
-                rec = {"anchor": qp + row["query"], "positive": pp + passage_text(pos)}
-                rec.update({f"negative_{i}": pp + passage_text(n) for i, n in enumerate(negs, 1)})
-                records.append(rec)
-        elif fmt == "flagembedding":
+        if fmt == "flagembedding":
             records.append(
                 {
                     "query": qp + row["query"],

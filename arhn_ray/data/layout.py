@@ -33,6 +33,13 @@ class OutputLayout:
         self.root = root.rstrip("/")
         self.local = "file" in self.fs.protocol  # a str or a tuple of names, ("file", "local") for the local disk
 
+    def arrow_filesystem(self):
+        """The layout's storage as a pyarrow filesystem, for what reads and writes through pyarrow
+        (Ray Data, Ray Train's runs and checkpoints), with the layout's paths (``file``)."""
+        from pyarrow.fs import FSSpecHandler, LocalFileSystem, PyFileSystem
+
+        return LocalFileSystem() if self.local else PyFileSystem(FSSpecHandler(self.fs))
+
     def file(self, name: str) -> str:
         """``stats.json``, ``report.md``, ``report.png``, ``README.md``, ``config.yaml``, ``logs/...``."""
         return f"{self.root}/{name}"

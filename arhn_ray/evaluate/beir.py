@@ -1,16 +1,21 @@
 """A BEIR-format evaluation folder (the layout BEIR's downloads have): ``corpus.jsonl``
 (``_id``, ``title``, ``text``), ``queries.jsonl`` (``_id``, ``text``) and ``qrels/test.tsv``
 (``query-id``, ``corpus-id``, ``score``, with a header line). A malformed folder fails naming the
-file and the line."""
+file and the line. The corpus is checked a line at a time and not held: retrieve.py encodes it
+from the file; the queries and judgments are small and are."""
 
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from arhn_ray.method.passages import passage_text
+
+# the paper's out-of-domain sets (Table 1's *), by BEIR's names: their average is Avg. 7 (OOD)
+OOD = frozenset({"bioasq", "robust04", "signal1m", "trec-news", "webis-touche2020", "trec-covid", "nfcorpus"})
 
 
 class BeirError(ValueError):
@@ -19,15 +24,16 @@ class BeirError(ValueError):
 
 @dataclass
 class BeirSet:
-    corpus: dict[str, str]  # id -> "title text"
+    name: str  # the folder's name: BEIR's dataset name (scifact, nfcorpus, ...)
+    corpus_path: str  # corpus.jsonl
+    corpus_size: int
     queries: dict[str, str]  # only the queries the qrels judge
     qrels: dict[str, dict[str, int]]  # query id -> {doc id: graded relevance}
 
 
-def _jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
+def _jsonl(path: Path, required: tuple[str, ...]) -> Iterator[dict]:
     if not path.is_file():
         raise BeirError(f"{path}: missing (a BEIR folder holds corpus.jsonl, queries.jsonl and qrels/test.tsv)")
-    rows = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -39,20 +45,17 @@ def _jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
             missing = [k for k in required if k not in row]
             if missing:
                 raise BeirError(f"{path}: line {n}: no {', '.join(missing)}")
-            rows.append(row)
-    return rows
+            yield row
 
 
 def load_beir(folder: str | Path, split: str = "test") -> BeirSet:
     folder = Path(folder)
-    corpus = {}
-    for row in _jsonl(folder / "corpus.jsonl", ("_id", "text")):
-        corpus[str(row["_id"])] = passage_text(row)
     queries = {str(r["_id"]): r["text"] for r in _jsonl(folder / "queries.jsonl", ("_id", "text"))}
     path = folder / "qrels" / f"{split}.tsv"
     if not path.is_file():
         raise BeirError(f"{path}: missing")
     qrels: dict[str, dict[str, int]] = {}
+    first_line: dict[str, int] = {}  # a judged passage -> the qrels line naming it first
     with open(path, encoding="utf-8", newline="") as f:
         for n, row in enumerate(csv.reader(f, delimiter="\t"), 1):
             if n == 1 and row and not row[-1].lstrip("-").isdigit():
@@ -62,12 +65,24 @@ def load_beir(folder: str | Path, split: str = "test") -> BeirSet:
             qid, doc, score = row[0], row[1], row[2]
             if qid not in queries:
                 raise BeirError(f"{path}: line {n}: query-id {qid!r} is not in queries.jsonl")
-            if doc not in corpus:
-                raise BeirError(f"{path}: line {n}: corpus-id {doc!r} is not in corpus.jsonl")
             try:
                 qrels.setdefault(qid, {})[doc] = int(score)
             except ValueError:
                 raise BeirError(f"{path}: line {n}: score {score!r} is not an integer") from None
+            first_line.setdefault(doc, n)
     if not qrels:
         raise BeirError(f"{path}: no judgments")
-    return BeirSet(corpus, {q: queries[q] for q in qrels}, qrels)
+    size = 0
+    for row in _jsonl(folder / "corpus.jsonl", ("_id", "text")):
+        first_line.pop(str(row["_id"]), None)
+        size += 1
+    if first_line:
+        doc, n = min(first_line.items(), key=lambda item: item[1])
+        raise BeirError(f"{path}: line {n}: corpus-id {doc!r} is not in corpus.jsonl")
+    return BeirSet(folder.name, str(folder / "corpus.jsonl"), size, {q: queries[q] for q in qrels}, qrels)
+
+
+def read_corpus(beir: BeirSet) -> Iterator[tuple[str, str]]:
+    """(id, the retriever's text) of each passage, streamed: for exact search in tests and benchmarks."""
+    for row in _jsonl(Path(beir.corpus_path), ("_id", "text")):
+        yield str(row["_id"]), passage_text(row)

@@ -1,8 +1,13 @@
-"""The loop from cleaned data to a trained retriever: one retriever per arm with identical
-hyperparameters and seeds (``original`` rows as they came in, ``refined`` rows, the
-``topk_percpos`` baseline's rows; ``zero_shot`` untrained), each scored on a BEIR-format set;
-the paired per-query differences of nDCG@10 with bootstrap 95% intervals. Writes
-``OUTPUT/evaluate/evaluate.json``, ``evaluate.md``, ``evaluate.png`` and a section of the card."""
+"""The loop from cleaned data to a trained retriever, laid out as the paper's Table 1: one
+retriever per arm with identical hyperparameters and seeds (``original`` rows as they came in,
+``refined`` rows, the ``topk_percpos`` baseline's rows; ``zero_shot`` untrained), each scored on
+one or more BEIR-format sets; per set and on average (all sets, and the paper's out-of-domain
+ones), nDCG@10 with the paired per-query differences and their bootstrap 95% intervals. Writes
+``OUTPUT/evaluate/evaluate.json``, ``evaluate.md``, ``evaluate.png`` and a section of the card.
+
+Everything large lives on the output's storage, where every node reaches it: the arms' examples,
+Ray Train's runs and checkpoints, the corpus embeddings (``evaluate/examples``, ``train``,
+``embeddings``); the driver holds queries, judgments and scores."""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,15 +27,18 @@ from arhn_ray.data.layout import OutputLayout
 from arhn_ray.data.parts import parts_to_run
 from arhn_ray.data.rows import read_rows
 from arhn_ray.engines.teacher import resolve_teacher
-from arhn_ray.evaluate.beir import load_beir
-from arhn_ray.evaluate.metrics import bootstrap_mean, mean, paired_bootstrap, per_query
+from arhn_ray.evaluate.beir import OOD, BeirSet, load_beir
+from arhn_ray.evaluate.examples import write_examples
+from arhn_ray.evaluate.metrics import bootstrap_mean, mean, paired_bootstrap_sets, per_query
 from arhn_ray.evaluate.report import render_markdown, render_png, write_card_section
-from arhn_ray.evaluate.retrieve import retrieve
-from arhn_ray.evaluate.train import arm_layout, examples, train_arm
+from arhn_ray.evaluate.retrieve import encode_corpus, encode_queries, search
+from arhn_ray.evaluate.train import arm_layout, global_batch, train_arm
 from arhn_ray.pipeline.placement import init_ray
 
 log = logging.getLogger(__name__)
 ARMS = ("zero_shot", "original", "refined", "topk_percpos")
+TRAINED = ARMS[1:]
+PAIRS = (("refined", "original"), ("refined", "topk_percpos"))
 SETTINGS = ("model", "query_prefix", "passage_prefix", "max_seq_len", "batch_size", "mini_batch_size", "lr", "warmup_ratio",
             "epochs", "negatives", "seed", "workers", "use_gpu")  # fmt: skip
 
@@ -44,53 +53,63 @@ def saved_config(out: OutputLayout, overrides: list[str]) -> Config:
         return load_config(f"{tmp}/config.yaml", overrides)
 
 
-def original_rows(cfg: Config) -> list[dict]:
-    """The input rows as they came in (the valid ones), read again from ``input.path``."""
+def original_rows(cfg: Config) -> Iterator[dict]:
+    """The input rows as they came in (the valid ones), read again from ``input.path`` a part at a time."""
     parts, _ = parts_to_run(cfg.input.path, cfg.input.part_rows, cfg.input.storage_options, cfg.input.limit, done={})
-    return [r.row for p in parts for r in read_rows(p, cfg.input.format, cfg.input.max_passage_chars, cfg.input.storage_options) if r.row]
+    for p in parts:
+        yield from (r.row for r in read_rows(p, cfg.input.format, cfg.input.max_passage_chars, cfg.input.storage_options) if r.row)
 
 
-def baseline_rows(cfg: Config, out: OutputLayout, baseline: str | None) -> tuple[list[dict], str]:
-    """A given TopK-PercPos output's rows, or the baseline run now on the same input."""
+def baseline_output(cfg: Config, out: OutputLayout, baseline: str | None) -> OutputLayout:
+    """A given TopK-PercPos output, or the baseline run now on the same input (its top-k: the
+    negatives an example takes, unless ``baseline.keep`` says otherwise)."""
     if baseline:
-        return list(OutputLayout(baseline, out.storage_options).read_rows("refined")), baseline
+        return OutputLayout(baseline, out.storage_options)
     from arhn_ray.pipeline.job import run
 
-    target = out.file("evaluate/topk_percpos")
-    if not OutputLayout(target, out.storage_options).exists("stats.json"):
+    target = OutputLayout(out.file("evaluate/topk_percpos"), out.storage_options)
+    if not target.exists("stats.json"):
         with tempfile.TemporaryDirectory() as tmp:
             OmegaConf.save(OmegaConf.structured(cfg), f"{tmp}/config.yaml")
-            run(load_config(f"{tmp}/config.yaml", ["method.name=topk_percpos", "pipeline.mode=fused", f"output.path={target}"]))
-    return list(OutputLayout(target, out.storage_options).read_rows("refined")), target
+            run(load_config(f"{tmp}/config.yaml", ["method.name=topk_percpos", "pipeline.mode=fused", f"output.path={out.path.rstrip('/')}/evaluate/topk_percpos",
+                                                   f"baseline.keep={cfg.baseline.keep or cfg.evaluate.negatives}"]))  # fmt: skip
+    return target
 
 
-def train_arms(rows: dict[str, list[dict]], settings: dict[str, Any], ev: EvaluateConfig, work: Path) -> tuple[dict[str, tuple[str, dict]], int]:
-    """Trains every arm but ``zero_shot``, side by side as far as the cluster holds them (each arm
-    its own Ray Train run; identical settings and seeds, so the order does not matter). Returns each
-    arm's model folder and training metrics, and how many arms trained at once."""
+def train_arms(sources: dict[str, Any], settings: dict[str, Any], ev: EvaluateConfig, out: OutputLayout) -> tuple[dict[str, tuple[Any, dict]], int]:
+    """Writes each arm's examples, then trains every arm but ``zero_shot``, side by side as far
+    as the cluster holds them (each its own Ray Train run; identical settings and seeds, so the
+    order does not matter). Returns each arm's checkpoint (None: not trained) and metrics, and
+    how many arms trained at once."""
     import ray
 
-    arms = [a for a in ARMS if a != "zero_shot"]
     cluster = ray.cluster_resources()
-    per_worker, at_once = arm_layout(ev, cluster, len(arms))
+    per_worker, at_once = arm_layout(ev, cluster, len(TRAINED))
     if ev.worker_memory_gb and "memory" not in per_worker:
         log.warning("evaluate: Ray has %.1f GiB of memory here, less than an arm's %d worker(s) x %g GiB (evaluate.worker_memory_gb): "
                     "the arms train one at a time, without reserving it; lower evaluate.batch_size or max_seq_len if one runs "
                     "out of memory", cluster.get("memory", 0.0) / 2**30, ev.workers, ev.worker_memory_gb)  # fmt: skip
-    log.info("evaluate: training %d arms, %d at a time (%d worker(s) each, a worker reserves %s)", len(arms), at_once, ev.workers,
-                ", ".join(f"{v / 2**30:g} GiB memory" if k == "memory" else f"{v:g} {k}" for k, v in per_worker.items()), extra={"notice": True})  # fmt: skip
+    written = {}
+    for arm in TRAINED:
+        written[arm] = folder, n, queries, none = write_examples(sources[arm], out, arm, ev.negatives, ev.seed, ev.query_prefix,
+                                                                  ev.passage_prefix)  # fmt: skip
+        log.info("evaluate: the %s arm: %d training examples from %d queries (one per positive; %d queries gave none: no positive "
+                 "or no negative left)", arm, n, queries, none, extra={"notice": True})  # fmt: skip
+    log.info("evaluate: training %d arms, %d at a time (%d worker(s) each, a worker reserves %s)", len(TRAINED), at_once, ev.workers,
+             ", ".join(f"{v / 2**30:g} GiB memory" if k == "memory" else f"{v:g} {k}" for k, v in per_worker.items()), extra={"notice": True})  # fmt: skip
 
-    def one(arm: str) -> tuple[str | None, dict[str, Any]]:
-        train = examples(rows[arm], ev.negatives, ev.seed, ev.query_prefix, ev.passage_prefix)
-        if not train:
-            log.warning("evaluate: the %s arm has no training example (no row kept a positive and a negative): not trained", arm)
-            return None, {"examples": 0, "trained": False}
-        log.info("evaluate: training the %s arm on %d examples", arm, len(train), extra={"notice": True})
-        metrics = train_arm(arm, train, settings, per_worker, str(work / "ray"), str(work / arm))
-        return str(work / arm), {"examples": len(train), "trained": True, **metrics}
+    def one(arm: str) -> tuple[Any, dict[str, Any]]:
+        folder, n, queries, none = written[arm]
+        counts = {"examples": n, "queries": queries, "queries_without_example": none}
+        batch = global_batch(ev.batch_size, queries, ev.workers)
+        if not batch:
+            log.warning("evaluate: the %s arm has examples from %d queries, fewer than its %d worker(s): not trained", arm, queries, ev.workers)
+            return None, {**counts, "trained": False}
+        checkpoint, metrics = train_arm(arm, folder, batch, settings, per_worker, out)
+        return checkpoint, {**counts, "trained": True, **metrics}
 
     with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="arhn-arm") as pool:
-        return dict(zip(arms, pool.map(one, arms))), at_once
+        return dict(zip(TRAINED, pool.map(one, TRAINED))), at_once
 
 
 def detectable_difference(ndcg: list[float]) -> float:
@@ -105,46 +124,76 @@ def detectable_difference(ndcg: list[float]) -> float:
     return round(1.96 * 2**0.5 * statistics.stdev(ndcg) / len(ndcg) ** 0.5, 4)
 
 
-def evaluate(output: str, eval_dir: str, overrides: list[str] | None = None, baseline: str | None = None,
+def score_set(beir: BeirSet, models: dict[str, Any], ev: EvaluateConfig, out: OutputLayout) -> dict[str, dict[str, dict[str, float]]]:
+    """Per arm, per query, nDCG@10 and Recall@100 on one set: its corpus encoded once by every
+    model in a Ray Data pool, then each arm's top-k searched block by block."""
+    import ray
+
+    encoders = ev.encoders or (int(ray.cluster_resources().get("GPU", 0)) if ev.use_gpu else 1) or 1
+    fs, target = out.arrow_filesystem(), out.file(f"evaluate/embeddings/{beir.name}")
+    if out.fs.exists(target):
+        out.fs.rm(target, recursive=True)
+    started = time.perf_counter()
+    log.info("evaluate: encoding %s (%d passages) with %d models on %d encoder(s)", beir.name, beir.corpus_size, len(models), encoders,
+             extra={"notice": True})  # fmt: skip
+    encode_corpus(beir.corpus_path, models, ev, encoders, target, fs)
+    queries = encode_queries(beir.queries, models, ev, encoders)
+    log.info("evaluate: %s encoded in %.0f s; searching the top %d of each query", beir.name, time.perf_counter() - started, ev.top_k,
+             extra={"notice": True})  # fmt: skip
+    return {arm: per_query(search(target, fs, arm, *queries[arm], ev.top_k, beir.corpus_size, ev.search_block), beir.qrels) for arm in models}
+
+
+def summarize(scores: dict[str, list[dict[str, dict[str, float]]]], ev: EvaluateConfig) -> dict[str, Any]:
+    """Arms' nDCG@10 and Recall@100 averaged over the sets given (each set weighing the same), with
+    bootstrap intervals, and the paired differences."""
+    arms = {arm: {"ndcg@10": round(sum(mean(s, "ndcg@10") for s in sets) / len(sets), 4),
+                  "recall@100": round(sum(mean(s, "recall@100") for s in sets) / len(sets), 4),
+                  "ndcg@10_ci95": bootstrap_mean([[q["ndcg@10"] for q in s.values()] for s in sets], ev.bootstrap_samples, ev.seed)}
+            for arm, sets in scores.items()}  # fmt: skip
+    paired = {}
+    for a, b in PAIRS:
+        if a not in scores or b not in scores:
+            paired[f"{a}_vs_{b}"] = {"skipped": f"the {a if a not in scores else b} arm was not trained (too few examples)"}
+            continue
+        sets = [({q: v["ndcg@10"] for q, v in sa.items()}, {q: v["ndcg@10"] for q, v in sb.items()}) for sa, sb in zip(scores[a], scores[b])]
+        paired[f"{a}_vs_{b}"] = paired_bootstrap_sets(sets, ev.bootstrap_samples, ev.seed)
+    return {"arms": arms, "paired": paired}
+
+
+def evaluate(output: str, eval_dirs: str | list[str], overrides: list[str] | None = None, baseline: str | None = None,
              storage_options: dict | None = None) -> dict[str, Any]:  # fmt: skip
     out = OutputLayout(output, storage_options)
     cfg = saved_config(out, [f"evaluate.{o}" if not o.startswith("evaluate.") else o for o in overrides or []])
     ev = cfg.evaluate
-    beir = load_beir(eval_dir, ev.split)
+    sets = [load_beir(d, ev.split) for d in ([eval_dirs] if isinstance(eval_dirs, str) else eval_dirs)]
+    if len({s.name for s in sets}) < len(sets):
+        raise ValueError(f"--eval: two folders share a name ({', '.join(s.name for s in sets)}): the table names sets by folder")
     settings = {k: getattr(ev, k) for k in SETTINGS} | {"model": resolve_teacher(ev.model)}
-    named = {**settings, "model": ev.model}
-    rows = {"original": original_rows(cfg), "refined": list(out.read_rows("refined"))}
-    rows["topk_percpos"], baseline_from = baseline_rows(cfg, out, baseline)
-    work = Path(tempfile.mkdtemp(prefix="arhn-evaluate-"))
+    topk = baseline_output(cfg, out, baseline)
     init_ray(cfg.pipeline.ray_address)
-    results: dict[str, Any] = {"arms": {}, "paired": {}, "train": {"hyperparameters": named,
-                                                                   "baseline_output": baseline_from, "arms": {}}}  # fmt: skip
+    sources = {"original": original_rows(cfg), "refined": out.read_rows("refined"), "topk_percpos": topk.read_rows("refined")}
     started = time.perf_counter()
-    trained, results["train"]["arms_at_once"] = train_arms(rows, settings, ev, work)
-    results["train"]["seconds"] = round(time.perf_counter() - started, 1)
-    results["train"]["arms"] = {arm: {"queries": len(rows[arm]), **metrics} for arm, (_, metrics) in trained.items()}
-    scores = {}
-    for arm in ARMS:
-        if arm in trained and trained[arm][0] is None:
-            results["arms"][arm] = {"trained": False}
-            continue
-        model = trained[arm][0] if arm in trained else settings["model"]
-        run = retrieve(model, beir, ev.query_prefix, ev.passage_prefix, ev.top_k, ev.max_seq_len)
-        scores[arm] = per_query(run, beir.qrels)
-        ndcg = [s["ndcg@10"] for s in scores[arm].values()]
-        results["arms"][arm] = {"ndcg@10": round(mean(scores[arm], "ndcg@10"), 4), "recall@100": round(mean(scores[arm], "recall@100"), 4),
-                                "ndcg@10_ci95": bootstrap_mean(ndcg, ev.bootstrap_samples, ev.seed)}  # fmt: skip
-    for a, b in (("refined", "original"), ("refined", "topk_percpos")):
-        if a not in scores or b not in scores:
-            results["paired"][f"{a}_vs_{b}"] = {"skipped": f"the {a if a not in scores else b} arm was not trained (no example)"}
-            continue
-        results["paired"][f"{a}_vs_{b}"] = paired_bootstrap(
-            {q: s["ndcg@10"] for q, s in scores[a].items()}, {q: s["ndcg@10"] for q, s in scores[b].items()}, ev.bootstrap_samples, ev.seed
-        )
-    results["eval"] = {"folder": str(eval_dir), "queries": len(beir.queries), "corpus": len(beir.corpus),
-                       "detectable_ndcg@10_difference": detectable_difference([s["ndcg@10"] for s in scores["zero_shot"].values()]),
-                       "metrics": "pytrec_eval (trec_eval): ndcg_cut.10 with graded relevance as gains, recall.100"}  # fmt: skip
-    out.write_text("evaluate/evaluate.json", json.dumps(results, indent=2))
+    trained, at_once = train_arms(sources, settings, ev, out)
+    results: dict[str, Any] = {"train": {"hyperparameters": {**settings, "model": ev.model}, "baseline_output": topk.path,
+                                         "arms_at_once": at_once, "seconds": round(time.perf_counter() - started, 1),
+                                         "arms": {arm: m for arm, (_, m) in trained.items()}}, "sets": {}}  # fmt: skip
+    models = {"zero_shot": settings["model"], **{arm: ckpt for arm, (ckpt, _) in trained.items() if ckpt is not None}}
+    per_set = {}
+    for beir in sets:
+        per_set[beir.name] = score_set(beir, models, ev, out)
+        zero = [s["ndcg@10"] for s in per_set[beir.name]["zero_shot"].values()]
+        results["sets"][beir.name] = {"folder": beir.corpus_path.rsplit("/", 1)[0], "queries": len(beir.queries), "corpus": beir.corpus_size,
+                                      "ood": beir.name.lower() in OOD, "detectable_ndcg@10_difference": detectable_difference(zero),
+                                      **summarize({arm: [s] for arm, s in per_set[beir.name].items()}, ev)}  # fmt: skip
+    groups = {"all": list(per_set)} | ({"ood": ood} if (ood := [n for n in per_set if n.lower() in OOD]) and len(per_set) > 1 else {})
+    results["average"] = {g: {"sets": names, **summarize({arm: [per_set[n][arm] for n in names] for arm in models}, ev)} for g, names in groups.items()}
+    results["arms"], results["paired"] = results["average"]["all"]["arms"], results["average"]["all"]["paired"]
+    for arm in TRAINED:
+        results["arms"].setdefault(arm, {"trained": False})
+    results["eval"] = {"sets": list(per_set), "queries": sum(s["queries"] for s in results["sets"].values()),
+                       "metrics": "pytrec_eval (trec_eval): ndcg_cut.10 with graded relevance as gains, recall.100",
+                       "search": f"exact inner product of normalized embeddings (FAISS, {ev.search_block} passages at a time), top {ev.top_k}"}  # fmt: skip
+    out.write_text("evaluate/evaluate.json", json.dumps(results, indent=2, default=str))
     out.write_text("evaluate/evaluate.md", render_markdown(results))
     with tempfile.TemporaryDirectory() as tmp:
         render_png(results, Path(tmp) / "evaluate.png")

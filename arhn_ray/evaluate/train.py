@@ -1,40 +1,27 @@
 """Training one arm: the retriever (sentence-transformers) fine-tuned with a contrastive loss over
 one positive, k hard negatives and the in-batch negatives (MultipleNegativesRankingLoss, or its
-cached variant for large batches), as the paper and RLHN train E5. A row with several positives
-(relabeled ones) gives one example with one of them, drawn per seed, as Tevatron does; batches
-never hold the same text twice (sentence-transformers' no-duplicates sampler), so a passage is
-never a positive and a negative of one batch.
+cached variant for large batches), as the paper and RLHN train E5. Batches never hold the same
+text twice (sentence-transformers' no-duplicates sampler), so a passage is never a positive and a
+negative of one batch.
 
 Each arm is a Ray Train job (``TorchTrainer``, data-parallel over ``evaluate.workers`` workers,
-on GPUs with ``evaluate.use_gpu``); the model comes back as the run's checkpoint.
+on GPUs with ``evaluate.use_gpu``) whose run, checkpoint included, lives on the output's own
+storage (the workers of a multi-node cluster can all reach it; a driver's temp dir they cannot).
+``evaluate.batch_size`` is the global batch: the sampler forms batches of that size and
+accelerate splits each across the workers (``split_batches``), whose in-batch negatives are
+gathered across devices, so 8 GPUs see the negatives one GPU with the whole batch would.
+The examples reach the workers as a Ray Dataset read from the output (evaluate/examples.py).
 """
 
 from __future__ import annotations
 
-import hashlib
-import random
 from typing import TYPE_CHECKING, Any
 
-from arhn_ray.data.export import sample_negatives
-from arhn_ray.method.passages import passage_text
+from arhn_ray.evaluate.examples import ORDER
 
 if TYPE_CHECKING:
     from arhn_ray.config import EvaluateConfig
-
-
-def examples(rows: list[dict], negatives: int, seed: int, query_prefix: str = "", passage_prefix: str = "") -> list[dict]:
-    """One training example per row with a positive and at least one negative: anchor, positive, negative_1..k."""
-    out = []
-    for row in rows:
-        negs = sample_negatives(row, negatives, seed, "repeat")
-        if not negs or not row["positive_passages"]:
-            continue
-        rng = random.Random(int(hashlib.sha1(f"pos:{seed}:{row['query_id']}".encode()).hexdigest()[:12], 16))
-        positive = rng.choice(row["positive_passages"])
-        example = {"anchor": query_prefix + row["query"], "positive": passage_prefix + passage_text(positive)}
-        example.update({f"negative_{i}": passage_prefix + passage_text(n) for i, n in enumerate(negs, 1)})
-        out.append(example)
-    return out
+    from arhn_ray.data.layout import OutputLayout
 
 
 def worker_resources(use_gpu: bool, memory_gb: float | None) -> dict[str, float]:
@@ -69,40 +56,70 @@ def arm_layout(ev: EvaluateConfig, cluster: dict[str, float], arms: int = 3) -> 
     return per_worker, arms_at_once(arms, ev.workers, per_worker, cluster, ev.arms_at_once if per_worker == asked else 1)
 
 
+def global_batch(batch_size: int, queries: int, workers: int) -> int:
+    """The batch an arm trains with: ``batch_size``, or the number of queries the arm's examples
+    come from when smaller (a query's examples share its text and negatives, so a batch without
+    duplicates holds one of them: a larger batch is never filled and the sampler yields none), a
+    multiple of the workers (accelerate splits it evenly); 0 when that leaves no batch."""
+    return min(batch_size, queries) // workers * workers
+
+
+def _local_copy(shard, folder: str):
+    """The worker's copy of the examples as a memory-mapped datasets.Dataset, in example order."""
+    import os
+
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+
+    path, writer = os.path.join(folder, "examples.parquet"), None
+    for batch in shard.iter_batches(batch_format="pyarrow", batch_size=4096):
+        writer = writer or pq.ParquetWriter(path, batch.schema)
+        writer.write_table(batch)
+    writer.close()
+    return Dataset.from_parquet(path, cache_dir=os.path.join(folder, "cache")).sort(ORDER).remove_columns(ORDER)
+
+
 def train_loop(config: dict[str, Any]) -> None:
     """Runs in each Ray Train worker: fine-tune, then report the model as the run's checkpoint (rank 0)."""
     import os
+    import resource
     import tempfile
 
     import ray.train
-    from datasets import Dataset
+    import torch
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer import losses
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 
+    context = ray.train.get_context()
+    world = context.get_world_size()
     model = SentenceTransformer(config["model"], device="cuda" if config["use_gpu"] else "cpu")
     model.max_seq_length = config["max_seq_len"]
+    gather = world > 1
     if config["mini_batch_size"]:
-        loss = losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=config["mini_batch_size"])
+        loss = losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=config["mini_batch_size"], gather_across_devices=gather)
     else:
-        loss = losses.MultipleNegativesRankingLoss(model)
+        loss = losses.MultipleNegativesRankingLoss(model, gather_across_devices=gather)
     work = tempfile.mkdtemp(prefix="arhn-train-")
-    # an arm smaller than a batch trains on what it has (one smaller batch), as a sampler of length 0 cannot
-    batch = max(1, min(config["batch_size"], len(config["examples"])))
+    train = _local_copy(ray.train.get_dataset_shard("train"), work)
+    bf16 = bool(config["use_gpu"] and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    batch = config["global_batch"]
     args = SentenceTransformerTrainingArguments(
         output_dir=work, num_train_epochs=config["epochs"], per_device_train_batch_size=batch,
+        accelerator_config={"split_batches": True}, bf16=bf16, tf32=bf16 or None,
         learning_rate=config["lr"], warmup_ratio=config["warmup_ratio"], seed=config["seed"], data_seed=config["seed"],
         batch_sampler=BatchSamplers.NO_DUPLICATES, save_strategy="no", report_to="none", disable_tqdm=True,
-        logging_steps=max(1, len(config["examples"]) // batch // 10), use_cpu=not config["use_gpu"],
+        logging_steps=max(1, len(train) // batch // 10), use_cpu=not config["use_gpu"],
     )  # fmt: skip
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_list(config["examples"]), loss=loss)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train, loss=loss)
     done = trainer.train()
-    import resource
-
-    metrics = {"examples": len(config["examples"]), "batch_size": args.per_device_train_batch_size, "steps": done.global_step,
-               "train_loss": round(float(done.training_loss), 4),
+    processes, split = trainer.accelerator.num_processes, trainer.accelerator.split_batches
+    metrics = {"examples": len(train), "batch_size": args.per_device_train_batch_size * (1 if split else processes),
+               "device_batch": args.per_device_train_batch_size // processes if split else args.per_device_train_batch_size,
+               "world_size": processes, "gather_across_devices": loss.gather_across_devices, "bf16": args.bf16,
+               "steps": done.global_step, "train_loss": round(float(done.training_loss), 4),
                "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}  # fmt: skip
-    if ray.train.get_context().get_world_rank() == 0:
+    if context.get_world_rank() == 0:
         saved = os.path.join(work, "model")
         model.save(saved)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(saved))
@@ -110,26 +127,28 @@ def train_loop(config: dict[str, Any]) -> None:
         ray.train.report(metrics)
 
 
-def train_arm(name: str, rows_examples: list[dict], settings: dict[str, Any], per_worker: dict[str, float], storage: str,
-              target: str) -> dict[str, Any]:  # fmt: skip
-    """Fine-tune ``settings['model']`` on the examples in a Ray Train job of ``settings['workers']``
-    workers reserving ``per_worker`` each; the model is copied to ``target``; returns the run's
-    metrics (steps, training loss, the rank-0 worker's peak memory, seconds)."""
-    import shutil
+def train_arm(name: str, folder: str, batch: int, settings: dict[str, Any], per_worker: dict[str, float], out: OutputLayout):
+    """Fine-tune ``settings['model']`` on the examples in ``folder`` (the output's filesystem) in a
+    Ray Train job of ``settings['workers']`` workers reserving ``per_worker`` each, its run under
+    ``OUTPUT/evaluate/train``; returns the checkpoint (on that storage) and the run's metrics."""
     import time
 
-    from ray.train import RunConfig, ScalingConfig
+    import ray.data
+    from ray.train import DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    fs = out.arrow_filesystem()
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={**settings, "examples": rows_examples},
+        train_loop_config={**settings, "global_batch": batch},
         scaling_config=ScalingConfig(num_workers=settings["workers"], use_gpu=settings["use_gpu"], resources_per_worker=per_worker),
-        run_config=RunConfig(name=f"arhn-evaluate-{name}", storage_path=storage),
+        # every worker reads all the examples: accelerate splits each batch (a shard each would split twice)
+        datasets={"train": ray.data.read_parquet(folder, filesystem=fs)},
+        dataset_config=DataConfig(datasets_to_split=[]),
+        run_config=RunConfig(name=f"arhn-evaluate-{name}", storage_path=out.file("evaluate/train"), storage_filesystem=fs),
     )
     started = time.perf_counter()
     result = trainer.fit()
-    with result.checkpoint.as_directory() as folder:
-        shutil.copytree(folder, target, dirs_exist_ok=True)
-    kept = ("batch_size", "steps", "train_loss", "peak_rss_gb")
-    return {**{k: result.metrics[k] for k in kept}, "seconds": round(time.perf_counter() - started, 1)}
+    kept = ("batch_size", "device_batch", "world_size", "gather_across_devices", "bf16", "steps", "train_loss", "peak_rss_gb")
+    return result.checkpoint, {**{k: result.metrics[k] for k in kept}, "seconds": round(time.perf_counter() - started, 1),
+                               "checkpoint": result.checkpoint.path}  # fmt: skip

@@ -18,7 +18,7 @@ from arhn_ray.config import Config, ConfigError, EngineConfig, mask_secrets_in_l
 from arhn_ray.data.layout import OutputLayout
 from arhn_ray.data.parts import Part, parts_to_run
 from arhn_ray.pipeline.metrics import RunMetrics
-from arhn_ray.pipeline.placement import init_ray, remove_placement_groups, replica_resources
+from arhn_ray.pipeline.placement import init_ray, remove_placement_groups, replica_resources, teacher_layout
 from arhn_ray.pipeline.preflight import check_models, check_output, wait_for_gpus
 from arhn_ray.pipeline.progress import Progress
 from arhn_ray.pipeline.report import write_report
@@ -35,13 +35,17 @@ def _pool(ds, cfg: Config, step: str, engine: EngineConfig):
     # an async replica takes several batches at once and its engine overlaps them (as ray.data.llm does)
     async_llm = engine.async_engine and uses_llm(cfg)  # the baseline's teacher is called batch by batch
     stage, calls = (AsyncRefineStage, cfg.pipeline.max_concurrent_batches) if async_llm else (RefineStage, 1)
+    if uses_llm(cfg):
+        size, resources = engine.replicas, replica_resources(engine, cfg.pipeline.max_replica_restarts)
+    else:
+        size, resources = teacher_layout(cfg, ray.cluster_resources(), cfg.pipeline.max_replica_restarts)
     return ds.map_batches(
         stage,
         fn_constructor_kwargs={"cfg": cfg, "step": step},
         batch_size=cfg.pipeline.batch_size,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=engine.replicas, max_concurrent_calls_per_actor=calls),
-        **replica_resources(engine, cfg.pipeline.max_replica_restarts),
+        compute=ray.data.ActorPoolStrategy(size=size, max_concurrent_calls_per_actor=calls),
+        **resources,
     )
 
 

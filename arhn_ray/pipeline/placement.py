@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from arhn_ray.config import EngineConfig
+from arhn_ray.config import Config, EngineConfig
 
 _placement_groups: list = []  # created by this driver for replicas; removed when the run ends
 
@@ -60,3 +60,15 @@ def replica_resources(engine: EngineConfig, restarts: int = 3) -> dict[str, Any]
     if gpus == 1:
         return {**args, "num_gpus": 1}
     return {**args, "num_gpus": 0, "num_cpus": 0, "ray_remote_args_fn": partial(_placement_group_strategy, gpus)}
+
+
+def teacher_layout(cfg: Config, cluster: dict[str, float], restarts: int = 3) -> tuple[int, dict[str, Any]]:
+    """TopK-PercPos's teachers: where the LLM would run on GPUs (``engine.device``), one a GPU (no
+    placement group: a teacher fits in one), as many as ``baseline.replicas`` or the cluster's
+    GPUs; elsewhere ``engine.replicas`` of ``engine.num_cpus``. Returns the pool's size and its
+    ``map_batches`` arguments."""
+    args: dict[str, Any] = {"max_restarts": restarts, "max_task_retries": restarts}
+    gpus = int(cluster.get("GPU", 0)) if use_gpus(cfg.engine) else 0
+    if gpus:
+        return cfg.baseline.replicas or gpus, {**args, "num_gpus": 1}
+    return cfg.baseline.replicas or cfg.engine.replicas, {**args, "num_cpus": cfg.engine.num_cpus}

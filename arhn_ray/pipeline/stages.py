@@ -82,7 +82,7 @@ def make_refiner(cfg: Config, engine: Engine | AsyncEngine | None = None) -> Ref
     """ARHN's Refiner over an LLM engine, or the TopK-PercPos baseline over its teacher (``method.name``)."""
     if not uses_llm(cfg):
         b = cfg.baseline
-        return TopKPercPos(Teacher(b.model, b.kind, b.batch_size, b.query_prefix, b.passage_prefix), b.relative_margin)
+        return TopKPercPos(Teacher(b.model, b.kind, b.batch_size, b.query_prefix, b.passage_prefix), b.relative_margin, b.keep)
     return Refiner(
         engine or start_engine(cfg.engine),
         method_options(cfg),

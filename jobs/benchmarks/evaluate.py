@@ -41,17 +41,17 @@ def main() -> None:
     import ray
 
     from arhn_ray.config import load_config
+    from arhn_ray.data.layout import OutputLayout
     from arhn_ray.engines.teacher import resolve_teacher
     from arhn_ray.evaluate.beir import load_beir
-    from arhn_ray.evaluate.retrieve import retrieve
-    from arhn_ray.evaluate.run import SETTINGS, train_arms
+    from arhn_ray.evaluate.run import SETTINGS, score_set, train_arms
     from arhn_ray.evaluate.train import arm_layout
     from arhn_ray.plan import Assumptions
 
     ev = load_config(str(ROOT / "conf" / "local.yaml")).evaluate
     sample = [json.loads(line) for line in open(ROOT / "arhn_ray" / "samples" / "rlhn_msmarco.jsonl")]
     rows = [copy(sample[i % len(sample)], i) for i in range(args.queries)]
-    arms = {"original": rows, "refined": rows, "topk_percpos": rows}
+    arms = lambda: {"original": iter(rows), "refined": iter(rows), "topk_percpos": iter(rows)}  # noqa: E731
     settings = {k: getattr(ev, k) for k in SETTINGS} | {"model": resolve_teacher(ev.model)}
     ray.init(include_dashboard=False, log_to_driver=False)
     print(f"cluster: {ray.cluster_resources().get('CPU', 0):g} CPUs; {args.queries} training queries an arm, {ev.negatives} negatives, "
@@ -62,9 +62,9 @@ def main() -> None:
             print(f"side by side: not run, this cluster holds one arm at a time ({ray.cluster_resources()['memory'] / 2**30:.1f} GiB "
                   f"of Ray memory, {ev.worker_memory_gb:g} GiB a worker)")  # fmt: skip
             break
-        tmp = Path(tempfile.mkdtemp(prefix="arhn-bench-evaluate-"))
+        out = OutputLayout(tempfile.mkdtemp(prefix="arhn-bench-evaluate-"))
         t = time.perf_counter()
-        trained, used = train_arms(arms, settings, replace(ev, arms_at_once=at_once), tmp)
+        trained, used = train_arms(arms(), settings, replace(ev, arms_at_once=at_once), out)
         wall[used] = time.perf_counter() - t
         arm_s = [m["seconds"] for _, m in trained.values()]
         steps = [m["steps"] for _, m in trained.values()]
@@ -79,10 +79,10 @@ def main() -> None:
     if side > 1:
         print(f"side by side ({side} at a time) / one at a time, wall: {wall[side] / serial:.2f} (speed-up {serial / wall[side]:.2f}x)")
     beir = load_beir(ROOT / "arhn_ray" / "evaluate" / "msmarco_beir")
-    model = next(iter(trained.values()))[0]
     t = time.perf_counter()
-    retrieve(model, beir, ev.query_prefix, ev.passage_prefix, ev.top_k, ev.max_seq_len)
-    print(f"this CPU: retrieval of the shipped set ({len(beir.queries)} queries, {len(beir.corpus)} passages): {time.perf_counter() - t:.1f} s")
+    score_set(beir, {"zero_shot": settings["model"], **{a: c for a, (c, _) in trained.items()}}, ev, out)
+    print(f"this CPU: retrieval of the shipped set by 4 models ({len(beir.queries)} queries, {beir.corpus_size} passages): "
+          f"{time.perf_counter() - t:.1f} s")  # fmt: skip
     a = Assumptions()
     hours = 680_000 / (8 * a.train_queries_per_gpu_s) / 3600
     print(f"cluster (assumed, not measured: {a.train_queries_per_gpu_s:g} training queries/s per A100 for E5-base at batch 128, "

@@ -1,0 +1,52 @@
+"""Each arm's training examples, written once beside the output (``evaluate/examples/<arm>/``) a
+bounded chunk at a time, so that the driver's memory does not grow with the training set; the
+trainer's workers read them back as a Ray Dataset. The example is export's
+(:func:`arhn_ray.data.export.training_examples`): users train on what evaluate measures."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from arhn_ray.data.export import training_examples
+from arhn_ray.data.layout import OutputLayout
+
+ORDER = "example"  # the example's number: every worker puts its copy in this order (Ray Data may not)
+CHUNK = 20_000  # examples a file: ~ 20K x 9 passages of text, tens of MB
+
+
+def write_examples(rows: Iterable[dict], out: OutputLayout, arm: str, negatives: int, seed: int, query_prefix: str = "",
+                   passage_prefix: str = "", chunk: int = CHUNK) -> tuple[str, int, int, int]:  # fmt: skip
+    """Writes ``rows``' examples under ``evaluate/examples/<arm>/``; returns the folder (in the
+    layout's filesystem), the examples written, the rows that gave some and the rows that gave
+    none (no positive, or no kept negative)."""
+    folder = f"examples/{arm}"
+    if out.exists(f"evaluate/{folder}"):
+        out.fs.rm(out.file(f"evaluate/{folder}"), recursive=True)
+    out.fs.makedirs(out.file(f"evaluate/{folder}"), exist_ok=True)
+    written = skipped = queries = 0
+    for n, batch in enumerate(_chunks(rows, negatives, seed, query_prefix, passage_prefix, chunk)):
+        examples, some, none = batch
+        skipped += none
+        queries += some
+        if examples:
+            with out.fs.open(out.file(f"evaluate/{folder}/part-{n:05d}.parquet"), "wb") as f:
+                table = pa.Table.from_pylist(examples)
+                pq.write_table(table.append_column(ORDER, pa.array(range(written, written + len(examples)), pa.int64())), f)
+            written += len(examples)
+    return out.file(f"evaluate/{folder}"), written, queries, skipped
+
+
+def _chunks(rows: Iterable[dict], negatives: int, seed: int, qp: str, pp: str, chunk: int) -> Iterator[tuple[list[dict], int, int]]:
+    examples: list[dict] = []
+    some = none = 0
+    for row in rows:
+        made = training_examples(row, negatives, seed, "repeat", qp, pp)
+        some, none = some + bool(made), none + (not made)
+        examples += made
+        if len(examples) >= chunk:
+            yield examples, some, none
+            examples, some, none = [], 0, 0
+    yield examples, some, none
