@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import sys
+import textwrap
 
 from arhn_ray.agreement import COUNT_AS
 from arhn_ray.config import ConfigError, load_config
@@ -49,7 +50,7 @@ def summary(stats: dict, output: str) -> str:
         f"arhn-ray: wrote {output}",
         f"  rows in       {o['queries'] + o['rejected']}",
         f"  refined       {o['queries']}",
-        f"  rejected      {o['rejected']}  {stats['rejected_reasons'] or ''}",
+        f"  rejected      {o['rejected']}" + (f" ({counts(stats['rejected_reasons'])})" if stats["rejected_reasons"] else ""),
         f"  negatives     {o['negatives_in']}: relabeled {o['relabel']}, filtered {o['filter']}, kept {o['keep']}",
         *([f"  stage 1       {o['stage1_calls']} calls ({o.get('stage1_cut', 0)} cut by max_tokens), "
            f"{o['stage1_prompt_tokens']} prompt + {o['stage1_output_tokens']} output tokens",
@@ -66,7 +67,12 @@ def summary(stats: dict, output: str) -> str:
     lines.append(f"  dataset card  {output.rstrip('/')}/README.md")
     if warning := demo_labels(stats):
         lines.append(f"  NOTE          {warning}")
-    return "\n".join(lines)
+    return "\n".join(wrapped for line in lines for wrapped in fit_80(line))
+
+
+def fit_80(line: str) -> list[str]:
+    """A summary line as lines of at most 80 columns, continued under its value; a path is never split."""
+    return textwrap.wrap(line, 80, subsequent_indent=" " * 16, break_long_words=False, break_on_hyphens=False) or [line]
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -101,7 +107,7 @@ def _stage(args: argparse.Namespace) -> int:
 def _prepare_model(args: argparse.Namespace) -> int:
     from arhn_ray.engines.bundled import prepare_model
 
-    print(prepare_model(args.target))
+    print(f"arhn-ray: the bundled SmolLM2 model is ready in {prepare_model(args.target)}")
     return 0
 
 
@@ -125,7 +131,9 @@ def _relabel(args: argparse.Namespace) -> int:
         overrides.append(f"method.positive_no_answer={args.positive_no_answer}")
     if args.max_relabeled is not None:
         overrides.append(f"method.max_relabeled={args.max_relabeled}")
-    stats = relabel(args.output, args.out, overrides, args.storage_options)
+    work = lambda: relabel(args.output, args.out, overrides, args.storage_options)  # noqa: E731
+    out = OutputLayout(args.out, args.storage_options)
+    stats = work() if args.verbose else quietly(work, out, "relabel", f"relabeling {args.output} -> {args.out} (variant {args.variant}, no LLM)")
     print(summary(stats, args.out))
     return 0
 
@@ -167,13 +175,22 @@ def _export(args: argparse.Namespace) -> int:
 
     try:
         kind = file_type(args.out)
-        n = export(args.output, args.format, args.out, negatives=args.negatives, seed=args.seed, prefixes=args.e5_prefixes, short=args.short,
+        written = export(args.output, args.format, args.out, negatives=args.negatives, seed=args.seed, prefixes=args.e5_prefixes, short=args.short,
                    storage_options=args.storage_options)  # fmt: skip
     except ValueError as e:  # a bad --out, --format or --short: named, no traceback
         print(f"arhn-ray: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {n} training rows ({args.format}) to {args.out} as {kind}")
+    print(f"arhn-ray: wrote {written.rows} training rows ({args.format}) to {args.out} as {kind}, "
+          f"from {written.queries - sum(written.dropped.values())} of {written.queries} queries")
+    if written.dropped:
+        print(f"  left out     {counts(written.dropped)}" + ("; --short keep writes the queries with fewer negatives" if args.short != "keep"
+              and args.format != "sentence-transformers" else ""))
     return 0
+
+
+def counts(counter: dict) -> str:
+    """``{'no kept negative': 14}`` as a person reads it: ``14 no kept negative``, most first."""
+    return ", ".join(f"{n} {reason}" for reason, n in sorted(counter.items(), key=lambda kv: -kv[1]))
 
 
 def _command(sub, name: str, help: str, example: str, fn) -> argparse.ArgumentParser:
@@ -203,12 +220,12 @@ def parser() -> argparse.ArgumentParser:
     r = _command(sub, "refine", "refine a dataset with the two LLM stages and write refined and rejected rows",
                  "arhn-ray refine conf/local.yaml input.path=data/ output.path=out/run1 engine.replicas=2", _refine)  # fmt: skip
     r.add_argument("config", help="a YAML file from conf/")
-    r.add_argument("overrides", nargs="*", help="key=value, e.g. engine.replicas=8")
+    r.add_argument("overrides", nargs="*", default=[], help="key=value, e.g. engine.replicas=8 (optional)")
 
     pl = _command(sub, "plan", "what a run would do and cost (files, parts, rows, LLM calls, tokens, GPU-hours), calling no LLM",
                   "arhn-ray plan conf/qwen3-32b-a100x16.yaml input.path=arhn_ray/samples", _plan)  # fmt: skip
     pl.add_argument("config", help="a YAML file from conf/")
-    pl.add_argument("overrides", nargs="*", help="key=value, as for refine")
+    pl.add_argument("overrides", nargs="*", default=[], help="key=value, as for refine (optional)")
     pl.add_argument("--json", action="store_true", help="print the plan as JSON, for scripts")
     assumed = Assumptions()
     pl.add_argument("--sample-rows", type=int, default=assumed.sample_rows, help="rows read per file; the rest of a file is scaled from them")
@@ -220,7 +237,7 @@ def parser() -> argparse.ArgumentParser:
     st = _command(sub, "stage", "download every model and tokenizer a config loads into the Hugging Face cache (HF_HOME), "
                   "so that pods can run with HF_HUB_OFFLINE=1", "HF_HOME=/models/huggingface arhn-ray stage conf/qwen3-32b-a100x16.yaml", _stage)  # fmt: skip
     st.add_argument("config", help="a YAML file from conf/")
-    st.add_argument("overrides", nargs="*", help="key=value, as for refine")
+    st.add_argument("overrides", nargs="*", default=[], help="key=value, as for refine (optional)")
     st.add_argument("--list", action="store_true", help="print what it would download (repository, config key, kind), download nothing")
 
     m = _command(sub, "prepare-model", "convert the bundled SmolLM2 GGUF file into a Hugging Face folder (once)",
@@ -260,7 +277,7 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--eval", required=True, nargs="+", metavar="DIR",
                     help="BEIR-format folders (corpus.jsonl, queries.jsonl, qrels/test.tsv), named by BEIR's names: one or the paper's 16")
     ev.add_argument("--baseline", default=None, help="a TopK-PercPos output of the same input (else it is run now, into OUTPUT/evaluate/)")
-    ev.add_argument("overrides", nargs="*", help="key=value under evaluate (model, batch_size, lr, epochs, negatives, seed, workers, use_gpu, ...)")
+    ev.add_argument("overrides", nargs="*", default=[], help="key=value under evaluate (model, batch_size, lr, epochs, negatives, seed, workers, use_gpu, ...)")
     _storage_options(ev)
 
     e = _command(sub, "export", "write training files from an output folder",

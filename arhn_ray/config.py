@@ -18,7 +18,15 @@ from arhn_ray.data.readers import FORMATS as READER_FORMATS
 from arhn_ray.data.truncation import resolve_tokenizer
 from arhn_ray.engines.options import ENGINE_KINDS, EngineConfig
 from arhn_ray.engines.teacher import KINDS as TEACHER_KINDS
-from arhn_ray.method.labeling import MethodOptions
+from arhn_ray.method.labeling import (
+    POSITIVE_NO_ANSWER,
+    STAGE1_CONSTRAINTS,
+    STAGE1_OUTPUTS,
+    STAGE2_CONSTRAINTS,
+    STAGE2_INPUTS,
+    VARIANTS,
+    MethodOptions,
+)
 from arhn_ray.secrets import mask_in_logs, redact, secret_values
 
 
@@ -98,7 +106,7 @@ class PipelineConfig:
     max_rejected_fraction: float = 0.1
     max_rejected_min_rows: int = 200
     max_replica_restarts: int = 3  # per replica: a dead engine or a crashed process restarts it
-    ray_address: str | None = None  # None: join a running cluster if there is one, else start one
+    ray_address: str | None = None  # None: RAY_ADDRESS, else a local Ray of this run's own; 'auto' joins a running one
     progress: bool = True
     ray_progress_bars: bool = False  # Ray Data's own operator bars, besides arhn-ray's progress line
     read_concurrency: int = 2  # parts read at once
@@ -181,7 +189,14 @@ _CHOICES = {
     "pipeline.mode": ("fused", "staged"),
     "method.name": METHODS,
     "baseline.kind": TEACHER_KINDS,
+    "method.variant": VARIANTS,
+    "method.positive_no_answer": POSITIVE_NO_ANSWER,
+    "stage1.output": STAGE1_OUTPUTS,
+    "stage1.constraint": STAGE1_CONSTRAINTS,
+    "stage2.input": STAGE2_INPUTS,
+    "stage2.constraint": STAGE2_CONSTRAINTS,
 }
+_METHOD_KEYS = {"max_negatives_per_chunk": "method.max_negatives_per_chunk", "max_relabeled": "method.max_relabeled"}
 
 
 class ConfigError(ValueError):
@@ -245,7 +260,8 @@ def check(cfg: Config) -> None:
     try:
         method_options(cfg)
     except ValueError as e:
-        raise ConfigError(f"config key 'method' / 'stage1' / 'stage2': {e}") from None
+        key = next((k for name, k in _METHOD_KEYS.items() if str(e).startswith(name)), "method")
+        raise ConfigError(f"config key {key!r}: {e}") from None
 
 
 def uses_llm(cfg: Config) -> bool:

@@ -116,7 +116,7 @@ def quietly(work: Callable[[], T], out: OutputLayout, command: str, banner: str)
     ours = not ray.is_initialized()
     try:
         with quiet(path) as console:
-            console.write(f"arhn-ray: {banner} (Ray and vLLM logs: {path}; -v shows them here)\n")
+            console.write(f"arhn-ray: {banner}\n  Ray's and vLLM's logs go to {path} (-v shows them here)\n")
             handler = ProgressHandler(console)
             handler.addFilter(only_ours)
             logging.getLogger().addHandler(handler)

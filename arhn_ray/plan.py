@@ -63,6 +63,7 @@ class Assumptions:
 class RunEstimate:
     files: int = 0
     parts: int = 0
+    parts_written: int = 0  # finished parts of the output, left out of the plan
     rows: int = 0  # all rows of the input (metadata; JSONL estimated from its size)
     rows_sampled: int = 0
     rows_invalid: int = 0
@@ -108,7 +109,8 @@ def make_plan(cfg: Config, assume: Assumptions | None = None) -> RunEstimate:
         assume = replace(assume, stage1_output_tokens_per_doc=OUTPUT_TOKENS_PER_DOC[options.stage1_output])
     try:
         written = {} if cfg.output.overwrite else OutputLayout(cfg.output.path, cfg.output.storage_options).complete_parts()
-        output_note = f"{len(written)} parts already written in {cfg.output.path} are left out"
+        output_note = (f"{len(written)} parts already written in {cfg.output.path} are left out "
+                       "(output.overwrite=true or a new output.path plans the whole input)" if written else f"{cfg.output.path}: nothing written yet")
     except Exception as e:  # no credentials for the output here: plan the whole input
         written, output_note = {}, f"{cfg.output.path} not readable here ({type(e).__name__}): the whole input is planned"
     parts, _ = parts_to_run(cfg.input.path, cfg.input.part_rows, cfg.input.storage_options, cfg.input.limit, written)
@@ -116,7 +118,8 @@ def make_plan(cfg: Config, assume: Assumptions | None = None) -> RunEstimate:
     heads = (SharedPrefix(), SharedPrefix())
     prompts = PromptSet.load(cfg.prompts.version, cfg.prompts.dir)
     truncate = _truncator(cfg)
-    p = RunEstimate(files=len({x.uri for x in parts}), parts=len(parts), tokenizer=tokenizer_name, assumptions=asdict(assume), output=output_note)
+    p = RunEstimate(files=len({x.uri for x in parts}), parts=len(parts), tokenizer=tokenizer_name, assumptions=asdict(assume), output=output_note,
+                    parts_written=len(written))
     totals = {"rows": 0, "sampled": 0}
     by_file: dict[str, list] = {}
     for part in parts:
@@ -277,7 +280,8 @@ def render(p: RunEstimate) -> str:
     about = " (scaled from the rows read)" if p.scaled else ""
     return "\n".join(
         [
-            f"arhn-ray plan: {p.files} files, {p.parts} parts to refine, {p.rows:,} rows ({p.rows_sampled:,} read{', the rest scaled' if p.scaled else ''})",
+            f"arhn-ray plan: {p.files} files, {p.parts} parts to refine, {p.rows:,} rows ({p.rows_sampled:,} read{', the rest scaled' if p.scaled else ''})"
+            + (f"; {p.parts_written} parts already written" if p.parts_written else ""),
             f"  output            {p.output}",
             f"  rows invalid      {p.rows_invalid:,}{about}",
             f"  negatives         {p.negatives:,} ({p.duplicates_of_positive:,} duplicates of the positive, filtered without a call)",

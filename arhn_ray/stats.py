@@ -180,6 +180,8 @@ def render_markdown(stats: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {s['queries']} | {s['rejected']} | {s['negatives_in']} | {pq['relabel']} | {pq['filter']} | {pq['keep']} | {s['no_answer_rate']:.1%} |"
         )
+    lines += ["", "A subset is the rows' `subset` field (the paper's Table 4 groups by it; `default` when a row has none), "
+              "not the input file: `refined/<file>/` holds each file's rows."]
     o = stats["overall"]
     lines += [
         "",
@@ -245,6 +247,7 @@ def render_png(stats: dict[str, Any], path: Path) -> None:
         bottom = [b + v for b, v in zip(bottom, vals)]
     ax.set_title("Negatives per query (Table 4)")
     ax.set_ylabel("negatives / query")
+    ax.set_xlabel("subset (the rows' subset field)")
     ax.legend()
     ax.tick_params(axis="x", rotation=20)
     for ax, key, title in ((axes[1], "grounding", "Snippet grounding"), (axes[2], "stage2_status", "Stage 2 parse")):

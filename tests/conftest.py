@@ -72,7 +72,7 @@ def ray_cluster():
     # the nodes' environment holds an API key, as a cluster's does (tests/test_reliability.py's secrets test)
     os.environ.setdefault(NODE_API_KEY_ENV, NODE_API_KEY)
     if not ray.is_initialized():
-        ray.init(num_cpus=24, num_gpus=16, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=24, num_gpus=16, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

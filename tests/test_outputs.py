@@ -168,7 +168,7 @@ def test_stats_renders_again(replay_output, capsys):
     assert "picture:" in capsys.readouterr().out
 
 
-def test_export_three_formats(replay_output, tmp_path):
+def test_export_three_formats(replay_output, tmp_path, capsys):
     from datasets import load_dataset
 
     st = tmp_path / "st.parquet"
@@ -213,6 +213,15 @@ def test_export_three_formats(replay_output, tmp_path):
     assert main(["export", str(replay_output), "--format", "tevatron", "--short", "drop", "--out", str(tev)]) == 0
     tev_rows = [json.loads(line) for line in tev.read_text().splitlines()]
     assert len(tev_rows) == sum(len(r["negative_passages"]) >= 7 for r in refined)
+    short = sum(0 < len(r["negative_passages"]) < 7 for r in refined)
+    none = sum(not r["negative_passages"] for r in refined)
+    said = capsys.readouterr().out
+    assert f"from {len(tev_rows)} of {len(refined)} queries" in said, said
+    assert (f"{short} fewer than 7 kept negatives (--short drop)" in said) == bool(short), said
+    assert (f"{none} no kept negative" in said) == bool(none) and ("left out" in said) == bool(short + none), said
+    assert main(["export", str(replay_output), "--format", "tevatron", "--short", "drop", "--negatives", "100", "--out", str(tev)]) == 0
+    said = capsys.readouterr().out
+    assert f"from 0 of {len(refined)} queries" in said and f"left out     {len(refined)} fewer than 100 kept negatives" in said, said
     for rec in tev_rows:
         src = next(r for r in refined if r["query_id"] == rec["query_id"])
         assert set(rec) == {"query_id", "query", "positive_passages", "negative_passages", "subset"}
@@ -242,7 +251,7 @@ def test_the_output_is_a_dataset_people_load(replay_output, tmp_path, capsys):
         for ext in ("parquet", "jsonl"):
             out = tmp_path / f"{fmt}.{ext}"
             assert main(["export", str(replay_output), "--format", fmt, "--out", str(out)]) == 0
-            assert capsys.readouterr().out.strip().endswith(f"as {ext}")
+            assert f"to {out} as {ext}, from " in capsys.readouterr().out
             ds = load_dataset("parquet" if ext == "parquet" else "json", data_files=str(out), split="train")
             assert len(ds) > 0
             if ext == "parquet":

@@ -44,3 +44,53 @@ def test_the_main_command_ends_with_its_summary_at_an_80_column_terminal(tmp_pat
     lines = check_screen(code, screen, rows=4)
     final = [line for line in lines if PROGRESS.match(line)][-1]
     assert final.startswith("4/4 rows 100% rej 1; ") and "relab 3 filt 2 kept 12" in final, final
+
+
+OTHER_RAY = """
+import sys
+import ray
+ray.init(address="local", num_cpus=1, include_dashboard=False)
+print(ray.get_runtime_context().gcs_address, flush=True)
+for _ in sys.stdin:  # a probe: is this Ray still whole? one task, the nodes it has
+    print(ray.get(ray.remote(lambda: "ran").remote()), len(ray.nodes()), flush=True)
+ray.shutdown()
+"""
+
+
+def test_refine_and_relabel_with_another_local_ray_on_the_machine_start_their_own_and_stay_quiet(tmp_path):
+    """Issue 28: a notebook's Ray runs on the machine. refine and relabel start a Ray of their own
+    (``ray.init()`` would join the other one, and Ray Train's cleaner once killed an evaluate arm
+    that way), leave the other one up, and show at an 80-column terminal only their own lines."""
+    import subprocess
+    import sys
+
+    from test_pipeline import dataset
+
+    other = subprocess.Popen([sys.executable, "-c", OTHER_RAY], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        other_gcs = other.stdout.readline().strip()
+        assert other_gcs, "the other Ray did not start"
+        data, recordings, _ = dataset(tmp_path)
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        out, again = tmp_path / "out", tmp_path / "filter"
+        code, screen = run_in_terminal([shutil.which("arhn-ray"), "refine", "conf/replay.yaml", f"input.path={data}",
+                                        f"engine.replay_path={recordings}", f"output.path={out}"], env)  # fmt: skip
+        check_screen(code, screen, rows=4)
+        code, screen = run_in_terminal([shutil.which("arhn-ray"), "relabel", str(out), "--variant", "filter", "--out", str(again)], env)
+        lines = [line for line in terminal_lines(screen) if line.strip()]
+        assert code == 0 and (again / "stats.json").exists(), screen[-3000:]
+        ours = re.compile(r"^(arhn-ray: |  \S|\s{16}\S|progress: |[\d,]+ ?/ ?~?[\d,]+ rows)")
+        assert all(ours.match(line) for line in lines), [line for line in lines if not ours.match(line)]
+        assert lines[0].startswith("arhn-ray: relabeling ") and any(line.startswith("  negatives ") for line in lines), lines
+        for log in [*(out / "logs").glob("refine-*.log"), *(again / "logs").glob("relabel-*.log")]:
+            text = log.read_text(errors="replace")
+            assert "Started a local Ray instance" in text and other_gcs not in text and "multiple active Ray" not in text, log
+        other.stdin.write("probe\n")
+        other.stdin.flush()
+        assert other.stdout.readline().split() == ["ran", "1"], "the other process's Ray is not whole"
+    finally:
+        other.stdin.close()  # it shuts its Ray down and exits
+        try:
+            other.wait(60)
+        except subprocess.TimeoutExpired:
+            other.kill()

@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -56,11 +58,32 @@ def training_examples(row: dict, negatives: int, seed: int = 0, short: str = "re
             for pos in row["positive_passages"]]  # fmt: skip
 
 
+@dataclass
+class Written:
+    """What an export wrote, and which queries it left out and why (the terminal says so)."""
+
+    rows: int = 0
+    queries: int = 0
+    dropped: Counter = field(default_factory=Counter)
+
+
+def why_dropped(row: dict, negatives: int, short: str) -> str | None:
+    """The policy's reason a query gives no training row, or None when it gives some."""
+    if not row["positive_passages"]:
+        return "no positive"
+    kept = len(row["negative_passages"] or [])
+    if kept == 0 and short != "keep":
+        return "no kept negative"
+    if kept < negatives and short == "drop":
+        return f"fewer than {negatives} kept negatives (--short drop)"
+    return None
+
+
 def export(
     output: str, fmt: str, out: str, negatives: int = 7, seed: int = 0, prefixes: bool = False, short: str = "repeat",
     storage_options: dict | None = None,
-) -> int:
-    """Write ``out`` (parquet or JSONL, by its extension); returns the number of training rows."""
+) -> Written:
+    """Write ``out`` (parquet or JSONL, by its extension); returns what it wrote and left out."""
     file_type(out)
     if fmt not in FORMATS:
         raise ValueError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
@@ -68,7 +91,12 @@ def export(
         raise ValueError("--short keep gives rows of different widths; sentence-transformers needs repeat or drop")
     qp, pp = ("query: ", "passage: ") if prefixes else ("", "")
     records: list[dict] = []
+    written = Written()
     for row in OutputLayout(output, storage_options).read_rows("refined"):
+        written.queries += 1
+        if reason := why_dropped(row, negatives, short):
+            written.dropped[reason] += 1
+            continue
         if fmt == "sentence-transformers":
             records += training_examples(row, negatives, seed, short, qp, pp)
             continue
@@ -101,7 +129,8 @@ def export(
         with open(out, "w", encoding="utf-8") as f:
             for rec in records:
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    return len(records)
+    written.rows = len(records)
+    return written
 
 
 def file_type(out: str) -> str:

@@ -133,8 +133,8 @@ def read_part(part: Part, storage_options: dict | None = None) -> Iterator[tuple
             yield (
                 offset,
                 line.decode("utf-8", errors="replace"),
-                f"invalid JSON: {e.msg} at column {e.colno} of the line at byte {offset}",
-            )
+                f"invalid JSON: {e.msg.removesuffix(' at')} at column {e.colno} of the line at byte {offset}",
+            )  # json's "Unterminated string starting at" would read "at at column"
 
 
 def _lines(fs, path: str, start: int, end: int) -> Iterator[tuple[int, bytes]]:

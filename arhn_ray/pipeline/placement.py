@@ -15,11 +15,17 @@ _placement_groups: list = []  # created by this driver for replicas; removed whe
 
 
 def init_ray(address: str | None) -> None:
-    """Join the cluster named by ``address`` / ``RAY_ADDRESS``, or start a local one."""
+    """Join the cluster named by ``address`` / ``RAY_ADDRESS``, else start a local one of our own.
+
+    Never ``ray.init()``'s guess: it joins whatever Ray runs on the machine, so a second run (or a
+    notebook's Ray) would share, and on exit tear down, another process's cluster.
+    ``pipeline.ray_address=auto`` joins a running one on purpose."""
+    import os
+
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=True)
 
 
 def use_gpus(engine: EngineConfig) -> bool:

@@ -1,0 +1,55 @@
+"""What a newcomer reads (issue 28): errors that name the key and its allowed values, a usage
+line that asks only for what is required, a summary that fits 80 columns, counts written as a
+person reads them. Quick tier: no Ray, no vLLM."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from arhn_ray.cli import main, summary
+
+
+def test_refine_without_a_config_asks_for_the_config_only(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["refine"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "required: config" in err and "overrides" not in err.splitlines()[-1], err
+
+
+def test_a_bad_variant_names_the_key_and_the_allowed_values(capsys):
+    assert main(["plan", "conf/local.yaml", "method.variant=foo"]) == 2
+    err = capsys.readouterr().err
+    assert "'method.variant': 'foo' is not one of rf, relabel, filter" in err and "'stage1' /" not in err, err
+
+
+def _stats(**overall) -> dict:
+    o = {"queries": 20, "rejected": 3, "negatives_in": 500, "relabel": 0, "filter": 481, "keep": 19, "stage1_calls": 60,
+         "stage1_prompt_tokens": 1_234_567, "stage1_output_tokens": 123_456, "stage2_calls": 59, "stage2_skipped": 1,
+         "stage2_prompt_tokens": 1_234_567, "stage2_output_tokens": 123_456, **overall}  # fmt: skip
+    return {"overall": o, "rejected_reasons": {"invalid JSON": 2, "positive_passages": 1}, "model": "bundled:smollm2",
+            "this_run": {"wall_s": 310.0, "refined": True}, "preemptions": 3}  # fmt: skip
+
+
+def test_the_summary_of_a_bundled_model_run_fits_80_columns_and_counts_rejections_in_words():
+    text = summary(_stats(), "out/local")
+    lines = text.splitlines()
+    assert all(len(line) <= 80 for line in lines), [line for line in lines if len(line) > 80]
+    assert "  rejected      3 (2 invalid JSON, 1 positive_passages)" in lines
+    assert "{" not in text
+    note = " ".join(text[text.index("  NOTE") :].split())
+    assert "NOT fit for training" in note and "conf/qwen3-32b-a100x16.yaml" in note  # wrapped, not cut
+
+
+def test_a_truncated_json_line_is_rejected_with_a_message_that_reads(tmp_path):
+    from arhn_ray.data.parts import plan_parts, read_part
+
+    path = tmp_path / "broken.jsonl"
+    first, broken = json.dumps({"query_id": "q1"}) + "\n", '{"query_id": "q2", "query": "cut off\n'
+    path.write_text(first + broken)
+    rows = [row for part in plan_parts(str(path), 10) for row in read_part(part)]
+    errors = [err for _, _, err in rows if err]
+    column = broken.index('"cut') + 1
+    assert errors == [f"invalid JSON: Unterminated string starting at column {column} of the line at byte {len(first)}"]
+    assert "at at" not in errors[0]
