@@ -25,6 +25,7 @@ from arhn_ray.stats import demo_labels
 
 
 def _refine(args: argparse.Namespace) -> int:
+    from arhn_ray.pipeline.faults import ClusterFault
     from arhn_ray.pipeline.job import TooManyRejected, run
     from arhn_ray.pipeline.preflight import PreflightError, check_output
 
@@ -36,6 +37,9 @@ def _refine(args: argparse.Namespace) -> int:
     except TooManyRejected as e:
         print(f"arhn-ray: stopped: {e}", file=sys.stderr)
         return 3
+    except ClusterFault as e:
+        print(f"arhn-ray: stopped: {e}", file=sys.stderr)
+        return 5
     except PreflightError as e:
         print(f"arhn-ray: preflight: {e}", file=sys.stderr)
         return 4

@@ -106,6 +106,7 @@ class PipelineConfig:
     max_rejected_fraction: float = 0.1
     max_rejected_min_rows: int = 200
     max_replica_restarts: int = 3  # per replica: a dead engine or a crashed process restarts it
+    max_attempts: int = 3  # a lost node fails Ray 2.60's Dataset: the parts in flight run again, this many times in all
     ray_address: str | None = None  # None: RAY_ADDRESS, else a local Ray of this run's own; 'auto' joins a running one
     progress: bool = True
     ray_progress_bars: bool = False  # Ray Data's own operator bars, besides arhn-ray's progress line
@@ -232,7 +233,7 @@ def check(cfg: Config) -> None:
         if value not in allowed:
             raise ConfigError(f"config key {key!r}: {value!r} is not one of {', '.join(allowed)}")
     for key in ("engine.replicas", "engine.tensor_parallel_size", "engine.pipeline_parallel_size", "pipeline.batch_size",
-                "pipeline.max_concurrent_batches", "input.part_rows", "pipeline.read_concurrency", "pipeline.block_bytes"):  # fmt: skip
+                "pipeline.max_concurrent_batches", "pipeline.max_attempts", "input.part_rows", "pipeline.read_concurrency", "pipeline.block_bytes"):  # fmt: skip
         section, name = key.split(".")
         if flat[section][name] < 1:  # type: ignore[index]
             raise ConfigError(f"config key {key!r}: must be at least 1")

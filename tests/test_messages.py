@@ -53,3 +53,36 @@ def test_a_truncated_json_line_is_rejected_with_a_message_that_reads(tmp_path):
     column = broken.index('"cut') + 1
     assert errors == [f"invalid JSON: Unterminated string starting at column {column} of the line at byte {len(first)}"]
     assert "at at" not in errors[0]
+
+
+def test_the_progress_line_moves_while_no_batch_arrives():
+    """The engines' start: minutes on a CPU before the first batch. The heartbeat prints the line
+    again, with the time so far, instead of leaving the start line for minutes."""
+    import logging
+    import time
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from arhn_ray.data.parts import plan_parts
+    from arhn_ray.pipeline.progress import Progress
+
+    parts = plan_parts("arhn_ray/samples/rlhn_msmarco.jsonl", 5)
+    sink = SimpleNamespace(finished=[], rows_done=0, counts=Counter(relabel=0, filter=0, keep=0, rejected=0))
+    progress = Progress(parts, [])
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger("arhn_ray.progress")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with progress.heartbeat(sink, every_s=0.2):
+            time.sleep(1.1)
+            quiet_start = len(lines)
+            sink.rows_done = 5
+            progress.update(sink, force=True)
+            time.sleep(0.1)
+    finally:
+        logger.removeHandler(handler)
+    assert quiet_start >= 3 and all("first batch in progress" in line for line in lines[:quiet_start]), lines
+    assert "5 / ~" in lines[quiet_start] and "left" in lines[quiet_start], lines

@@ -224,7 +224,7 @@ def test_staged_pools_leave_room_to_read_on_a_two_cpu_machine(tmp_path):
            f"output.path={tmp_path / 'out'}", f"engine.replay_path={recordings}", "pipeline.mode=staged",
            "engine.num_cpus=1", "pipeline.progress=false"]  # fmt: skip
     script = (
-        "import ray, runpy, sys; ray.init(num_cpus=2); sys.argv = sys.argv[1:]; runpy.run_module('arhn_ray', run_name='__main__')"
+        "import ray, runpy, sys; ray.init(address='local', num_cpus=2); sys.argv = sys.argv[1:]; runpy.run_module('arhn_ray', run_name='__main__')"
     )
     res = subprocess.run([sys.executable, "-c", script, *cmd[2:]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]

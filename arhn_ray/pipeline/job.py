@@ -17,6 +17,7 @@ from typing import Any
 from arhn_ray.config import Config, ConfigError, EngineConfig, mask_secrets_in_logs, stage2_engine, to_yaml, uses_llm
 from arhn_ray.data.layout import OutputLayout
 from arhn_ray.data.parts import Part, parts_to_run
+from arhn_ray.pipeline.faults import ClusterFault, fault_name, is_cluster_fault
 from arhn_ray.pipeline.metrics import RunMetrics
 from arhn_ray.pipeline.placement import init_ray, remove_placement_groups, replica_resources, teacher_layout
 from arhn_ray.pipeline.preflight import check_models, check_output, wait_for_gpus
@@ -28,7 +29,9 @@ from arhn_ray.pipeline.stages import AsyncRefineStage, RefineStage, read_parts
 log = logging.getLogger(__name__)
 
 
-def _pool(ds, cfg: Config, step: str, engine: EngineConfig):
+def _pool(ds, cfg: Config, step: str, engine: EngineConfig, elastic: bool = False):
+    """The replicas' actor pool; ``elastic`` (a retry after a lost node) starts with the replicas the
+    nodes left can hold and grows back to the configured size as nodes join."""
     import ray
 
     cfg = replace(cfg, engine=engine)
@@ -44,9 +47,38 @@ def _pool(ds, cfg: Config, step: str, engine: EngineConfig):
         fn_constructor_kwargs={"cfg": cfg, "step": step},
         batch_size=cfg.pipeline.batch_size,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=size, max_concurrent_calls_per_actor=calls),
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=size, max_concurrent_calls_per_actor=calls)
+        if elastic
+        else ray.data.ActorPoolStrategy(size=size, max_concurrent_calls_per_actor=calls),
         **resources,
     )
+
+
+def _dataset(cfg: Config, todo: list[Part], elastic: bool = False):
+    """Parts -> read + validate -> the replicas' pool(s), as one streamed Ray Dataset."""
+    import ray
+
+    ds = ray.data.from_items([{"part": p.to_json()} for p in todo], override_num_blocks=len(todo))
+    ds = ds.map_batches(
+        read_parts,
+        batch_size=1,
+        # reading is light I/O: it must not wait for a CPU slot that the engines hold; a cap on
+        # parts read at once keeps memory to a few parts whatever the size of the files
+        num_cpus=0,
+        compute=ray.data.TaskPoolStrategy(size=cfg.pipeline.read_concurrency),
+        fn_kwargs={
+            "fmt": cfg.input.format,
+            "max_passage_chars": cfg.input.max_passage_chars,
+            "storage_options": dict(cfg.input.storage_options),
+            # a block per batch: a replica's task is one batch, so its results reach the writer
+            # when the batch is done and a crash costs only the batches in flight
+            "block_rows": cfg.pipeline.batch_size,
+        },
+    )
+    if cfg.pipeline.mode == "fused":
+        return _pool(ds, cfg, "fused", cfg.engine, elastic)
+    ds = _pool(ds, cfg, "stage1", cfg.engine, elastic)
+    return _pool(ds, cfg, "stage2", stage2_engine(cfg), elastic)
 
 
 class TooManyRejected(RuntimeError):
@@ -92,37 +124,28 @@ def run(cfg: Config) -> dict[str, Any]:
         ctx.enable_progress_bars = cfg.pipeline.progress and cfg.pipeline.ray_progress_bars
         # small blocks: a batch's results reach the writer when the batch is done, not with its whole part
         ctx.target_max_block_size = cfg.pipeline.block_bytes
-        ds = ray.data.from_items([{"part": p.to_json()} for p in todo], override_num_blocks=len(todo))
-        ds = ds.map_batches(
-            read_parts,
-            batch_size=1,
-            # reading is light I/O: it must not wait for a CPU slot that the engines hold; a cap on
-            # parts read at once keeps memory to a few parts whatever the size of the files
-            num_cpus=0,
-            compute=ray.data.TaskPoolStrategy(size=cfg.pipeline.read_concurrency),
-            fn_kwargs={
-                "fmt": cfg.input.format,
-                "max_passage_chars": cfg.input.max_passage_chars,
-                "storage_options": dict(cfg.input.storage_options),
-                # a block per batch: a replica's task is one batch, so its results reach the writer
-                # when the batch is done and a crash costs only the batches in flight
-                "block_rows": cfg.pipeline.batch_size,
-            },
-        )
-        if cfg.pipeline.mode == "fused":
-            ds = _pool(ds, cfg, "fused", cfg.engine)
-        else:
-            ds = _pool(ds, cfg, "stage1", cfg.engine)
-            ds = _pool(ds, cfg, "stage2", stage2_engine(cfg))
-        metrics = RunMetrics(cfg.output.path)
-        try:
-            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-                sink.add(batch.to_pylist())
-                progress.update(sink)
-                metrics.update(sink)
-                _check_rejections(cfg, sink)
-        finally:
-            remove_placement_groups()
+        metrics, open_parts = RunMetrics(cfg.output.path), todo
+        for attempt in range(1, cfg.pipeline.max_attempts + 1):
+            try:
+                with progress.heartbeat(sink):
+                    for batch in _dataset(cfg, open_parts, elastic=attempt > 1).iter_batches(batch_format="pyarrow", batch_size=None):
+                        sink.add(batch.to_pylist())
+                        progress.update(sink)
+                        metrics.update(sink)
+                        _check_rejections(cfg, sink)
+                break
+            except Exception as e:
+                if not is_cluster_fault(e):
+                    raise
+                open_parts = sink.reopen()
+                where = f"{len(sink.finished)} of {len(todo)} parts written"
+                if attempt == cfg.pipeline.max_attempts:
+                    raise ClusterFault(f"{fault_name(e)}, {attempt} times (pipeline.max_attempts={attempt}); {where}: "
+                                       "rerun the same command to refine the rest") from e  # fmt: skip
+                log.warning("%s: %s; the %d other parts run on the nodes left (attempt %d of %d)", fault_name(e), where,
+                            len(open_parts), attempt + 1, cfg.pipeline.max_attempts)  # fmt: skip
+            finally:
+                remove_placement_groups()
     sink.close()
     progress.update(sink, force=True)
     for name, reason in sink.failed.items():

@@ -7,7 +7,10 @@ JSONL, from an estimate that each finished part replaces with its real count.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from arhn_ray.data.parts import Part
 
@@ -24,6 +27,7 @@ class Progress:
         self.every_s = every_s
         self.started = time.monotonic()
         self.last = self.started
+        self.lock = threading.Lock()  # the writer's thread and the heartbeat's
 
     @property
     def total(self) -> int:
@@ -54,7 +58,12 @@ class Progress:
         elapsed = time.monotonic() - self.started
         rate = done / elapsed if elapsed > 0 else 0.0
         left = max(0, self.total - self.before - done)
-        eta = f"{_duration(left / rate)} left" if rate > 0 and left else ("done" if not left else "time left unknown")
+        if not left:
+            eta = "done"
+        elif rate > 0:
+            eta = f"{_duration(left / rate)} left"
+        else:  # engines load and the first batch runs: minutes on a CPU, with nothing to count yet
+            eta = f"first batch in progress, {_duration(elapsed)} in"
         about = "" if len(self.exact) == len(self.sizes) else "~"
         a, rejected = sink.counts, sink.counts["rejected"]
         rows, share = f"{self.before + done:,}", f"{(self.before + done) / max(1, self.total):.0%}"
@@ -70,11 +79,31 @@ class Progress:
         return full, short
 
     def update(self, sink, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self.last >= self.every_s:
-            self.last = now
-            full, short = self.texts(sink)
-            log.info("%s", full, extra={"short": short})
+        with self.lock:
+            now = time.monotonic()
+            if force or now - self.last >= self.every_s:
+                self.last = now
+                full, short = self.texts(sink)
+                log.info("%s", full, extra={"short": short})
+
+    @contextmanager
+    def heartbeat(self, sink, every_s: float = 15.0) -> Iterator[None]:
+        """The line again every ``every_s`` while no batch arrives (the engines' start, a long batch):
+        a terminal that shows nothing for minutes looks frozen."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(every_s):
+                if time.monotonic() - self.last >= every_s:
+                    self.update(sink, force=True)
+
+        thread = threading.Thread(target=beat, name="arhn-ray-progress", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
 
 def _duration(seconds: float) -> str:

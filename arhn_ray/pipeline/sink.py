@@ -140,6 +140,18 @@ class PartSink:
                 del self.parts[key]
                 log.info("part %s written: %d rows", key, part.expected)
 
+    def reopen(self) -> list[Part]:
+        """The parts in flight when the pipeline failed (a node lost), emptied to run again: their
+        temporary files removed and their rows taken out of the totals, so each row is written once."""
+        parts = [open_part.part for open_part in self.parts.values()]
+        for open_part in self.parts.values():
+            open_part.abandon()
+        self.parts = {p.key: _Part(self, p) for p in parts}
+        self.total = RunStats()
+        for manifest in self.finished:
+            self.total.merge(RunStats.from_dict(manifest["stats"]))
+        return parts
+
     @property
     def counts(self) -> Counter:
         """The counters of every row written so far (stats.COUNTERS: queries, rejected, relabel, ...)."""

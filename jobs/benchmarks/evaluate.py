@@ -53,7 +53,7 @@ def main() -> None:
     rows = [copy(sample[i % len(sample)], i) for i in range(args.queries)]
     arms = lambda: {"original": iter(rows), "refined": iter(rows), "topk_percpos": iter(rows)}  # noqa: E731
     settings = {k: getattr(ev, k) for k in SETTINGS} | {"model": resolve_teacher(ev.model)}
-    ray.init(include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
     print(f"cluster: {ray.cluster_resources().get('CPU', 0):g} CPUs; {args.queries} training queries an arm, {ev.negatives} negatives, "
           f"batch {ev.batch_size}, max_seq_len {ev.max_seq_len}, {ev.epochs} epoch(s), model {ev.model}", flush=True)  # fmt: skip
     wall = {}

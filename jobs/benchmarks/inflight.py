@@ -113,7 +113,7 @@ def main() -> None:
     ap.add_argument("--blocking-queries", type=int, default=2048)
     ap.add_argument("--time-scale", type=float, default=0.2)
     args = ap.parse_args()
-    ray.init(num_cpus=24, num_gpus=16, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=24, num_gpus=16, include_dashboard=False, log_to_driver=False)
     tmp = Path(tempfile.mkdtemp(prefix="arhn-inflight-"))
     rec = make_data(tmp / "in", args.queries)
     print(json.dumps({"assumed": assumed(), "time_scale": args.time_scale, "queries": args.queries}), flush=True)

@@ -45,7 +45,7 @@ def main() -> None:
     (tmp / "in" / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in raw))
     # ray.data.llm runs chat templating, tokenizing, the engine and detokenizing as separate actor
     # pools (per processor): they need more CPU slots than the 2 cores have, both sides get the same cluster
-    ray.init(num_cpus=8, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=8, num_gpus=1, include_dashboard=False, log_to_driver=False)
 
     cfg = load_config(str(ROOT / "conf" / "local.yaml"), [f"input.path={tmp / 'in'}", f"output.path={tmp / 'ours'}", "pipeline.progress=false",
                                                           "pipeline.mode=staged"])  # fmt: skip

@@ -61,7 +61,7 @@ def one(folder: str, block: int, exact: bool) -> None:
     from arhn_ray.evaluate.metrics import mean, per_query
     from arhn_ray.evaluate.retrieve import encode_corpus, encode_queries, search
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     beir = load_beir(folder)
     ev = EvaluateConfig(max_seq_len=64, search_block=block)
     out = OutputLayout(str(Path(folder).parent / f"out-{beir.name}"))

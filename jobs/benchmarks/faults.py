@@ -1,0 +1,213 @@
+"""A multi-node Ray cluster on this machine that loses nodes mid-run: nothing lost, nothing doubled.
+
+A head (no CPUs: it holds the driver, as a KubeRay head pod does) and two worker nodes of one CPU
+each, as separate raylets (``ray.cluster_utils.Cluster``); the replicas can only run on the
+workers. The job is submitted as users submit it (``ray job submit``) against a loopback
+OpenAI-compatible server that answers after ``--delay`` seconds and counts every call (the LLM is
+not what is measured). Each case, one after the other on the same cluster:
+
+- ``none``: no fault, the reference;
+- ``replace``: a worker node's raylet killed once the first part is written, a new node joins;
+- ``lost``: a worker node killed the same way, no node joins: the job ends on what is left;
+- ``head``: the whole cluster killed (as KubeRay loses its head), the job submitted again on a
+  fresh cluster: it resumes from the finished parts.
+
+Prints a table: case, rows in, refined, rejected, lost (must be 0), doubled (must be 0), LLM calls
+per row, wall time, and the job's status; ``--json`` prints the rows as JSON (tests read it).
+
+    python jobs/benchmarks/faults.py [--rows 60] [--cases none,replace,lost,head] [--delay 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from scale import ROOT, FakeLLM, make_layout, serve  # noqa: E402
+
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+class SlowLLM(FakeLLM):
+    delay_s = 1.0
+
+    def do_POST(self):  # noqa: N802
+        time.sleep(SlowLLM.delay_s)
+        try:
+            super().do_POST()
+        except (BrokenPipeError, ConnectionResetError):  # the caller's node was removed: the call is lost with it
+            pass
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_cluster(workers: int = 2):
+    from ray.cluster_utils import Cluster
+
+    dashboard = free_port()
+    cluster = Cluster(initialize_head=True, connect=False,
+                      head_node_args={"num_cpus": 0, "include_dashboard": True, "dashboard_port": dashboard})  # fmt: skip
+    nodes = [cluster.add_node(num_cpus=1) for _ in range(workers)]
+    return cluster, nodes, f"http://127.0.0.1:{dashboard}"
+
+
+def submit(dashboard: str, data: Path, out: Path, url: str, batch: int) -> str:
+    """``ray job submit`` as a user types it; returns the submission id."""
+    job = f"arhn-faults-{uuid.uuid4().hex[:8]}"
+    entry = [sys.executable, "-m", "arhn_ray", "refine", str(ROOT / "conf" / "openai-endpoint.yaml"), f"input.path={data}",
+             f"output.path={out}", f"engine.base_url={url}", "engine.api_key_env=null", "engine.model=fake", "engine.replicas=2",
+             "input.part_rows=10", f"pipeline.batch_size={batch}"]  # fmt: skip
+    for _ in range(60):  # a new head's dashboard agent takes a few seconds to take jobs
+        done = subprocess.run(["ray", "job", "submit", "--address", dashboard, "--submission-id", job, "--no-wait", "--", *entry],
+                              capture_output=True, text=True, cwd=ROOT, timeout=120)  # fmt: skip
+        if not done.returncode:
+            return job
+        if "No available agent" not in done.stderr + done.stdout and "onnect" not in done.stderr:
+            break
+        time.sleep(2)
+    raise RuntimeError(f"ray job submit failed: {done.stdout[-2000:]}{done.stderr[-2000:]}")
+
+
+def wait(dashboard: str, job: str, timeout_s: float, on_tick=None) -> str:
+    from ray.job_submission import JobSubmissionClient
+
+    client, deadline = JobSubmissionClient(dashboard), time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            status = str(client.get_job_status(job)).split(".")[-1]
+        except Exception:  # the head is gone (the head case kills it on purpose)
+            return "LOST"
+        if status in TERMINAL:
+            return status
+        if on_tick and on_tick():
+            return "KILLED"
+        time.sleep(0.3)
+    return "TIMEOUT"
+
+
+def job_logs(dashboard: str, job: str) -> str:
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(dashboard).get_job_logs(job)
+    except Exception:
+        return ""
+
+
+def written_parts(out: Path) -> int:
+    return len(list((out / "_parts").glob("*/*.json"))) if (out / "_parts").exists() else 0
+
+
+def rows_out(out: Path) -> Counter:
+    import pyarrow.parquet as pq
+
+    ids: Counter = Counter()
+    for kind in ("refined", "rejected"):
+        for f in sorted((out / kind).glob("*/*.parquet")):
+            ids.update(pq.read_table(f, columns=["query_id"]).column(0).to_pylist())
+    return ids
+
+
+def measure(case: str, out: Path, rows: int, calls: int, started: float, status: str, logs: str) -> dict:
+    ids = rows_out(out)
+    expected = {f"msmarco-{i}" for i in range(rows)}
+    import pyarrow.parquet as pq
+
+    refined = sum(pq.read_metadata(f).num_rows for f in (out / "refined").glob("*/*.parquet"))
+    return {"case": case, "rows_in": rows, "refined": refined, "rejected": sum(ids.values()) - refined,
+            "lost": len(expected - set(ids)), "doubled": sum(n - 1 for n in ids.values() if n > 1),
+            "calls_per_row": round(calls / rows, 3), "wall_s": round(time.monotonic() - started, 1), "status": status,
+            "retries": logs.count("run on the nodes left")}  # fmt: skip
+
+
+def make_fault(case: str, out: Path, cluster, nodes: list, started: float):
+    """The case's fault, done once the first part is written (the run is mid-way); returns the
+    poll function for :func:`wait` (True: the cluster is gone) and the list it records the time in."""
+    faulted: list[float] = []
+
+    def fault() -> bool:
+        if faulted or written_parts(out) < 1 or case not in ("replace", "lost", "head"):
+            return False
+        faulted.append(time.monotonic() - started)
+        if case == "head":
+            return True
+        cluster.remove_node(nodes.pop(0), allow_graceful=False)
+        if case == "replace":
+            nodes.append(cluster.add_node(num_cpus=1))
+        return False
+
+    return fault, faulted
+
+
+def run_cases(cases: list[str], rows: int, delay_s: float, tmp: Path, timeout_s: float = 600) -> list[dict]:
+    SlowLLM.delay_s = delay_s
+    server, url = serve(SlowLLM)
+    data = tmp / "in"
+    make_layout(data, rows, {"msmarco": 1.0})
+    results = []
+    cluster, nodes, dashboard = start_cluster()
+    try:
+        for case in cases:
+            out = tmp / f"out-{case}"
+            FakeLLM.calls, started = 0, time.monotonic()
+            job = submit(dashboard, data, out, url, batch=2)
+            fault, faulted = make_fault(case, out, cluster, nodes, started)
+
+            status = wait(dashboard, job, timeout_s, fault)
+            logs = job_logs(dashboard, job)
+            if case == "head":
+                cluster.shutdown()  # the head and every node with it
+                cluster, nodes, dashboard = start_cluster()
+                job = submit(dashboard, data, out, url, batch=2)
+                status = wait(dashboard, job, timeout_s)
+                logs += job_logs(dashboard, job)
+            results.append(measure(case, out, rows, FakeLLM.calls, started, status, logs) | {"fault_at_s": round(faulted[0], 1) if faulted else None})
+            print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+            if case == "lost":  # back to two workers for the next case
+                nodes.append(cluster.add_node(num_cpus=1))
+    finally:
+        cluster.shutdown()
+        server.shutdown()
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=60)
+    ap.add_argument("--cases", default="none,replace,lost,head")
+    ap.add_argument("--delay", type=float, default=1.0, help="seconds the fake LLM takes a call")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    os.environ.pop("RAY_ADDRESS", None)
+    tmp = Path(tempfile.mkdtemp(prefix="arhn-bench-faults-"))
+    try:
+        results = run_cases(args.cases.split(","), args.rows, args.delay, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if args.json:
+        print(json.dumps(results))
+        return
+    print(f"\n{'case':<8} {'rows in':>7} {'refined':>7} {'rejected':>8} {'lost':>4} {'doubled':>7} {'calls/row':>9} {'wall s':>7} {'retries':>7}  status")
+    for r in results:
+        print(f"{r['case']:<8} {r['rows_in']:>7} {r['refined']:>7} {r['rejected']:>8} {r['lost']:>4} {r['doubled']:>7} "
+              f"{r['calls_per_row']:>9} {r['wall_s']:>7} {r['retries']:>7}  {r['status']}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
