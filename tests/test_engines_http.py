@@ -145,3 +145,63 @@ def test_openai_engine_against_vllm_serve_with_verbatim_regex(vllm_server):
         assert d["grounding"] in (None, "exact")
     if call["stage2_text"] is not None:
         assert call["stage2_text"].startswith("[")
+
+
+class Unwell(BaseHTTPRequestHandler):
+    """Answers each prompt's first calls as the prompt says: ``429 Retry-After: 1``, a body cut off
+    mid-JSON, a dropped connection; then properly. Records when each call came."""
+
+    seen: dict[str, list[float]] = {}
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        prompt = body["messages"][0]["content"]
+        times = Unwell.seen.setdefault(prompt, [])
+        times.append(time.monotonic())
+        if len(times) == 1 and prompt == "throttled":
+            self.send_response(429)
+            self.send_header("Retry-After", "1")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if len(times) == 1 and prompt == "truncated":
+            data = b'{"choices": [{"message": {"cont'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        if len(times) == 1 and prompt == "dropped":
+            self.connection.shutdown(2)  # no answer at all: the connection goes
+            return
+        send_json(self, 200, {"choices": [{"message": {"content": f"ok {prompt}"}, "finish_reason": "stop"}],
+                              "usage": {"prompt_tokens": 3, "completion_tokens": 2}})  # fmt: skip
+
+    def log_message(self, *args):
+        pass
+
+
+def test_retry_after_is_honoured_and_cut_or_dropped_answers_are_asked_again():
+    Unwell.seen.clear()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Unwell)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        eng = OpenAIEngine(EngineConfig(kind="openai", base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", model="m",
+                                        max_attempts=3, max_concurrency=3))  # fmt: skip
+        res = eng.generate([ChatRequest(chat(p), max_tokens=5) for p in ("throttled", "truncated", "dropped")])
+    finally:
+        server.shutdown()
+    assert [r.text for r in res] == ["ok throttled", "ok truncated", "ok dropped"] and all(r.error is None for r in res)
+    assert {p: len(t) for p, t in Unwell.seen.items()} == {"throttled": 2, "truncated": 2, "dropped": 2}
+    first, second = Unwell.seen["throttled"]
+    assert second - first >= 0.95  # the server's Retry-After: 1, not the 0.5 s of the first backoff step
+
+
+def test_retry_after_reads_seconds_and_http_dates():
+    from email.utils import formatdate
+
+    from arhn_ray.engines.openai_engine import retry_after_s
+
+    assert retry_after_s("3") == 3.0 and retry_after_s(None) is None and retry_after_s("soon") is None
+    assert 8 < retry_after_s(formatdate(time.time() + 10, usegmt=True)) <= 10

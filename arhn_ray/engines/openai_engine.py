@@ -1,6 +1,8 @@
 """Any OpenAI-compatible chat endpoint (vllm serve, SGLang, llama.cpp server).
 
-Bounded concurrency, timeouts, and retries with exponential backoff on 429 and 5xx (tenacity).
+Bounded concurrency, timeouts, and retries (tenacity) on 429, 5xx, a dropped connection, a
+timeout and a truncated body: after the server's ``Retry-After`` where it sends one (capped),
+else with exponential backoff.
 The API key is read from the environment variable whose *name* the config gives, so it never
 enters a config file, a log line or the output.
 """
@@ -19,8 +21,43 @@ from arhn_ray.engines.options import EngineConfig
 from arhn_ray.method.snippets import strip_thinking
 
 
+MAX_RETRY_AFTER_S = 120.0  # a server asking for longer than this is waited on this long, then asked again
+
+
 class _Retryable(Exception):
-    pass
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """``Retry-After``: seconds, or an HTTP date (RFC 9110); None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    from email.utils import parsedate_to_datetime
+
+    try:
+        import time
+
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _wait(backoff):
+    """The server's ``Retry-After`` when it gave one, else ``backoff``."""
+
+    def wait(state) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, _Retryable) and error.retry_after is not None:
+            return min(error.retry_after, MAX_RETRY_AFTER_S)
+        return backoff(state)
+
+    return wait
 
 
 def _is_retryable(e: BaseException) -> bool:
@@ -49,7 +86,7 @@ class OpenAIEngine:
         self._post = retry(
             retry=retry_if_exception(_is_retryable),
             stop=stop_after_attempt(options.max_attempts),
-            wait=wait_exponential(multiplier=0.5, max=30),
+            wait=_wait(wait_exponential(multiplier=0.5, max=30)),
             reraise=True,
         )(self._post_once)
 
@@ -79,10 +116,15 @@ class OpenAIEngine:
     def _post_once(self, body: dict[str, Any]) -> dict[str, Any]:
         resp = self.client.post("/chat/completions", json=body)
         if resp.status_code == 429 or resp.status_code >= 500:
-            raise _Retryable(f"HTTP {resp.status_code}: {resp.text[:200]}")
+            raise _Retryable(f"HTTP {resp.status_code}: {resp.text[:200]}", retry_after_s(resp.headers.get("retry-after")))
         if resp.status_code >= 400:
             raise RuntimeError(f"HTTP {resp.status_code}: {resp.text[:300]}")
-        return resp.json()
+        try:
+            data = resp.json()
+            data["choices"][0]["message"]
+        except (ValueError, KeyError, IndexError, TypeError) as e:  # cut off mid-body by a proxy or a dying server
+            raise _Retryable(f"truncated or malformed answer ({type(e).__name__}): {resp.text[:100]!r}") from None
+        return data
 
     def _one(self, req: ChatRequest) -> ChatResult:
         try:
