@@ -20,7 +20,6 @@ from arhn_ray.engines.base import ChatRequest, ChatResult
 from arhn_ray.engines.options import EngineConfig
 from arhn_ray.method.snippets import strip_thinking
 
-
 MAX_RETRY_AFTER_S = 120.0  # a server asking for longer than this is waited on this long, then asked again
 
 
