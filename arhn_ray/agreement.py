@@ -137,7 +137,10 @@ def render(result: dict[str, Any]) -> str:
 
 
 def _render_decisions(result: dict[str, Any]) -> str:
-    lines = [f"Cohen's kappa of the decisions against {result['reference']} (rows: the reference's action, columns: this output's)", ""]
+    lines = [
+        f"Cohen's kappa of the decisions against {result['reference']} (rows: the reference's action, columns: this output's)",
+        "",
+    ]
     lines.append("| subset | pairs | kappa | " + " | ".join(f"{a} / {b}" for a in ACTIONS for b in ACTIONS) + " |")
     lines.append("|---|---:|---:|" + "---:|" * len(ACTIONS) ** 2)
     for name, r in [*result["subsets"].items(), ("**overall**", result["overall"])]:

@@ -20,7 +20,9 @@ class TopKPercPos:
     def __init__(self, teacher: Teacher, relative_margin: float = 0.05, keep: int | None = None):
         self.engine = teacher  # what a replica closes when Ray Data drops it
         self.relative_margin, self.keep = relative_margin, keep
-        digest = hashlib.sha256(json.dumps([VARIANT, relative_margin, keep, teacher.model, teacher.kind]).encode()).hexdigest()[:16]
+        digest = hashlib.sha256(json.dumps([VARIANT, relative_margin, keep, teacher.model, teacher.kind]).encode()).hexdigest()[
+            :16
+        ]
         self.provenance = {"model": teacher.model, "prompt_version": None, "prompt_sha256": None, "variant": VARIANT,
                            "method_hash": digest, "arhn_ray_version": __version__}  # fmt: skip
 
@@ -35,7 +37,15 @@ class TopKPercPos:
             negatives = [next(scores) for _ in row["negative_passages"]]
             actions = decide(positive, negatives, self.relative_margin, self.keep)
             decisions = [
-                {"docid": neg["docid"], "action": action, "reason": reason, "snippet": None, "grounding": None, "rank": None, "score": score}
+                {
+                    "docid": neg["docid"],
+                    "action": action,
+                    "reason": reason,
+                    "snippet": None,
+                    "grounding": None,
+                    "rank": None,
+                    "score": score,
+                }
                 for neg, (action, reason), score in zip(row["negative_passages"], actions, negatives)
             ]
             kept = [row["negative_passages"][i] for i in kept_order(negatives, actions)]

@@ -33,7 +33,11 @@ def _refine(args: argparse.Namespace) -> int:
     try:
         check_output(cfg)  # before the log file, which goes under the output
         banner = f"refining {cfg.input.path} -> {cfg.output.path}"
-        stats = run(cfg) if args.verbose else quietly(lambda: run(cfg), OutputLayout(cfg.output.path, cfg.output.storage_options), "refine", banner)
+        stats = (
+            run(cfg)
+            if args.verbose
+            else quietly(lambda: run(cfg), OutputLayout(cfg.output.path, cfg.output.storage_options), "refine", banner)
+        )
     except TooManyRejected as e:
         print(f"arhn-ray: stopped: {e}", file=sys.stderr)
         return 3
@@ -56,15 +60,23 @@ def summary(stats: dict, output: str) -> str:
         f"  refined       {o['queries']}",
         f"  rejected      {o['rejected']}" + (f" ({counts(stats['rejected_reasons'])})" if stats["rejected_reasons"] else ""),
         f"  negatives     {o['negatives_in']}: relabeled {o['relabel']}, filtered {o['filter']}, kept {o['keep']}",
-        *([f"  stage 1       {o['stage1_calls']} calls ({o.get('stage1_cut', 0)} cut by max_tokens), "
-           f"{o['stage1_prompt_tokens']} prompt + {o['stage1_output_tokens']} output tokens",
-           f"  stage 2       {o['stage2_calls']} calls ({o['stage2_skipped']} skipped, {o.get('stage2_cut', 0)} cut by max_tokens), "
-           f"{o['stage2_prompt_tokens']} prompt + {o['stage2_output_tokens']} output tokens"]
-          if stats.get("method", "arhn") == "arhn" else [f"  method        {stats['method']}, teacher {stats.get('model')}"]),
+        *(
+            [
+                f"  stage 1       {o['stage1_calls']} calls ({o.get('stage1_cut', 0)} cut by max_tokens), "
+                f"{o['stage1_prompt_tokens']} prompt + {o['stage1_output_tokens']} output tokens",
+                f"  stage 2       {o['stage2_calls']} calls ({o['stage2_skipped']} skipped, {o.get('stage2_cut', 0)} cut by max_tokens), "
+                f"{o['stage2_prompt_tokens']} prompt + {o['stage2_output_tokens']} output tokens",
+            ]
+            if stats.get("method", "arhn") == "arhn"
+            else [f"  method        {stats['method']}, teacher {stats.get('model')}"]
+        ),
         f"  wall time     {stats.get('this_run', t).get('wall_s', 0):.1f} s"
         + ("" if stats.get("this_run", {}).get("refined", True) else " (every part was already written: nothing refined)"),
-        *([f"  preemptions   {stats['preemptions']} (vLLM recomputed these requests: more in flight than its KV cache held)"]
-          if "preemptions" in stats else []),
+        *(
+            [f"  preemptions   {stats['preemptions']} (vLLM recomputed these requests: more in flight than its KV cache held)"]
+            if "preemptions" in stats
+            else []
+        ),
     ]
     if stats.get("unreadable_shards"):
         lines.append(f"  unreadable    {json.dumps(stats['unreadable_shards'])}")
@@ -137,7 +149,11 @@ def _relabel(args: argparse.Namespace) -> int:
         overrides.append(f"method.max_relabeled={args.max_relabeled}")
     work = lambda: relabel(args.output, args.out, overrides, args.storage_options)  # noqa: E731
     out = OutputLayout(args.out, args.storage_options)
-    stats = work() if args.verbose else quietly(work, out, "relabel", f"relabeling {args.output} -> {args.out} (variant {args.variant}, no LLM)")
+    stats = (
+        work()
+        if args.verbose
+        else quietly(work, out, "relabel", f"relabeling {args.output} -> {args.out} (variant {args.variant}, no LLM)")
+    )
     print(summary(stats, args.out))
     return 0
 
@@ -184,11 +200,19 @@ def _export(args: argparse.Namespace) -> int:
     except ValueError as e:  # a bad --out, --format or --short: named, no traceback
         print(f"arhn-ray: {e}", file=sys.stderr)
         return 2
-    print(f"arhn-ray: wrote {written.rows} training rows ({args.format}) to {args.out} as {kind}, "
-          f"from {written.queries - sum(written.dropped.values())} of {written.queries} queries")
+    print(
+        f"arhn-ray: wrote {written.rows} training rows ({args.format}) to {args.out} as {kind}, "
+        f"from {written.queries - sum(written.dropped.values())} of {written.queries} queries"
+    )
     if written.dropped:
-        print(f"  left out     {counts(written.dropped)}" + ("; --short keep writes the queries with fewer negatives" if args.short != "keep"
-              and args.format != "sentence-transformers" else ""))
+        print(
+            f"  left out     {counts(written.dropped)}"
+            + (
+                "; --short keep writes the queries with fewer negatives"
+                if args.short != "keep" and args.format != "sentence-transformers"
+                else ""
+            )
+        )
     return 0
 
 
@@ -232,9 +256,21 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("overrides", nargs="*", default=[], help="key=value, as for refine (optional)")
     pl.add_argument("--json", action="store_true", help="print the plan as JSON, for scripts")
     assumed = Assumptions()
-    pl.add_argument("--sample-rows", type=int, default=assumed.sample_rows, help="rows read per file; the rest of a file is scaled from them")
-    pl.add_argument("--prefill-tokens-per-gpu-s", type=float, default=assumed.prefill_tokens_per_gpu_s, help="assumed prompt tokens per GPU-second")
-    pl.add_argument("--decode-tokens-per-gpu-s", type=float, default=assumed.decode_tokens_per_gpu_s, help="assumed output tokens per GPU-second")
+    pl.add_argument(
+        "--sample-rows", type=int, default=assumed.sample_rows, help="rows read per file; the rest of a file is scaled from them"
+    )
+    pl.add_argument(
+        "--prefill-tokens-per-gpu-s",
+        type=float,
+        default=assumed.prefill_tokens_per_gpu_s,
+        help="assumed prompt tokens per GPU-second",
+    )
+    pl.add_argument(
+        "--decode-tokens-per-gpu-s",
+        type=float,
+        default=assumed.decode_tokens_per_gpu_s,
+        help="assumed output tokens per GPU-second",
+    )
     pl.add_argument("--train-queries-per-gpu-s", type=float, default=assumed.train_queries_per_gpu_s,
                     help="assumed training queries per GPU-second for evaluate's arms")  # fmt: skip
 
@@ -242,7 +278,9 @@ def parser() -> argparse.ArgumentParser:
                   "so that pods can run with HF_HUB_OFFLINE=1", "HF_HOME=/models/huggingface arhn-ray stage conf/qwen3-32b-a100x16.yaml", _stage)  # fmt: skip
     st.add_argument("config", help="a YAML file from conf/")
     st.add_argument("overrides", nargs="*", default=[], help="key=value, as for refine (optional)")
-    st.add_argument("--list", action="store_true", help="print what it would download (repository, config key, kind), download nothing")
+    st.add_argument(
+        "--list", action="store_true", help="print what it would download (repository, config key, kind), download nothing"
+    )
 
     m = _command(sub, "prepare-model", "convert the bundled SmolLM2 GGUF file into a Hugging Face folder (once)",
                  "arhn-ray prepare-model", _prepare_model)  # fmt: skip
@@ -264,7 +302,9 @@ def parser() -> argparse.ArgumentParser:
     a = _command(sub, "agreement", "Cohen's kappa of an output's labels against reference judgments",
                  "arhn-ray agreement out/local --reference rlhn_stage_1.jsonl --stage2-reference rlhn_stage_2.jsonl", _agreement)  # fmt: skip
     a.add_argument("output")
-    a.add_argument("--reference", required=True, help="JSONL/CSV {query_id, docid, label}, an RLHN verdict JSONL, or another output folder")
+    a.add_argument(
+        "--reference", required=True, help="JSONL/CSV {query_id, docid, label}, an RLHN verdict JSONL, or another output folder"
+    )
     a.add_argument("--stage2-reference", default=None, help="RLHN stage-2 verdicts; they decide the queries they hold")
     a.add_argument(
         "--count-as",
@@ -278,10 +318,22 @@ def parser() -> argparse.ArgumentParser:
     ev = _command(sub, "evaluate", "train the same retriever on the original, the refined and the TopK-PercPos rows and score each on a "
                   "BEIR-format set, with paired bootstrap intervals", "arhn-ray evaluate out/local --eval arhn_ray/evaluate/msmarco_beir", _evaluate)  # fmt: skip
     ev.add_argument("output")
-    ev.add_argument("--eval", required=True, nargs="+", metavar="DIR",
-                    help="BEIR-format folders (corpus.jsonl, queries.jsonl, qrels/test.tsv), named by BEIR's names: one or the paper's 16")
-    ev.add_argument("--baseline", default=None, help="a TopK-PercPos output of the same input (else it is run now, into OUTPUT/evaluate/)")
-    ev.add_argument("overrides", nargs="*", default=[], help="key=value under evaluate (model, batch_size, lr, epochs, negatives, seed, workers, use_gpu, ...)")
+    ev.add_argument(
+        "--eval",
+        required=True,
+        nargs="+",
+        metavar="DIR",
+        help="BEIR-format folders (corpus.jsonl, queries.jsonl, qrels/test.tsv), named by BEIR's names: one or the paper's 16",
+    )
+    ev.add_argument(
+        "--baseline", default=None, help="a TopK-PercPos output of the same input (else it is run now, into OUTPUT/evaluate/)"
+    )
+    ev.add_argument(
+        "overrides",
+        nargs="*",
+        default=[],
+        help="key=value under evaluate (model, batch_size, lr, epochs, negatives, seed, workers, use_gpu, ...)",
+    )
     _storage_options(ev)
 
     e = _command(sub, "export", "write training files from an output folder",

@@ -109,8 +109,12 @@ def make_plan(cfg: Config, assume: Assumptions | None = None) -> RunEstimate:
         assume = replace(assume, stage1_output_tokens_per_doc=OUTPUT_TOKENS_PER_DOC[options.stage1_output])
     try:
         written = {} if cfg.output.overwrite else OutputLayout(cfg.output.path, cfg.output.storage_options).complete_parts()
-        output_note = (f"{len(written)} parts already written in {cfg.output.path} are left out "
-                       "(output.overwrite=true or a new output.path plans the whole input)" if written else f"{cfg.output.path}: nothing written yet")
+        output_note = (
+            f"{len(written)} parts already written in {cfg.output.path} are left out "
+            "(output.overwrite=true or a new output.path plans the whole input)"
+            if written
+            else f"{cfg.output.path}: nothing written yet"
+        )
     except Exception as e:  # no credentials for the output here: plan the whole input
         written, output_note = {}, f"{cfg.output.path} not readable here ({type(e).__name__}): the whole input is planned"
     parts, _ = parts_to_run(cfg.input.path, cfg.input.part_rows, cfg.input.storage_options, cfg.input.limit, written)
@@ -118,8 +122,14 @@ def make_plan(cfg: Config, assume: Assumptions | None = None) -> RunEstimate:
     heads = (SharedPrefix(), SharedPrefix())
     prompts = PromptSet.load(cfg.prompts.version, cfg.prompts.dir)
     truncate = _truncator(cfg)
-    p = RunEstimate(files=len({x.uri for x in parts}), parts=len(parts), tokenizer=tokenizer_name, assumptions=asdict(assume), output=output_note,
-                    parts_written=len(written))
+    p = RunEstimate(
+        files=len({x.uri for x in parts}),
+        parts=len(parts),
+        tokenizer=tokenizer_name,
+        assumptions=asdict(assume),
+        output=output_note,
+        parts_written=len(written),
+    )
     totals = {"rows": 0, "sampled": 0}
     by_file: dict[str, list] = {}
     for part in parts:
@@ -259,6 +269,7 @@ def token_ids(cfg: Config):
             )
         except Exception:
             pass
+
     def pieces(messages: list[dict]) -> list[int]:
         text = "".join(m["content"] for m in messages)
         return [hash(text[i : i + 4]) for i in range(0, len(text) - 3, 4)]
@@ -297,15 +308,28 @@ def render(p: RunEstimate) -> str:
             f"  time              ~{p.hours:.3g} h on {p.gpus} GPUs = ~{p.gpu_hours:.3g} GPU-hours "
             f"(assumed per A100, Qwen3-32B: {a['prefill_tokens_per_gpu_s']:,.0f} prompt and {a['decode_tokens_per_gpu_s']:,.0f} output tokens/s)"
             if p.gpus and not p.teachers
-            else "  time              see teachers" if p.teachers else "  time              no GPU estimate: this config runs on CPU or an external server",
+            else "  time              see teachers"
+            if p.teachers
+            else "  time              no GPU estimate: this config runs on CPU or an external server",
             f"  evaluate          ~{p.evaluate_hours:.3g} h to train 3 arms, {p.evaluate_arms_at_once} at a time "
             f"(~{p.evaluate_device_hours:.3g} {p.evaluate_device}-hours; assumed "
             f"{a['train_queries_per_' + p.evaluate_device.lower() + '_s']:g} training queries/s a worker; "
             "encoding the evaluation corpus not included)",
-            *([f"  evaluate encoding ~{p.evaluate_encode_hours:.3g} h: 4 models x {a['eval_passages']:,} passages (the paper's 16 BEIR sets) "
-               f"on {p.evaluate_encoders} GPUs (assumed {a['encode_passages_per_gpu_s']:g} passages/s an A100); FAISS searches them block by block"]
-              if p.evaluate_encode_hours else []),
-            *([f"  teachers          {p.teachers} TopK-PercPos teachers, one GPU each, no LLM call: ~{p.teacher_hours:.3g} h "
-               f"(assumed {a['teacher_pairs_per_gpu_s']:g} scored pairs/s a GPU)"] if p.teachers else []),
+            *(
+                [
+                    f"  evaluate encoding ~{p.evaluate_encode_hours:.3g} h: 4 models x {a['eval_passages']:,} passages (the paper's 16 BEIR sets) "
+                    f"on {p.evaluate_encoders} GPUs (assumed {a['encode_passages_per_gpu_s']:g} passages/s an A100); FAISS searches them block by block"
+                ]
+                if p.evaluate_encode_hours
+                else []
+            ),
+            *(
+                [
+                    f"  teachers          {p.teachers} TopK-PercPos teachers, one GPU each, no LLM call: ~{p.teacher_hours:.3g} h "
+                    f"(assumed {a['teacher_pairs_per_gpu_s']:g} scored pairs/s a GPU)"
+                ]
+                if p.teachers
+                else []
+            ),
         ]
     )

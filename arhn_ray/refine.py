@@ -177,7 +177,9 @@ class Refiner:
             stage2 = [lb.stage2_request(plan, c, s, self.prompts, self.options, anchor) for c, s in enumerate(snippets)]
             for c, req in enumerate(stage2):
                 if req is not None:
-                    requests.append(ChatRequest(chat(req.prompt), (row["query_id"], 2, c), self.stage2_max_tokens, req.constraint))
+                    requests.append(
+                        ChatRequest(chat(req.prompt), (row["query_id"], 2, c), self.stage2_max_tokens, req.constraint)
+                    )
                     owners.append((r, c))
             work.append((r, plan, snippets, stage2))
         results = (yield requests) if requests else []

@@ -180,8 +180,11 @@ def render_markdown(stats: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {s['queries']} | {s['rejected']} | {s['negatives_in']} | {pq['relabel']} | {pq['filter']} | {pq['keep']} | {s['no_answer_rate']:.1%} |"
         )
-    lines += ["", "A subset is the rows' `subset` field (the paper's Table 4 groups by it; `default` when a row has none), "
-              "not the input file: `refined/<file>/` holds each file's rows."]
+    lines += [
+        "",
+        "A subset is the rows' `subset` field (the paper's Table 4 groups by it; `default` when a row has none), "
+        "not the input file: `refined/<file>/` holds each file's rows.",
+    ]
     o = stats["overall"]
     lines += [
         "",
@@ -224,7 +227,7 @@ def demo_labels(stats: dict[str, Any]) -> str | None:
         return None
     o = stats["overall"]
     return (
-        f"These labels come from the bundled {model[len(BUNDLED_PREFIX):]} model (135M parameters), far too small to judge "
+        f"These labels come from the bundled {model[len(BUNDLED_PREFIX) :]} model (135M parameters), far too small to judge "
         f"answers: it filtered {o['filter']} of {o['negatives_in']} negatives. They show the pipeline working and are "
         "NOT fit for training. Refine with Qwen3-32B (conf/qwen3-32b-a100x16.yaml) for training data."
     )
@@ -264,8 +267,15 @@ def render_png(stats: dict[str, Any], path: Path) -> None:
     demo = demo_labels(stats)
     fig.tight_layout(**({"rect": (0, 0.07, 1, 1)} if demo else {}))
     if demo:
-        fig.text(0.5, 0.015, f"NOT FIT FOR TRAINING: labels from the bundled {stats['model'].removeprefix(BUNDLED_PREFIX)} model (135M), "
-                 "which shows the pipeline working; refine with Qwen3-32B for training data", ha="center", color="#b00020", fontsize=11)
+        fig.text(
+            0.5,
+            0.015,
+            f"NOT FIT FOR TRAINING: labels from the bundled {stats['model'].removeprefix(BUNDLED_PREFIX)} model (135M), "
+            "which shows the pipeline working; refine with Qwen3-32B for training data",
+            ha="center",
+            color="#b00020",
+            fontsize=11,
+        )
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

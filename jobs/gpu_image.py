@@ -28,7 +28,12 @@ DOCKERFILE = ROOT / "docker" / "Dockerfile"
 CONSTRAINTS = ROOT / "jobs" / "constraints-gpu.txt"
 PYTHON = "3.12"
 # vllm-openai's base is Ubuntu 22.04 (glibc 2.35); pip 23 does not widen one manylinux tag to older ones
-PLATFORMS = ["manylinux1_x86_64", "manylinux2010_x86_64", "manylinux2014_x86_64", *(f"manylinux_2_{m}_x86_64" for m in range(17, 36))]
+PLATFORMS = [
+    "manylinux1_x86_64",
+    "manylinux2010_x86_64",
+    "manylinux2014_x86_64",
+    *(f"manylinux_2_{m}_x86_64" for m in range(17, 36)),
+]
 
 
 def base_vllm(dockerfile: str) -> str:
@@ -112,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     pins, output = resolve(args.constraints if args.action == "check" else None)
     if pins is None:
-        print(f"the GPU image does not resolve for CPython {PYTHON} manylinux under {args.constraints}:\n{output}", file=sys.stderr)
+        print(
+            f"the GPU image does not resolve for CPython {PYTHON} manylinux under {args.constraints}:\n{output}", file=sys.stderr
+        )
         return 1
     if args.action == "pin":
         write_constraints(pins, args.constraints)

@@ -102,7 +102,11 @@ def s3_server():
     else:
         proc.kill()
         raise RuntimeError("moto_server did not start")
-    options = {"key": "testing-key-id", "secret": "testing-secret-value", "client_kwargs": {"endpoint_url": url, "region_name": "us-east-1"}}
+    options = {
+        "key": "testing-key-id",
+        "secret": "testing-secret-value",
+        "client_kwargs": {"endpoint_url": url, "region_name": "us-east-1"},
+    }
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     yield options
     proc.terminate()

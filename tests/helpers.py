@@ -74,7 +74,9 @@ class ScriptedEngine:
         pass
 
 
-def run_in_terminal(cmd: list[str], env: dict, cwd: Path = ROOT, columns: int = 80, rows: int = 24, timeout: float = 600) -> tuple[int, str]:
+def run_in_terminal(
+    cmd: list[str], env: dict, cwd: Path = ROOT, columns: int = 80, rows: int = 24, timeout: float = 600
+) -> tuple[int, str]:
     """``cmd`` as a person runs it: its stdin, stdout and stderr a pseudo-terminal of ``columns`` x
     ``rows`` (a pipe is not a terminal: ``isatty()`` and the width differ). Returns the exit code
     and every byte the terminal received, as text (``\\r`` rewrites kept)."""

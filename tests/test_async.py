@@ -112,7 +112,12 @@ def test_a_replica_runs_at_most_max_concurrent_batches_at_once(tmp_path):
         return [Outcome(row) for row in rows]
 
     stage.run = arefine
-    batches = [pa.Table.from_pylist([_envelope(Part("s.jsonl", "jsonl", 0, 1, None, 6, 6), i, make_row(1, qid=f"q{i}"))], schema=ENVELOPE) for i in range(6)]
+    batches = [
+        pa.Table.from_pylist(
+            [_envelope(Part("s.jsonl", "jsonl", 0, 1, None, 6, 6), i, make_row(1, qid=f"q{i}"))], schema=ENVELOPE
+        )
+        for i in range(6)
+    ]
 
     async def all_at_once():
         return await asyncio.gather(*(stage(b) for b in batches))

@@ -29,7 +29,13 @@ def test_the_margin_is_the_lowest_positives_and_the_kept_are_the_top_k_best_firs
     assert actions == [("keep", "below_relative_margin"), ("filter", "above_relative_margin"), ("keep", "below_relative_margin"),
                        ("filter", "above_relative_margin"), ("filter", "beyond_top_k")]  # fmt: skip
     assert kept_order(scores, actions) == [2, 0]
-    assert [a for a, _ in decide(0.6, scores, 0.05)] == ["keep", "filter", "keep", "filter", "keep"]  # keep=None: all under the margin
+    assert [a for a, _ in decide(0.6, scores, 0.05)] == [
+        "keep",
+        "filter",
+        "keep",
+        "filter",
+        "keep",
+    ]  # keep=None: all under the margin
 
 
 @pytest.mark.ray
@@ -44,7 +50,18 @@ def test_the_baseline_runs_through_the_job_and_decides_as_the_rule_says(ray_clus
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
-    assert main(["refine", str(ROOT / "conf" / "local.yaml"), "method.name=topk_percpos", f"input.path={tmp_path / 'in'}", f"output.path={out}"]) == 0
+    assert (
+        main(
+            [
+                "refine",
+                str(ROOT / "conf" / "local.yaml"),
+                "method.name=topk_percpos",
+                f"input.path={tmp_path / 'in'}",
+                f"output.path={out}",
+            ]
+        )
+        == 0
+    )
     refined = {r["query_id"]: r for r in OutputLayout(str(out)).read_rows("refined")}
     assert set(refined) == {r["query_id"] for r in rows}
     stats = json.loads((out / "stats.json").read_text())
@@ -63,7 +80,12 @@ def test_the_baseline_runs_through_the_job_and_decides_as_the_rule_says(ray_clus
         for neg, score, decision in zip(row["negative_passages"], scores[1:], out_row["decisions"]):
             assert decision["docid"] == neg["docid"] and decision["score"] == pytest.approx(float(score), abs=1e-4)
             if abs(score - bound) > 1e-4:  # a tie within float noise could go either way
-                assert decision["action"] == ("filter" if score > bound else "keep"), (row["query_id"], neg["docid"], score, bound)
+                assert decision["action"] == ("filter" if score > bound else "keep"), (
+                    row["query_id"],
+                    neg["docid"],
+                    score,
+                    bound,
+                )
                 checked += 1
                 filtered += decision["action"] == "filter"
         kept = [n["docid"] for n, s in sorted(zip(row["negative_passages"], scores[1:]), key=lambda p: -p[1]) if s <= bound]

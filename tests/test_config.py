@@ -59,7 +59,15 @@ def test_bad_keys_and_values_fail_naming_the_key(override, key):
 
 def test_cli_reports_a_bad_key_before_any_work(tmp_path):
     res = subprocess.run(
-        [sys.executable, "-m", "arhn_ray", "refine", str(ROOT / "conf" / "local.yaml"), "engine.replicaz=2", f"output.path={tmp_path}/o"],
+        [
+            sys.executable,
+            "-m",
+            "arhn_ray",
+            "refine",
+            str(ROOT / "conf" / "local.yaml"),
+            "engine.replicaz=2",
+            f"output.path={tmp_path}/o",
+        ],
         capture_output=True,
         text=True,
         cwd=ROOT,

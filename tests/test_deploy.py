@@ -96,7 +96,9 @@ def test_rayjob_is_valid_against_kuberays_crd(path):
     assert unknown_fields(job, rayjob_schema()) == []
     assert deletion_rule_errors(job["spec"]) == []
     broken = dict(job["spec"], shutdownAfterJobFinishes=True)
-    broken["deletionStrategy"] = {"deletionRules": [{"condition": {"jobStatus": "FAILED", "jobDeploymentStatus": "Failed"}, "policy": "DeleteCluster"}]}
+    broken["deletionStrategy"] = {
+        "deletionRules": [{"condition": {"jobStatus": "FAILED", "jobDeploymentStatus": "Failed"}, "policy": "DeleteCluster"}]
+    }
     assert len(deletion_rule_errors(broken)) == 2  # the check can fail
 
 
@@ -323,7 +325,9 @@ def test_notebook_runs_in_a_fresh_kernel(tmp_path, monkeypatch, readme_run):
     data = tmp_path / "in"
     data.mkdir()
     row = load_jsonl(SAMPLES / "rlhn_msmarco.jsonl")[0]  # the README run refined it (its first query)
-    (data / "rlhn_msmarco.jsonl").write_text(json.dumps(row) + "\n")  # the shard keeps its name: the notebook reads refined/rlhn_msmarco
+    (data / "rlhn_msmarco.jsonl").write_text(
+        json.dumps(row) + "\n"
+    )  # the shard keeps its name: the notebook reads refined/rlhn_msmarco
     overrides = ["conf/replay.yaml", f"input.path={data}", f"engine.replay_path={real}", f"output.path={tmp_path / 'nb-out'}"]
     monkeypatch.setenv("ARHN_NOTEBOOK_OVERRIDES", json.dumps(overrides))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)

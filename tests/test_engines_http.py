@@ -43,7 +43,14 @@ class Flaky(BaseHTTPRequestHandler):
             return send_json(self, 400, {"error": "bad request"})
         if n <= Flaky.fail:
             return send_json(self, Flaky.status, {"error": "try later"})
-        send_json(self, 200, {"choices": [{"message": {"content": f"ok {prompt}"}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 3, "completion_tokens": 2}})
+        send_json(
+            self,
+            200,
+            {
+                "choices": [{"message": {"content": f"ok {prompt}"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 2},
+            },
+        )
 
     def log_message(self, *args):
         pass
@@ -64,7 +71,11 @@ def flaky_server():
 def test_retries_with_backoff_then_succeeds(flaky_server, status, monkeypatch):
     Flaky.status, Flaky.fail = status, 2
     monkeypatch.setenv("MY_TEST_KEY", "sk-test-secret")
-    eng = OpenAIEngine(EngineConfig(kind="openai", base_url=flaky_server, model="m", api_key_env="MY_TEST_KEY", max_attempts=4, max_concurrency=3))
+    eng = OpenAIEngine(
+        EngineConfig(
+            kind="openai", base_url=flaky_server, model="m", api_key_env="MY_TEST_KEY", max_attempts=4, max_concurrency=3
+        )
+    )
     res = eng.generate([ChatRequest(chat(f"p{i}"), max_tokens=5) for i in range(4)])
     assert [r.text for r in res] == [f"ok p{i}" for i in range(4)]
     assert all(r.error is None and r.prompt_tokens == 3 for r in res)
@@ -106,10 +117,28 @@ def vllm_server():
     model = str(prepare_model())
     log = open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"vllm-serve-{port}.log"), "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--served-model-name", "smollm2",
-         "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "8192", "--enforce-eager",
-         "--gpu-memory-utilization", "0.2", "--dtype", cpu_dtype("auto")],
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            model,
+            "--served-model-name",
+            "smollm2",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--max-model-len",
+            "8192",
+            "--enforce-eager",
+            "--gpu-memory-utilization",
+            "0.2",
+            "--dtype",
+            cpu_dtype("auto"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 600

@@ -228,7 +228,9 @@ def test_tiny_random_qwen3_runs_with_thinking_off(tmp_path, engine):
         options = lb.MethodOptions(stage1_constraint="format", stage2_constraint="format")
         row = validate_row(load_jsonl(RLHN_STAGE1)[0])
         row["negative_passages"] = row["negative_passages"][:2]
-        out = Refiner(qwen, options, PromptSet.load(), Truncator(minilm_tokenizer_path(), 64), stage1_max_tokens=64).refine([row])[0]
+        out = Refiner(qwen, options, PromptSet.load(), Truncator(minilm_tokenizer_path(), 64), stage1_max_tokens=64).refine(
+            [row]
+        )[0]
         assert out.rejected is None and len(out.row["decisions"]) == 2
         assert out.row["llm"][0]["stage1_output_tokens"] > 0
         assert "<think>" not in out.row["llm"][0]["stage1_text"]
@@ -248,7 +250,10 @@ def test_both_engine_kinds_get_the_sizes_and_sampling_the_paper_config_sets():
     from arhn_ray.engines.bundled import prepare_model
     from arhn_ray.engines.vllm_engine import _VLLMBase
 
-    cfg = load_config(str(ROOT / "conf" / "qwen3-32b-a100x16.yaml"), [f"engine.model={prepare_model()}", "engine.tensor_parallel_size=1", "engine.max_model_len=8192"])
+    cfg = load_config(
+        str(ROOT / "conf" / "qwen3-32b-a100x16.yaml"),
+        [f"engine.model={prepare_model()}", "engine.tensor_parallel_size=1", "engine.max_model_len=8192"],
+    )
     assert cfg.engine.async_engine and (cfg.engine.max_num_seqs, cfg.engine.max_num_batched_tokens) == (160, 8192)
     base = _VLLMBase(cfg.engine)
     args = base.engine_args()

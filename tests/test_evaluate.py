@@ -57,9 +57,14 @@ def test_streamed_block_search_equals_exact_search_and_ndcg_by_hand(ray_cluster,
 
     folder = tmp_path / "grown"
     shutil.copytree(EVAL, folder)
-    extra = {p["docid"]: p for r in load_jsonl(SAMPLES / "rlhn_msmarco.jsonl") for p in r["positive_passages"] + r["negative_passages"]}
+    extra = {
+        p["docid"]: p for r in load_jsonl(SAMPLES / "rlhn_msmarco.jsonl") for p in r["positive_passages"] + r["negative_passages"]
+    }
     with open(folder / "corpus.jsonl", "a") as f:
-        f.writelines(json.dumps({"_id": f"x{d}", "title": p.get("title", ""), "text": p["text"] + " (a copy)"}) + "\n" for d, p in extra.items())
+        f.writelines(
+            json.dumps({"_id": f"x{d}", "title": p.get("title", ""), "text": p["text"] + " (a copy)"}) + "\n"
+            for d, p in extra.items()
+        )
     beir = load_beir(folder)
     assert beir.corpus_size > 900
     model = minilm_tokenizer_path()
@@ -146,14 +151,23 @@ def test_evaluate_runs_the_loop_and_writes_every_field(ray_cluster, tmp_path):
     result = json.loads((out / "evaluate" / "evaluate.json").read_text())
     assert set(result["arms"]) == {"zero_shot", "original", "refined", "topk_percpos"}
     for arm in result["arms"].values():
-        assert 0.0 <= arm["ndcg@10"] <= 1.0 and 0.0 <= arm["recall@100"] <= 1.0 and arm["ndcg@10_ci95"][0] <= arm["ndcg@10_ci95"][1]
+        assert (
+            0.0 <= arm["ndcg@10"] <= 1.0 and 0.0 <= arm["recall@100"] <= 1.0 and arm["ndcg@10_ci95"][0] <= arm["ndcg@10_ci95"][1]
+        )
     for pair in ("refined_vs_original", "refined_vs_topk_percpos"):
         p = result["paired"][pair]
-        assert p["queries"] == 13 and p["ci95"][0] <= p["delta"] <= p["ci95"][1] and p["inconclusive"] == (p["ci95"][0] <= 0 <= p["ci95"][1])
+        assert (
+            p["queries"] == 13
+            and p["ci95"][0] <= p["delta"] <= p["ci95"][1]
+            and p["inconclusive"] == (p["ci95"][0] <= 0 <= p["ci95"][1])
+        )
     train = result["train"]
     assert train["hyperparameters"]["negatives"] == 3 and train["hyperparameters"]["model"] == "bundled:minilm"
     # one example per positive, as export writes them: the original rows have one positive each
-    assert train["arms"]["original"]["examples"] == n and train["arms"]["refined"]["examples"] >= n - train["arms"]["refined"]["queries_without_example"]
+    assert (
+        train["arms"]["original"]["examples"] == n
+        and train["arms"]["refined"]["examples"] >= n - train["arms"]["refined"]["queries_without_example"]
+    )
     for arm in ("original", "refined", "topk_percpos"):  # each arm was trained: steps taken, a finite contrastive loss
         t = train["arms"][arm]
         assert t["steps"] >= 1 and 0 < t["train_loss"] < 10, t
@@ -166,9 +180,13 @@ def test_evaluate_runs_the_loop_and_writes_every_field(ray_cluster, tmp_path):
     assert result["sets"][EVAL.name]["detectable_ndcg@10_difference"] > 0.01 and result["sets"][EVAL.name]["queries"] == 13
     # the session cluster declares 24 CPUs and its memory (~17 GiB here) holds six 2 GiB workers: the three
     # two-worker arms train side by side, so the training took less than their own times added up
-    assert train["arms_at_once"] == 3 and all(train["arms"][a]["peak_rss_gb"] > 0 for a in ("original", "refined", "topk_percpos"))
+    assert train["arms_at_once"] == 3 and all(
+        train["arms"][a]["peak_rss_gb"] > 0 for a in ("original", "refined", "topk_percpos")
+    )
     assert train["seconds"] < sum(train["arms"][a]["seconds"] for a in ("original", "refined", "topk_percpos")), train
-    assert (out / "evaluate" / "evaluate.png").stat().st_size > 0 and "| refined |" in (out / "evaluate" / "evaluate.md").read_text()
+    assert (out / "evaluate" / "evaluate.png").stat().st_size > 0 and "| refined |" in (
+        out / "evaluate" / "evaluate.md"
+    ).read_text()
     card = (out / "README.md").read_text()
     assert card.count("## Retrieval evaluation") == 1 and "checks the loop, not the method" in card
     assert json.loads((out / "evaluate" / "topk_percpos" / "stats.json").read_text())["method"] == "topk_percpos"
@@ -245,15 +263,21 @@ def test_several_sets_average_as_table_1_does_each_set_weighing_the_same():
     def arm(scores, shift):
         return {q: {"ndcg@10": min(1.0, v + shift), "recall@100": 1.0} for q, v in scores.items()}
 
-    scores = {"original": [arm(big, 0.0), arm(small, 0.0)], "refined": [arm(big, 0.01), arm(small, 0.05)], "zero_shot": [arm(big, 0), arm(small, 0)]}
+    scores = {
+        "original": [arm(big, 0.0), arm(small, 0.0)],
+        "refined": [arm(big, 0.01), arm(small, 0.05)],
+        "zero_shot": [arm(big, 0), arm(small, 0)],
+    }
     s = summarize(scores, EvaluateConfig(bootstrap_samples=500))
     by_hand = (np.mean([min(1, v + 0.01) for v in big.values()]) + np.mean([min(1, v + 0.05) for v in small.values()])) / 2
     assert s["arms"]["refined"]["ndcg@10"] == pytest.approx(by_hand, abs=1e-4)
     pooled = np.mean([min(1, v + 0.01) for v in big.values()] + [min(1, v + 0.05) for v in small.values()])
     assert abs(by_hand - pooled) > 0.002  # the two averages differ: the test tells them apart
     p = s["paired"]["refined_vs_original"]
-    assert p["queries"] == 330 and p["delta"] == pytest.approx((np.mean([min(1, v + 0.01) - v for v in big.values()]) +
-                                                                np.mean([min(1, v + 0.05) - v for v in small.values()])) / 2, abs=1e-4)
+    assert p["queries"] == 330 and p["delta"] == pytest.approx(
+        (np.mean([min(1, v + 0.01) - v for v in big.values()]) + np.mean([min(1, v + 0.05) - v for v in small.values()])) / 2,
+        abs=1e-4,
+    )
     assert s["paired"]["refined_vs_topk_percpos"]["skipped"].startswith("the topk_percpos arm")
 
 

@@ -61,7 +61,9 @@ def test_rf_relabels_above_filters_below_keeps_no_answer():
     [("relabel", ["relabel", "keep", "keep"]), ("filter", ["keep", "filter", "keep"]), ("rf", ["relabel", "filter", "keep"])],
 )
 def test_variants_apply_one_rule_each(variant, expected):
-    out, _ = refine(make_row(3), lambda c: [ANCHOR, neg_snippet(0), neg_snippet(1), None], lambda c: "[2] > [1] > [3]", variant=variant)
+    out, _ = refine(
+        make_row(3), lambda c: [ANCHOR, neg_snippet(0), neg_snippet(1), None], lambda c: "[2] > [1] > [3]", variant=variant
+    )
     assert [a for _, a, _ in actions(out)] == expected
 
 
@@ -96,7 +98,9 @@ def test_later_chunks_rank_the_first_chunks_anchor_snippet():
     row = make_row(12)
     other = "Positive passage zero."
     out, engine = refine(
-        row, lambda c: [ANCHOR if c == 0 else other] + [neg_snippet(c * 10 + i) for i in range(10 if c == 0 else 2)], lambda c: "[1] > [2] > [3]"
+        row,
+        lambda c: [ANCHOR if c == 0 else other] + [neg_snippet(c * 10 + i) for i in range(10 if c == 0 else 2)],
+        lambda c: "[1] > [2] > [3]",
     )
     stage2 = {r.key[2]: r.messages[0]["content"] for r in engine.requests if r.key[1] == 2}
     assert set(stage2) == {0, 1}
@@ -121,7 +125,9 @@ def test_the_llm_reads_title_then_text_and_a_snippet_may_come_from_the_title():
 def test_an_ungrounded_anchor_snippet_is_ranked_not_taken_as_no_answer():
     paraphrase = "X is one of the letters of the alphabet."  # not in the positive passage
     for literal_off in ({}, {"ungrounded_as_no_answer": True}, {"ungrounded_as_no_answer": False}):
-        out, engine = refine(make_row(2), lambda c: [paraphrase, neg_snippet(0), neg_snippet(1)], lambda c: "[1] > [3] > [2]", **literal_off)
+        out, engine = refine(
+            make_row(2), lambda c: [paraphrase, neg_snippet(0), neg_snippet(1)], lambda c: "[1] > [3] > [2]", **literal_off
+        )
         stage2 = [r for r in engine.requests if r.key[1] == 2]
         assert len(stage2) == 1 and f"[1] {paraphrase}" in stage2[0].messages[0]["content"]
         assert actions(out) == [("n0", "filter", "answer_below_positive"), ("n1", "filter", "answer_below_positive")]
@@ -129,7 +135,9 @@ def test_an_ungrounded_anchor_snippet_is_ranked_not_taken_as_no_answer():
 
 
 def test_paper_literal_ranks_a_no_answer_anchor_and_its_ranking_decides():
-    out, engine = refine(make_row(2), lambda c: [None, neg_snippet(0), neg_snippet(1)], lambda c: "[2] > [1] > [3]", paper_literal=True)
+    out, engine = refine(
+        make_row(2), lambda c: [None, neg_snippet(0), neg_snippet(1)], lambda c: "[2] > [1] > [3]", paper_literal=True
+    )
     stage2 = [r for r in engine.requests if r.key[1] == 2]
     assert len(stage2) == 1 and "[1] NO_ANSWER" in stage2[0].messages[0]["content"]
     assert actions(out) == [("n0", "relabel", "ranked_above_positive"), ("n1", "filter", "answer_below_positive")]
@@ -162,7 +170,9 @@ def test_duplicate_of_positive_is_filtered_and_takes_no_slot():
 
 @pytest.mark.parametrize("policy,action", [("paper", "relabel"), ("keep", "keep")])
 def test_positive_no_answer_policies(policy, action):
-    out, engine = refine(make_row(2), lambda c: [None, neg_snippet(0), None], lambda c: pytest.fail("no Stage 2"), positive_no_answer=policy)
+    out, engine = refine(
+        make_row(2), lambda c: [None, neg_snippet(0), None], lambda c: pytest.fail("no Stage 2"), positive_no_answer=policy
+    )
     assert actions(out)[0] == ("n0", action, "positive_no_answer")
     assert actions(out)[1] == ("n1", "keep", "no_answer")
     assert out.rejected is None and out.row["positive_grounding"] is None
@@ -174,9 +184,13 @@ def test_positive_no_answer_reject():
 
 
 def test_max_relabeled_cap_rejects_the_row():
-    out, _ = refine(make_row(3), lambda c: [ANCHOR] + [neg_snippet(i) for i in range(3)], lambda c: "[2] > [3] > [1] > [4]", max_relabeled=1)
+    out, _ = refine(
+        make_row(3), lambda c: [ANCHOR] + [neg_snippet(i) for i in range(3)], lambda c: "[2] > [3] > [1] > [4]", max_relabeled=1
+    )
     assert out.rejected.startswith("max_relabeled")
-    ok, _ = refine(make_row(3), lambda c: [ANCHOR] + [neg_snippet(i) for i in range(3)], lambda c: "[2] > [3] > [1] > [4]", max_relabeled=2)
+    ok, _ = refine(
+        make_row(3), lambda c: [ANCHOR] + [neg_snippet(i) for i in range(3)], lambda c: "[2] > [3] > [1] > [4]", max_relabeled=2
+    )
     assert ok.rejected is None
 
 
@@ -233,7 +247,9 @@ snippet_choice = st.sampled_from(["anchor", "neg", "none", "fake"])
     chunk=st.integers(1, 10),
     literal=st.booleans(),
 )
-def test_every_negative_gets_exactly_one_decision_and_lists_partition(n_neg, n_dup, choices, stage2_text, variant, policy, chunk, literal):
+def test_every_negative_gets_exactly_one_decision_and_lists_partition(
+    n_neg, n_dup, choices, stage2_text, variant, policy, chunk, literal
+):
     row = make_row(n_neg)
     for d in range(n_dup):
         row["negative_passages"].insert(d, passage(f"dup{d}", "Positive passage zero. X is a letter."))
@@ -247,7 +263,15 @@ def test_every_negative_gets_exactly_one_decision_and_lists_partition(n_neg, n_d
             out.append({"anchor": ANCHOR, "neg": neg_snippet(i), "none": None, "fake": "zzz unrelated"}[pick])
         return out
 
-    out, _ = refine(row, stage1, lambda c: stage2_text, variant=variant, positive_no_answer=policy, max_negatives_per_chunk=chunk, paper_literal=literal)
+    out, _ = refine(
+        row,
+        stage1,
+        lambda c: stage2_text,
+        variant=variant,
+        positive_no_answer=policy,
+        max_negatives_per_chunk=chunk,
+        paper_literal=literal,
+    )
     decisions = out.row["decisions"]
     assert [d["docid"] for d in decisions] == [p["docid"] for p in row["negative_passages"]]
     counts = {a: sum(d["action"] == a for d in decisions) for a in ("relabel", "filter", "keep")}

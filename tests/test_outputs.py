@@ -44,7 +44,9 @@ def test_rlhn_verdicts_are_read_as_labelled_by_hand():
     first = next(r for r in load_jsonl(RLHN_STAGE1) if r["query_id"] == "e61a5737af172e3cf100e433b3dd3ca2")
     labels = _rlhn_labels(first)
     assert len(labels) == 25
-    assert {d for (_, d), label in labels.items() if label == "false_negative"} == {"53cf1cb9f857148ca624c90000cfc3be"}  # Doc (21)
+    assert {d for (_, d), label in labels.items() if label == "false_negative"} == {
+        "53cf1cb9f857148ca624c90000cfc3be"
+    }  # Doc (21)
     assert labels[(first["query_id"], "b77cd9cfb4879112cc29431dade52e87")] == "negative"  # Doc (18), under <worse>
     second = load_jsonl(RLHN_STAGE2)[0]  # "<better> Preferred over or equally as ground truth: [Doc (9), Doc (18)] </better>"
     assert second["query_id"] == "30e5344ce410c048f01d18976f26087f"
@@ -219,9 +221,14 @@ def test_export_three_formats(replay_output, tmp_path, capsys):
     assert f"from {len(tev_rows)} of {len(refined)} queries" in said, said
     assert (f"{short} fewer than 7 kept negatives (--short drop)" in said) == bool(short), said
     assert (f"{none} no kept negative" in said) == bool(none) and ("left out" in said) == bool(short + none), said
-    assert main(["export", str(replay_output), "--format", "tevatron", "--short", "drop", "--negatives", "100", "--out", str(tev)]) == 0
+    assert (
+        main(["export", str(replay_output), "--format", "tevatron", "--short", "drop", "--negatives", "100", "--out", str(tev)])
+        == 0
+    )
     said = capsys.readouterr().out
-    assert f"from 0 of {len(refined)} queries" in said and f"left out     {len(refined)} fewer than 100 kept negatives" in said, said
+    assert f"from 0 of {len(refined)} queries" in said and f"left out     {len(refined)} fewer than 100 kept negatives" in said, (
+        said
+    )
     for rec in tev_rows:
         src = next(r for r in refined if r["query_id"] == rec["query_id"])
         assert set(rec) == {"query_id", "query", "positive_passages", "negative_passages", "subset"}
@@ -329,7 +336,9 @@ def test_plan_prices_evaluate_from_the_rows_and_the_stated_rates(capsys):
     gpu = json.loads(capsys.readouterr().out)
     assert (gpu["evaluate_device"], gpu["evaluate_arms_at_once"]) == ("GPU", 2)
     arm_s = (gpu["rows"] - gpu["rows_invalid"]) / (8 * 0.01)
-    assert gpu["evaluate_hours"] == pytest.approx(2 * arm_s / 3600) and gpu["evaluate_device_hours"] == pytest.approx(3 * 8 * arm_s / 3600)
+    assert gpu["evaluate_hours"] == pytest.approx(2 * arm_s / 3600) and gpu["evaluate_device_hours"] == pytest.approx(
+        3 * 8 * arm_s / 3600
+    )
     assert main(["plan", str(ROOT / "conf" / "local.yaml"), "--json", "evaluate.epochs=2", "evaluate.worker_memory_gb=null"]) == 0
     cpu = json.loads(capsys.readouterr().out)
     at_once = min(3, os.cpu_count() or 1)
@@ -343,7 +352,13 @@ def test_plan_prices_sentence_ids_below_copied_text(capsys):
     copied span in blocks shortens the output, which costs ~4x more GPU time per token."""
     runs = {}
     for mode in ("text", "sentence_ids"):
-        args = ["plan", str(ROOT / "conf" / "qwen3-32b-a100x16.yaml"), "input.path=arhn_ray/samples", f"stage1.output={mode}", "--json"]
+        args = [
+            "plan",
+            str(ROOT / "conf" / "qwen3-32b-a100x16.yaml"),
+            "input.path=arhn_ray/samples",
+            f"stage1.output={mode}",
+            "--json",
+        ]
         assert main(args) == 0
         runs[mode] = json.loads(capsys.readouterr().out)
     text, ids = runs["text"], runs["sentence_ids"]

@@ -135,7 +135,9 @@ def test_reading_a_jsonl_file_from_s3_part_by_part_moves_about_its_size(s3_serve
     fs.pipe("parts-bytes/one.jsonl", body)
     fetched = []
     fetch = s3fs.core.S3File._fetch_range
-    monkeypatch.setattr(s3fs.core.S3File, "_fetch_range", lambda self, start, end: fetched.append(end - start) or fetch(self, start, end))
+    monkeypatch.setattr(
+        s3fs.core.S3File, "_fetch_range", lambda self, start, end: fetched.append(end - start) or fetch(self, start, end)
+    )
     parts = plan_parts("s3://parts-bytes/one.jsonl", 500, s3_server)
     planned = sum(fetched)
     got = [row["query_id"] for p in parts for _, row, _ in read_part(p, s3_server)]

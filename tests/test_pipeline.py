@@ -206,7 +206,9 @@ def test_s3_in_and_out(ray_cluster, tmp_path, s3_server):
     reference = tmp_path / "ref.csv"
     reference.write_text("query_id,docid,label\n" + "".join(f"{q},{d},{'false_negative' if a == 'relabel' else 'negative'}\n"
                                                             for q, decisions in expected.items() for d, a in decisions))  # fmt: skip
-    assert main(["agreement", "s3://arhn-test/out", "--reference", str(reference), "--json", str(tmp_path / "k.json"), *opts]) == 0
+    assert (
+        main(["agreement", "s3://arhn-test/out", "--reference", str(reference), "--json", str(tmp_path / "k.json"), *opts]) == 0
+    )
     assert json.loads((tmp_path / "k.json").read_text())["overall"]["kappa"] == 1.0
     fs.rm("arhn-test/out/report.png")
     assert main(["stats", "s3://arhn-test/out", *opts]) == 0 and fs.exists("arhn-test/out/report.png")
@@ -223,9 +225,7 @@ def test_staged_pools_leave_room_to_read_on_a_two_cpu_machine(tmp_path):
     cmd = [sys.executable, "-m", "arhn_ray", "refine", str(ROOT / "conf" / "replay.yaml"), f"input.path={data}",
            f"output.path={tmp_path / 'out'}", f"engine.replay_path={recordings}", "pipeline.mode=staged",
            "engine.num_cpus=1", "pipeline.progress=false"]  # fmt: skip
-    script = (
-        "import ray, runpy, sys; ray.init(address='local', num_cpus=2); sys.argv = sys.argv[1:]; runpy.run_module('arhn_ray', run_name='__main__')"
-    )
+    script = "import ray, runpy, sys; ray.init(address='local', num_cpus=2); sys.argv = sys.argv[1:]; runpy.run_module('arhn_ray', run_name='__main__')"
     res = subprocess.run([sys.executable, "-c", script, *cmd[2:]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads((tmp_path / "out" / "stats.json").read_text())["overall"]["queries"] == 3

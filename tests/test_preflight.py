@@ -17,7 +17,9 @@ from helpers import ROOT, SAMPLES
 from arhn_ray.config import load_config
 from arhn_ray.staging import required_repos
 
-CLUSTER_CONFIGS = sorted(p.name for p in (ROOT / "conf").glob("*.yaml") if yaml.safe_load(p.read_text())["engine"].get("device") == "gpu")
+CLUSTER_CONFIGS = sorted(
+    p.name for p in (ROOT / "conf").glob("*.yaml") if yaml.safe_load(p.read_text())["engine"].get("device") == "gpu"
+)
 
 
 def named_models(node) -> set[str]:
@@ -53,13 +55,24 @@ def test_the_paper_config_needs_qwen_and_e5s_tokenizer():
         ("intfloat/e5-base-v2", "truncation.tokenizer", True),
     ]
     # a server or a replay loads no model here; a local folder is not the hub's
-    served = load_config(str(ROOT / "conf" / "qwen3-32b-a100x16.yaml"), ["engine.kind=openai", "engine.async_engine=false", "pipeline.max_concurrent_batches=1", "engine.base_url=http://x", "truncation.tokenizer=/models/e5"])
+    served = load_config(
+        str(ROOT / "conf" / "qwen3-32b-a100x16.yaml"),
+        [
+            "engine.kind=openai",
+            "engine.async_engine=false",
+            "pipeline.max_concurrent_batches=1",
+            "engine.base_url=http://x",
+            "truncation.tokenizer=/models/e5",
+        ],
+    )
     assert required_repos(served) == []
 
 
 def cli(args: list[str], env: dict[str, str], cwd=ROOT, timeout: float = 300) -> tuple[subprocess.CompletedProcess, float]:
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "arhn_ray", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, "-m", "arhn_ray", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout
+    )
     return done, time.monotonic() - started
 
 
@@ -73,7 +86,9 @@ def test_offline_with_an_empty_cache_the_paper_config_stops_naming_what_to_stage
     """As a pod whose staging was not done: no hub, an empty cache. The run stops before Ray or any
     engine starts, names both repositories and the command that stages them."""
     out = tmp_path / "out"
-    done, took = cli(["-v", "refine", "conf/qwen3-32b-a100x16.yaml", f"input.path={SAMPLES}", f"output.path={out}"], offline_env(tmp_path))
+    done, took = cli(
+        ["-v", "refine", "conf/qwen3-32b-a100x16.yaml", f"input.path={SAMPLES}", f"output.path={out}"], offline_env(tmp_path)
+    )
     print(f"stopped after {took:.1f} s")
     assert done.returncode == 4, done.stderr[-3000:]
     assert "intfloat/e5-base-v2 (truncation.tokenizer)" in done.stderr and "Qwen/Qwen3-32B (engine.model)" in done.stderr
@@ -126,8 +141,14 @@ def test_missing_gpus_are_named_at_once_and_again_while_waiting_then_the_run_sto
     done, took = cli(args, env)
     print(f"stopped after {took:.1f} s")
     assert done.returncode == 4, done.stderr[-3000:]
-    waiting = [line for line in done.stderr.splitlines() if "needs 16 GPUs (8 replicas x TP 2 x PP 1); the cluster has 0: waiting" in line]
+    waiting = [
+        line
+        for line in done.stderr.splitlines()
+        if "needs 16 GPUs (8 replicas x TP 2 x PP 1); the cluster has 0: waiting" in line
+    ]
     assert len(waiting) >= 2, done.stderr
     assert "preflight.gpu_wait_s=0 fails instead" in waiting[0]
-    assert "arhn-ray: preflight: the job needs 16 GPUs (8 replicas x TP 2 x PP 1); the cluster has 0. Add GPU nodes" in done.stderr
+    assert (
+        "arhn-ray: preflight: the job needs 16 GPUs (8 replicas x TP 2 x PP 1); the cluster has 0. Add GPU nodes" in done.stderr
+    )
     assert "Traceback" not in done.stderr and not list((tmp_path / "out").glob("refined/*/*.parquet"))

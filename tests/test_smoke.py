@@ -62,7 +62,10 @@ def test_smoke_check_names_a_row_missing_from_the_output(tmp_path):
 
     def write(shard: str, qid: str) -> None:
         (tmp_path / "refined" / shard).mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist([{"query_id": qid, "decisions": [], "llm": []}], schema=OUTPUT_SCHEMA), out.part_file("refined", f"{shard}/p"))
+        pq.write_table(
+            pa.Table.from_pylist([{"query_id": qid, "decisions": [], "llm": []}], schema=OUTPUT_SCHEMA),
+            out.part_file("refined", f"{shard}/p"),
+        )
 
     stats = {"overall": {"rejected": 0}, "rejected_reasons": {}}
     write("rlhn_msmarco", rlhn)

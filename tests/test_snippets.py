@@ -63,7 +63,17 @@ def test_closed_block_replaces_an_earlier_unclosed_one():
 
 
 def test_no_answer_variants():
-    variants = ["NO_ANSWER", "no_answer", "NO_ANSWER.", '"NO_ANSWER"', "`NO_ANSWER`", "No Answer", "**NO_ANSWER**", "  ", "'no-answer'"]
+    variants = [
+        "NO_ANSWER",
+        "no_answer",
+        "NO_ANSWER.",
+        '"NO_ANSWER"',
+        "`NO_ANSWER`",
+        "No Answer",
+        "**NO_ANSWER**",
+        "  ",
+        "'no-answer'",
+    ]
     out = "".join(f"[[[doc{i}]]]\n{v}\n[[[/doc{i}]]]\n" for i, v in enumerate(variants, 1))
     assert texts(parse_stage1(out, len(variants))) == [None] * len(variants)
 
@@ -145,7 +155,9 @@ def test_ground_never_raises_and_grounded_snippets_are_in_the_passage(snippet, p
 
 @settings(max_examples=400, deadline=None)
 @given(
-    st.lists(st.tuples(st.integers(0, 6), st.sampled_from(["a", "NO_ANSWER", " x ", "", "[y]", "\n"]), st.booleans()), max_size=8),
+    st.lists(
+        st.tuples(st.integers(0, 6), st.sampled_from(["a", "NO_ANSWER", " x ", "", "[y]", "\n"]), st.booleans()), max_size=8
+    ),
     st.integers(1, 6),
 )
 def test_fast_path_agrees_with_the_general_parser(parts, n):

@@ -27,7 +27,9 @@ def check_screen(code: int, screen: str, rows: int, columns: int = 80) -> list[s
     final = progress[-1]
     assert final.startswith(f"{rows}/{rows} rows 100% rej ") or final.startswith(f"progress: {rows} / {rows} rows (100%)"), final
     rewrites = [part for line in re.sub(r"\x1b\[K", "", screen).split("\n") for part in line.split("\r")[1:]]
-    assert rewrites and all(len(part) < columns for part in rewrites), [p for p in rewrites if len(p) >= columns]  # a wrapped one can't be rewritten
+    assert rewrites and all(len(part) < columns for part in rewrites), [
+        p for p in rewrites if len(p) >= columns
+    ]  # a wrapped one can't be rewritten
     assert lines.index(final) < next(i for i, line in enumerate(lines) if line.startswith("arhn-ray: wrote "))
     assert any(line.startswith("  rows in ") for line in lines) and any(line.startswith("  dataset card") for line in lines)
     return lines
@@ -76,7 +78,9 @@ def test_refine_and_relabel_with_another_local_ray_on_the_machine_start_their_ow
         code, screen = run_in_terminal([shutil.which("arhn-ray"), "refine", "conf/replay.yaml", f"input.path={data}",
                                         f"engine.replay_path={recordings}", f"output.path={out}"], env)  # fmt: skip
         check_screen(code, screen, rows=4)
-        code, screen = run_in_terminal([shutil.which("arhn-ray"), "relabel", str(out), "--variant", "filter", "--out", str(again)], env)
+        code, screen = run_in_terminal(
+            [shutil.which("arhn-ray"), "relabel", str(out), "--variant", "filter", "--out", str(again)], env
+        )
         lines = [line for line in terminal_lines(screen) if line.strip()]
         assert code == 0 and (again / "stats.json").exists(), screen[-3000:]
         ours = re.compile(r"^(arhn-ray: |  \S|\s{16}\S|progress: |[\d,]+ ?/ ?~?[\d,]+ rows)")

@@ -80,7 +80,13 @@ def why_dropped(row: dict, negatives: int, short: str) -> str | None:
 
 
 def export(
-    output: str, fmt: str, out: str, negatives: int = 7, seed: int = 0, prefixes: bool = False, short: str = "repeat",
+    output: str,
+    fmt: str,
+    out: str,
+    negatives: int = 7,
+    seed: int = 0,
+    prefixes: bool = False,
+    short: str = "repeat",
     storage_options: dict | None = None,
 ) -> Written:
     """Write ``out`` (parquet or JSONL, by its extension); returns what it wrote and left out."""

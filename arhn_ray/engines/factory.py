@@ -18,6 +18,7 @@ from arhn_ray.engines.options import EngineConfig
 
 log = logging.getLogger(__name__)
 
+
 def make_engine(engine: EngineConfig) -> Engine | AsyncEngine:
     if engine.kind == "replay":
         from arhn_ray.engines.latency import LatencyModel
@@ -41,13 +42,17 @@ def start_engine(engine: EngineConfig) -> Engine | AsyncEngine:
     def failed(state) -> None:
         wait = state.next_action.sleep if state.next_action else 0.0
         reason = f"{type(state.outcome.exception()).__name__}: {state.outcome.exception()}"
-        message = f"engine start failed (attempt {state.attempt_number} of {engine.start_attempts}): {reason}; again in {wait:.0f} s"
+        message = (
+            f"engine start failed (attempt {state.attempt_number} of {engine.start_attempts}): {reason}; again in {wait:.0f} s"
+        )
         log.warning("%s", message)
         print(f"arhn-ray replica: {message}", flush=True)  # the replica's log, where a restart is looked for
 
     retrying = Retrying(
         stop=stop_after_attempt(max(1, engine.start_attempts)),
-        wait=wait_exponential(multiplier=engine.start_retry_wait_s, min=engine.start_retry_wait_s, max=engine.start_retry_wait_s * 8),
+        wait=wait_exponential(
+            multiplier=engine.start_retry_wait_s, min=engine.start_retry_wait_s, max=engine.start_retry_wait_s * 8
+        ),
         before_sleep=failed,
         reraise=True,
     )

@@ -98,7 +98,9 @@ def _end_placement_group_actors(mark: str) -> list[str]:
         return []
     node = ray.get_runtime_context().get_node_id()
     ended = []
-    for actor in list_actors(filters=[("placement_group_id", "=", pg.id.hex()), ("state", "=", "ALIVE")], raise_on_missing_output=False):
+    for actor in list_actors(
+        filters=[("placement_group_id", "=", pg.id.hex()), ("state", "=", "ALIVE")], raise_on_missing_output=False
+    ):
         if actor.actor_id == mark or actor.node_id != node or not actor.pid:
             continue
         try:

@@ -39,7 +39,9 @@ def write_examples(rows: Iterable[dict], out: OutputLayout, arm: str, negatives:
     return out.file(f"evaluate/{folder}"), written, queries, skipped
 
 
-def _chunks(rows: Iterable[dict], negatives: int, seed: int, qp: str, pp: str, chunk: int) -> Iterator[tuple[list[dict], int, int]]:
+def _chunks(
+    rows: Iterable[dict], negatives: int, seed: int, qp: str, pp: str, chunk: int
+) -> Iterator[tuple[list[dict], int, int]]:
     examples: list[dict] = []
     some = none = 0
     for row in rows:

@@ -32,7 +32,11 @@ def render_markdown(r: dict[str, Any]) -> str:
              "nDCG@10 (sets marked * are the paper's out-of-domain ones):", "",
              "| BEIR set | queries | passages | " + " | ".join(ARMS) + " |", "|---|---:|---:|" + "---:|" * len(ARMS)]  # fmt: skip
     for name, s in r["sets"].items():
-        lines.append(f"| {name}{'*' if s['ood'] else ''} | {s['queries']} | {s['corpus']} | " + " | ".join(_cell(s["arms"].get(a)) for a in ARMS) + " |")
+        lines.append(
+            f"| {name}{'*' if s['ood'] else ''} | {s['queries']} | {s['corpus']} | "
+            + " | ".join(_cell(s["arms"].get(a)) for a in ARMS)
+            + " |"
+        )
     if len(r["sets"]) > 1:
         for group, avg in r["average"].items():
             label = AVERAGES[group].format(n=len(avg["sets"]))
@@ -47,7 +51,9 @@ def render_markdown(r: dict[str, Any]) -> str:
               "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
     for arm, t in train["arms"].items():
         if not t.get("trained"):
-            lines.append(f"| {arm} | {t['examples']} | {t['queries_without_example']} | not trained: fewer queries than workers | - | - |")
+            lines.append(
+                f"| {arm} | {t['examples']} | {t['queries_without_example']} | not trained: fewer queries than workers | - | - |"
+            )
             continue
         lines.append(f"| {arm} | {t['examples']} | {t['queries_without_example']} | {t['batch_size']} ({t['device_batch']}) | "
                      f"{t['steps']} | {t['train_loss']} |")  # fmt: skip

@@ -79,7 +79,9 @@ def encode_queries(queries: dict[str, str], models: dict[str, Any], ev, encoders
     import ray.data
 
     ds = ray.data.from_items([{"_id": q, "text": t} for q, t in queries.items()])
-    tables = list(ds.map_batches(Encoder, **encoder_pool(models, ev.query_prefix, ev, encoders)).iter_batches(batch_format="pyarrow"))
+    tables = list(
+        ds.map_batches(Encoder, **encoder_pool(models, ev.query_prefix, ev, encoders)).iter_batches(batch_format="pyarrow")
+    )
     table = pa.concat_tables(tables)
     ids = table.column("_id").to_pylist()
     return {arm: (ids, _matrix(table.column(arm))) for arm in models}

@@ -57,7 +57,9 @@ def original_rows(cfg: Config) -> Iterator[dict]:
     """The input rows as they came in (the valid ones), read again from ``input.path`` a part at a time."""
     parts, _ = parts_to_run(cfg.input.path, cfg.input.part_rows, cfg.input.storage_options, cfg.input.limit, done={})
     for p in parts:
-        yield from (r.row for r in read_rows(p, cfg.input.format, cfg.input.max_passage_chars, cfg.input.storage_options) if r.row)
+        yield from (
+            r.row for r in read_rows(p, cfg.input.format, cfg.input.max_passage_chars, cfg.input.storage_options) if r.row
+        )
 
 
 def baseline_output(cfg: Config, out: OutputLayout, baseline: str | None) -> OutputLayout:
@@ -76,7 +78,9 @@ def baseline_output(cfg: Config, out: OutputLayout, baseline: str | None) -> Out
     return target
 
 
-def train_arms(sources: dict[str, Any], settings: dict[str, Any], ev: EvaluateConfig, out: OutputLayout) -> tuple[dict[str, tuple[Any, dict]], int]:
+def train_arms(
+    sources: dict[str, Any], settings: dict[str, Any], ev: EvaluateConfig, out: OutputLayout
+) -> tuple[dict[str, tuple[Any, dict]], int]:
     """Writes each arm's examples, then trains every arm but ``zero_shot``, side by side as far
     as the cluster holds them (each its own Ray Train run; identical settings and seeds, so the
     order does not matter). Returns each arm's checkpoint (None: not trained) and metrics, and
@@ -103,7 +107,12 @@ def train_arms(sources: dict[str, Any], settings: dict[str, Any], ev: EvaluateCo
         counts = {"examples": n, "queries": queries, "queries_without_example": none}
         batch = global_batch(ev.batch_size, queries, ev.workers)
         if not batch:
-            log.warning("evaluate: the %s arm has examples from %d queries, fewer than its %d worker(s): not trained", arm, queries, ev.workers)
+            log.warning(
+                "evaluate: the %s arm has examples from %d queries, fewer than its %d worker(s): not trained",
+                arm,
+                queries,
+                ev.workers,
+            )
             return None, {**counts, "trained": False}
         checkpoint, metrics = train_arm(arm, folder, batch, settings, per_worker, out)
         return checkpoint, {**counts, "trained": True, **metrics}
@@ -124,7 +133,9 @@ def detectable_difference(ndcg: list[float]) -> float:
     return round(1.96 * 2**0.5 * statistics.stdev(ndcg) / len(ndcg) ** 0.5, 4)
 
 
-def score_set(beir: BeirSet, models: dict[str, Any], ev: EvaluateConfig, out: OutputLayout) -> dict[str, dict[str, dict[str, float]]]:
+def score_set(
+    beir: BeirSet, models: dict[str, Any], ev: EvaluateConfig, out: OutputLayout
+) -> dict[str, dict[str, dict[str, float]]]:
     """Per arm, per query, nDCG@10 and Recall@100 on one set: its corpus encoded once by every
     model in a Ray Data pool, then each arm's top-k searched block by block."""
     import ray
@@ -140,7 +151,10 @@ def score_set(beir: BeirSet, models: dict[str, Any], ev: EvaluateConfig, out: Ou
     queries = encode_queries(beir.queries, models, ev, encoders)
     log.info("evaluate: %s encoded in %.0f s; searching the top %d of each query", beir.name, time.perf_counter() - started, ev.top_k,
              extra={"notice": True})  # fmt: skip
-    return {arm: per_query(search(target, fs, arm, *queries[arm], ev.top_k, beir.corpus_size, ev.search_block), beir.qrels) for arm in models}
+    return {
+        arm: per_query(search(target, fs, arm, *queries[arm], ev.top_k, beir.corpus_size, ev.search_block), beir.qrels)
+        for arm in models
+    }
 
 
 def summarize(scores: dict[str, list[dict[str, dict[str, float]]]], ev: EvaluateConfig) -> dict[str, Any]:
@@ -155,7 +169,10 @@ def summarize(scores: dict[str, list[dict[str, dict[str, float]]]], ev: Evaluate
         if a not in scores or b not in scores:
             paired[f"{a}_vs_{b}"] = {"skipped": f"the {a if a not in scores else b} arm was not trained (too few examples)"}
             continue
-        sets = [({q: v["ndcg@10"] for q, v in sa.items()}, {q: v["ndcg@10"] for q, v in sb.items()}) for sa, sb in zip(scores[a], scores[b])]
+        sets = [
+            ({q: v["ndcg@10"] for q, v in sa.items()}, {q: v["ndcg@10"] for q, v in sb.items()})
+            for sa, sb in zip(scores[a], scores[b])
+        ]
         paired[f"{a}_vs_{b}"] = paired_bootstrap_sets(sets, ev.bootstrap_samples, ev.seed)
     return {"arms": arms, "paired": paired}
 
@@ -185,8 +202,13 @@ def evaluate(output: str, eval_dirs: str | list[str], overrides: list[str] | Non
         results["sets"][beir.name] = {"folder": beir.corpus_path.rsplit("/", 1)[0], "queries": len(beir.queries), "corpus": beir.corpus_size,
                                       "ood": beir.name.lower() in OOD, "detectable_ndcg@10_difference": detectable_difference(zero),
                                       **summarize({arm: [s] for arm, s in per_set[beir.name].items()}, ev)}  # fmt: skip
-    groups = {"all": list(per_set)} | ({"ood": ood} if (ood := [n for n in per_set if n.lower() in OOD]) and len(per_set) > 1 else {})
-    results["average"] = {g: {"sets": names, **summarize({arm: [per_set[n][arm] for n in names] for arm in models}, ev)} for g, names in groups.items()}
+    groups = {"all": list(per_set)} | (
+        {"ood": ood} if (ood := [n for n in per_set if n.lower() in OOD]) and len(per_set) > 1 else {}
+    )
+    results["average"] = {
+        g: {"sets": names, **summarize({arm: [per_set[n][arm] for n in names] for arm in models}, ev)}
+        for g, names in groups.items()
+    }
     results["arms"], results["paired"] = results["average"]["all"]["arms"], results["average"]["all"]["paired"]
     for arm in TRAINED:
         results["arms"].setdefault(arm, {"trained": False})

@@ -97,7 +97,9 @@ def train_loop(config: dict[str, Any]) -> None:
     model.max_seq_length = config["max_seq_len"]
     gather = world > 1
     if config["mini_batch_size"]:
-        loss = losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=config["mini_batch_size"], gather_across_devices=gather)
+        loss = losses.CachedMultipleNegativesRankingLoss(
+            model, mini_batch_size=config["mini_batch_size"], gather_across_devices=gather
+        )
     else:
         loss = losses.MultipleNegativesRankingLoss(model, gather_across_devices=gather)
     work = tempfile.mkdtemp(prefix="arhn-train-")
@@ -141,7 +143,9 @@ def train_arm(name: str, folder: str, batch: int, settings: dict[str, Any], per_
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={**settings, "global_batch": batch},
-        scaling_config=ScalingConfig(num_workers=settings["workers"], use_gpu=settings["use_gpu"], resources_per_worker=per_worker),
+        scaling_config=ScalingConfig(
+            num_workers=settings["workers"], use_gpu=settings["use_gpu"], resources_per_worker=per_worker
+        ),
         # every worker reads all the examples: accelerate splits each batch (a shard each would split twice)
         datasets={"train": ray.data.read_parquet(folder, filesystem=fs)},
         dataset_config=DataConfig(datasets_to_split=[]),

@@ -13,7 +13,7 @@ import re
 from arhn_ray.method.prompts import NO_ANSWER
 
 _SENTENCE_END = re.compile(r"(?<=[.!?…])(\s+)|(\n+)")
-_SPECIAL = set("\\.^$*+?{}[]()|/-\"")
+_SPECIAL = set('\\.^$*+?{}[]()|/-"')
 _CONTROL = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\f": "\\f", "\v": "\\v"}
 
 
@@ -71,9 +71,7 @@ def _span_alternatives(text: str, max_sentences: int) -> str:
 
 
 def _blocks(bodies: list[str]) -> str:
-    return "\\n\\n".join(
-        f"\\[\\[\\[doc{k}\\]\\]\\]\\n({body})\\n\\[\\[\\[/doc{k}\\]\\]\\]" for k, body in enumerate(bodies, 1)
-    )
+    return "\\n\\n".join(f"\\[\\[\\[doc{k}\\]\\]\\]\\n({body})\\n\\[\\[\\[/doc{k}\\]\\]\\]" for k, body in enumerate(bodies, 1))
 
 
 def stage1_format(n_docs: int) -> str:

@@ -137,7 +137,9 @@ def chunk_passages(plan: RowPlan, chunk: int) -> list[str]:
 
 def stage1_request(plan: RowPlan, chunk: int, prompts: PromptSet, options: MethodOptions) -> tuple[str, str | None]:
     """The Stage 1 prompt and its decoding constraint (a regex or None), as the output mode asks."""
-    return MODES[options.stage1_output].request(plan.row["query"], chunk_passages(plan, chunk), prompts, options.stage1_constraint)
+    return MODES[options.stage1_output].request(
+        plan.row["query"], chunk_passages(plan, chunk), prompts, options.stage1_constraint
+    )
 
 
 @dataclass
@@ -147,7 +149,11 @@ class ChunkSnippets(Stage1Read):
     def snippet(self, pos: int, options: MethodOptions) -> str | None:
         """A negative's snippet; an ungrounded one is NO_ANSWER unless ``ungrounded_as_no_answer`` is off."""
         g = self.grounded[pos]
-        if g.grounding == UNGROUNDED and not options.ungrounded_as_no_answer and MODES[options.stage1_output].keeps_ungrounded_text:
+        if (
+            g.grounding == UNGROUNDED
+            and not options.ungrounded_as_no_answer
+            and MODES[options.stage1_output].keeps_ungrounded_text
+        ):
             return self.parsed[pos].text
         return g.snippet
 

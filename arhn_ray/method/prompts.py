@@ -80,15 +80,14 @@ class PromptSet:
 
     def stage1_prompt(self, question: str, passages: list[str]) -> str:
         """Stage 1: doc1 is the anchor positive, doc2.. the chunk's negatives (already truncated)."""
-        documents = "\n\n".join(
-            fill(self.stage1_document, index=i, text=neutralize(text)) for i, text in enumerate(passages, 1)
-        )
+        documents = "\n\n".join(fill(self.stage1_document, index=i, text=neutralize(text)) for i, text in enumerate(passages, 1))
         return fill(self.stage1, n=len(passages), question=neutralize(question), documents=documents)
 
     def stage2_prompt(self, question: str, items: list[str | None], passages: bool = False) -> str:
         """Stage 2: items[0] is [1], the anchor; None is NO_ANSWER; PRHN (``passages=True``) ranks passages."""
         body = "\n".join(
-            fill(self.stage2_item, index=i, text=NO_ANSWER if t is None else _one_line(neutralize(t))) for i, t in enumerate(items, 1)
+            fill(self.stage2_item, index=i, text=NO_ANSWER if t is None else _one_line(neutralize(t)))
+            for i, t in enumerate(items, 1)
         )
         template = self.prhn if passages else self.stage2
         return fill(template, question=neutralize(question), items=body)

@@ -22,7 +22,9 @@ def anchor_score(positive_scores: list[float]) -> float:
     return min(positive_scores)
 
 
-def decide(positive_score: float, negative_scores: list[float], relative_margin: float = 0.05, keep: int | None = None) -> list[tuple[str, str]]:
+def decide(
+    positive_score: float, negative_scores: list[float], relative_margin: float = 0.05, keep: int | None = None
+) -> list[tuple[str, str]]:
     """(action, reason) per negative, in order."""
     bound = threshold(positive_score, relative_margin)
     under = sorted((i for i, s in enumerate(negative_scores) if s <= bound), key=lambda i: -negative_scores[i])

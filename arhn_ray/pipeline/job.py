@@ -128,7 +128,9 @@ def run(cfg: Config) -> dict[str, Any]:
         for attempt in range(1, cfg.pipeline.max_attempts + 1):
             try:
                 with progress.heartbeat(sink):
-                    for batch in _dataset(cfg, open_parts, elastic=attempt > 1).iter_batches(batch_format="pyarrow", batch_size=None):
+                    for batch in _dataset(cfg, open_parts, elastic=attempt > 1).iter_batches(
+                        batch_format="pyarrow", batch_size=None
+                    ):
                         sink.add(batch.to_pylist())
                         progress.update(sink)
                         metrics.update(sink)

@@ -19,9 +19,15 @@ class RunMetrics:
 
         self.output = output
         self.rows = RayCounter("arhn_rows", "rows written, by outcome (refined or rejected)", tag_keys=("output", "outcome"))
-        self.negatives = RayCounter("arhn_negatives", "negatives decided, by action (relabel, filter, keep)", tag_keys=("output", "action"))
-        self.tokens = RayCounter("arhn_llm_tokens", "LLM tokens of the rows written, by stage and kind", tag_keys=("output", "stage", "kind"))
-        self.cut = RayCounter("arhn_llm_cut_calls", "LLM calls cut by max_tokens (finish reason length), by stage", tag_keys=("output", "stage"))
+        self.negatives = RayCounter(
+            "arhn_negatives", "negatives decided, by action (relabel, filter, keep)", tag_keys=("output", "action")
+        )
+        self.tokens = RayCounter(
+            "arhn_llm_tokens", "LLM tokens of the rows written, by stage and kind", tag_keys=("output", "stage", "kind")
+        )
+        self.cut = RayCounter(
+            "arhn_llm_cut_calls", "LLM calls cut by max_tokens (finish reason length), by stage", tag_keys=("output", "stage")
+        )
         self.engine_errors = RayCounter("arhn_engine_errors", "rows rejected because an LLM call failed", tag_keys=("output",))
         self.last: Counter = Counter()
 

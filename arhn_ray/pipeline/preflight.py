@@ -42,8 +42,12 @@ def check_models(cfg: Config, config_path: str | None = None) -> None:
     names = ", ".join(f"{r.name} ({r.use})" for r in missing)
     fix = f"arhn-ray stage {config_path or 'CONFIG'}" + " (with the same HF_HOME; on KubeRay: jobs/kuberay/stage-model.yaml)"
     if hub_offline():
-        raise PreflightError(f"not in the Hugging Face cache ({_cache()}) and the hub is offline (HF_HUB_OFFLINE=1): {names}. Stage them first: {fix}")
-    log.warning("not in the Hugging Face cache, so every replica will download them at start: %s (stage them once: %s)", names, fix)
+        raise PreflightError(
+            f"not in the Hugging Face cache ({_cache()}) and the hub is offline (HF_HUB_OFFLINE=1): {names}. Stage them first: {fix}"
+        )
+    log.warning(
+        "not in the Hugging Face cache, so every replica will download them at start: %s (stage them once: %s)", names, fix
+    )
 
 
 def _cache() -> str:

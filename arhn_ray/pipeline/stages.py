@@ -67,7 +67,11 @@ def read_parts(batch: dict, fmt: str, max_passage_chars: int, storage_options: d
         try:
             for r in read_rows(part, fmt, max_passage_chars, storage_options):
                 n += 1
-                out.append(_envelope(part, r.index, r.row) if r.row is not None else _envelope(part, r.index, r.raw, "rejected", r.field, r.reason))
+                out.append(
+                    _envelope(part, r.index, r.row)
+                    if r.row is not None
+                    else _envelope(part, r.index, r.raw, "rejected", r.field, r.reason)
+                )
                 if len(out) >= block_rows:
                     yield pa.Table.from_pylist(out, schema=ENVELOPE)
                     out = []

@@ -36,7 +36,12 @@ def job(out: Path, limit: int | None, batch_size: int, extra: list[str]) -> dict
     from arhn_ray.config import load_config
     from arhn_ray.pipeline.job import run
 
-    overrides = [f"input.path={ROOT / 'arhn_ray' / 'samples'}", f"output.path={out}", f"pipeline.batch_size={batch_size}", "pipeline.progress=false"]
+    overrides = [
+        f"input.path={ROOT / 'arhn_ray' / 'samples'}",
+        f"output.path={out}",
+        f"pipeline.batch_size={batch_size}",
+        "pipeline.progress=false",
+    ]
     overrides += [f"input.limit={limit}"] if limit else []
     return run(load_config(str(ROOT / "conf" / "local.yaml"), overrides + extra))
 

@@ -31,7 +31,9 @@ def run(cfg, dtype: str, requests: list) -> dict:
     params = [SamplingParams(temperature=0.0, max_tokens=cfg.stage1.max_tokens, seed=cfg.engine.seed,
                              structured_outputs=StructuredOutputsParams(regex=c) if c else None) for _, c in requests]  # fmt: skip
     t = time.perf_counter()
-    outs = engine.llm.chat([m for m, _ in requests], params, use_tqdm=False, chat_template_kwargs=dict(cfg.engine.chat_template_kwargs))
+    outs = engine.llm.chat(
+        [m for m, _ in requests], params, use_tqdm=False, chat_template_kwargs=dict(cfg.engine.chat_template_kwargs)
+    )
     elapsed = time.perf_counter() - t
     engine.close()
     tokens = sum(len(o.outputs[0].token_ids) for o in outs)

@@ -77,7 +77,9 @@ def main() -> None:
           f"{1000 / per_1000:.2f})")  # fmt: skip
     side = max(wall)
     if side > 1:
-        print(f"side by side ({side} at a time) / one at a time, wall: {wall[side] / serial:.2f} (speed-up {serial / wall[side]:.2f}x)")
+        print(
+            f"side by side ({side} at a time) / one at a time, wall: {wall[side] / serial:.2f} (speed-up {serial / wall[side]:.2f}x)"
+        )
     beir = load_beir(ROOT / "arhn_ray" / "evaluate" / "msmarco_beir")
     t = time.perf_counter()
     score_set(beir, {"zero_shot": settings["model"], **{a: c for a, (c, _) in trained.items()}}, ev, out)

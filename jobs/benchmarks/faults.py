@@ -177,7 +177,10 @@ def run_cases(cases: list[str], rows: int, delay_s: float, tmp: Path, timeout_s:
                 job = submit(dashboard, data, out, url, batch=2)
                 status = wait(dashboard, job, timeout_s)
                 logs += job_logs(dashboard, job)
-            results.append(measure(case, out, rows, FakeLLM.calls, started, status, logs) | {"fault_at_s": round(faulted[0], 1) if faulted else None})
+            results.append(
+                measure(case, out, rows, FakeLLM.calls, started, status, logs)
+                | {"fault_at_s": round(faulted[0], 1) if faulted else None}
+            )
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
             if case == "lost":  # back to two workers for the next case
                 nodes.append(cluster.add_node(num_cpus=1))
@@ -203,7 +206,9 @@ def main() -> None:
     if args.json:
         print(json.dumps(results))
         return
-    print(f"\n{'case':<8} {'rows in':>7} {'refined':>7} {'rejected':>8} {'lost':>4} {'doubled':>7} {'calls/row':>9} {'wall s':>7} {'retries':>7}  status")
+    print(
+        f"\n{'case':<8} {'rows in':>7} {'refined':>7} {'rejected':>8} {'lost':>4} {'doubled':>7} {'calls/row':>9} {'wall s':>7} {'retries':>7}  status"
+    )
     for r in results:
         print(f"{r['case']:<8} {r['rows_in']:>7} {r['refined']:>7} {r['rejected']:>8} {r['lost']:>4} {r['doubled']:>7} "
               f"{r['calls_per_row']:>9} {r['wall_s']:>7} {r['retries']:>7}  {r['status']}")  # fmt: skip

@@ -56,8 +56,32 @@ def make_data(folder: Path, n: int, seed: int = 0) -> Path:
                                 "negative_passages": negs}) + "\n")  # fmt: skip
             snippets = [f"The answer {i}."] + [f"Fact {k} of query {i}." if k % 3 == 0 else None for k in range(10)]
             blocks = "\n\n".join(f"[[[doc{d}]]]\n{s or 'NO_ANSWER'}\n[[[/doc{d}]]]" for d, s in enumerate(snippets, 1))
-            r.write(json.dumps({"query_id": qid, "stage": 1, "chunk": 0, "text": blocks, "prompt_tokens": 1500, "output_tokens": rng.randint(150, 350)}) + "\n")
-            r.write(json.dumps({"query_id": qid, "stage": 2, "chunk": 0, "text": "[1] > [2] > [3] > [4] > [5]", "prompt_tokens": 600, "output_tokens": 20}) + "\n")
+            r.write(
+                json.dumps(
+                    {
+                        "query_id": qid,
+                        "stage": 1,
+                        "chunk": 0,
+                        "text": blocks,
+                        "prompt_tokens": 1500,
+                        "output_tokens": rng.randint(150, 350),
+                    }
+                )
+                + "\n"
+            )
+            r.write(
+                json.dumps(
+                    {
+                        "query_id": qid,
+                        "stage": 2,
+                        "chunk": 0,
+                        "text": "[1] > [2] > [3] > [4] > [5]",
+                        "prompt_tokens": 600,
+                        "output_tokens": 20,
+                    }
+                )
+                + "\n"
+            )
     return rec
 
 
@@ -86,7 +110,9 @@ def depth(trace_dir: Path, slots: int, time_scale: float) -> dict:
             "model_hours": max(spans) / 3600}  # fmt: skip
 
 
-def run_mode(name: str, extra: list[str], data: Path, rec: Path, tmp: Path, n: int, time_scale: float, limit: int | None = None) -> dict:
+def run_mode(
+    name: str, extra: list[str], data: Path, rec: Path, tmp: Path, n: int, time_scale: float, limit: int | None = None
+) -> dict:
     from arhn_ray.config import load_config
     from arhn_ray.pipeline.job import run
 
@@ -102,7 +128,10 @@ def run_mode(name: str, extra: list[str], data: Path, rec: Path, tmp: Path, n: i
     stats = run(load_config(str(CONFIG), overrides))
     assert stats["overall"]["queries"] == n, stats["overall"]
     d = depth(trace, latency["max_num_seqs"], time_scale)
-    return {**{k: v for k, v in d.items() if k != "model_hours"}, "model_hours_per_1000_queries": round(d["model_hours"] * 1000 / n, 3)}
+    return {
+        **{k: v for k, v in d.items() if k != "model_hours"},
+        "model_hours_per_1000_queries": round(d["model_hours"] * 1000 / n, 3),
+    }
 
 
 def main() -> None:
@@ -118,9 +147,17 @@ def main() -> None:
     rec = make_data(tmp / "in", args.queries)
     print(json.dumps({"assumed": assumed(), "time_scale": args.time_scale, "queries": args.queries}), flush=True)
     modes = [
-        ("blocking, batches of 64", ["pipeline.batch_size=64", "engine.async_engine=false", "pipeline.max_concurrent_batches=1"], args.blocking_queries),
+        (
+            "blocking, batches of 64",
+            ["pipeline.batch_size=64", "engine.async_engine=false", "pipeline.max_concurrent_batches=1"],
+            args.blocking_queries,
+        ),
         ("async, 8 x 64 rows", ["pipeline.batch_size=64", "engine.async_engine=true", "pipeline.max_concurrent_batches=8"], None),
-        ("async, 16 x 64 rows", ["pipeline.batch_size=64", "engine.async_engine=true", "pipeline.max_concurrent_batches=16"], None),
+        (
+            "async, 16 x 64 rows",
+            ["pipeline.batch_size=64", "engine.async_engine=true", "pipeline.max_concurrent_batches=16"],
+            None,
+        ),
         ("shipped A100 config", [], None),
     ]
     for name, extra, limit in modes:

@@ -44,10 +44,18 @@ def make_data(folder: Path, shards: int, rows: int, seed: int = 0) -> Path:
                 row = {"query_id": qid, "query": "what is fact number 3?", "positive_passages": [passage(rng, 0)],
                        "negative_passages": [passage(rng, i) for i in range(1, 11)]}  # fmt: skip
                 f.write(json.dumps(row) + "\n")
-                blocks = "\n\n".join(f"[[[doc{k}]]]\nFact number {k - 1}.\n[[[/doc{k}]]]" if k % 3 == 1 else f"[[[doc{k}]]]\nNO_ANSWER\n[[[/doc{k}]]]" for k in range(1, 12))
+                blocks = "\n\n".join(
+                    f"[[[doc{k}]]]\nFact number {k - 1}.\n[[[/doc{k}]]]"
+                    if k % 3 == 1
+                    else f"[[[doc{k}]]]\nNO_ANSWER\n[[[/doc{k}]]]"
+                    for k in range(1, 12)
+                )
                 n = 1 + sum(1 for k in range(2, 12) if k % 3 == 1)
                 rec.write(json.dumps({"query_id": qid, "stage": 1, "chunk": 0, "text": blocks}) + "\n")
-                rec.write(json.dumps({"query_id": qid, "stage": 2, "chunk": 0, "text": " > ".join(f"[{k}]" for k in range(n, 0, -1))}) + "\n")
+                rec.write(
+                    json.dumps({"query_id": qid, "stage": 2, "chunk": 0, "text": " > ".join(f"[{k}]" for k in range(n, 0, -1))})
+                    + "\n"
+                )
     rec.close()
     return folder.parent / f"{folder.name}-rec.jsonl"
 
@@ -87,7 +95,12 @@ def measure(data: Path, rec: Path, out: Path) -> dict:
     done.set()
     t.join()
     stats = json.loads((out / "stats.json").read_text())
-    return {"code": code, "wall_s": time.perf_counter() - t0, "rows": stats["overall"]["queries"] + stats["overall"]["rejected"], **peaks}
+    return {
+        "code": code,
+        "wall_s": time.perf_counter() - t0,
+        "rows": stats["overall"]["queries"] + stats["overall"]["rejected"],
+        **peaks,
+    }
 
 
 def main() -> None:
@@ -103,13 +116,19 @@ def main() -> None:
         results[scale] = measure(data, rec, tmp / f"out{scale}")
     mb = 1024 * 1024
     a, b = results[1], results[10]
-    print(f"rows: 1x = {a['rows']}, 10x = {b['rows']} (exit codes {a['code']}, {b['code']}); wall {a['wall_s']:.0f} s vs {b['wall_s']:.0f} s")
-    print(f"driver peak RSS:   1x {a['driver'] / mb:7.0f} MB   10x {b['driver'] / mb:7.0f} MB   ratio {b['driver'] / a['driver']:.2f}")
+    print(
+        f"rows: 1x = {a['rows']}, 10x = {b['rows']} (exit codes {a['code']}, {b['code']}); wall {a['wall_s']:.0f} s vs {b['wall_s']:.0f} s"
+    )
+    print(
+        f"driver peak RSS:   1x {a['driver'] / mb:7.0f} MB   10x {b['driver'] / mb:7.0f} MB   ratio {b['driver'] / a['driver']:.2f}"
+    )
     for key in sorted(set(a["workers"]) & set(b["workers"])):
         ra, rb = a["workers"][key], b["workers"][key]
         if ra and rb:
             print(f"{key:<30} 1x {ra / mb:7.0f} MB   10x {rb / mb:7.0f} MB   ratio {rb / ra:.2f}")
-    print(f"all processes:     1x {a['total'] / mb:7.0f} MB   10x {b['total'] / mb:7.0f} MB   ratio {b['total'] / a['total']:.2f}")
+    print(
+        f"all processes:     1x {a['total'] / mb:7.0f} MB   10x {b['total'] / mb:7.0f} MB   ratio {b['total'] / a['total']:.2f}"
+    )
 
 
 if __name__ == "__main__":

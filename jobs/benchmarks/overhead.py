@@ -25,7 +25,10 @@ def job(out: Path, data: Path, mode: str) -> dict:
     from arhn_ray.config import load_config
     from arhn_ray.pipeline.job import run
 
-    cfg = load_config(str(ROOT / "conf" / "local.yaml"), [f"input.path={data}", f"output.path={out}", f"pipeline.mode={mode}", "pipeline.progress=false"])
+    cfg = load_config(
+        str(ROOT / "conf" / "local.yaml"),
+        [f"input.path={data}", f"output.path={out}", f"pipeline.mode={mode}", "pipeline.progress=false"],
+    )
     return run(cfg), cfg
 
 
@@ -98,13 +101,17 @@ def main() -> None:
     b_in_actor = fused["replica_time"]["engine_s"]
     b_wall = fused["throughput"]["wall_s"] - fused["replica_time"]["engine_start_s"]
     c_wall = staged["throughput"]["wall_s"] - staged["replica_time"]["engine_start_s"] / 2
-    print(f"rows: {args.rows} ({plain['calls']} LLM calls, {plain['prompt_tokens']} prompt + {plain['output_tokens']} output tokens)")
+    print(
+        f"rows: {args.rows} ({plain['calls']} LLM calls, {plain['prompt_tokens']} prompt + {plain['output_tokens']} output tokens)"
+    )
     print(f"engine start: plain {plain['start_s']:.1f} s; fused replica {fused['replica_time']['engine_start_s']:.1f} s; "
           f"staged replicas {staged['replica_time']['engine_start_s']:.1f} s (two engines)")  # fmt: skip
     print(f"(a) plain vllm.LLM.chat loop:            {plain['run_s']:.1f} s  ->  {args.rows / plain['run_s']:.4f} queries/s")
     print(f"(b) arhn-ray fused, inside the replica:   {b_in_actor:.1f} s  ->  ratio b/a = {plain['run_s'] / b_in_actor:.3f}")
     print(f"(b) arhn-ray fused, job wall - start:     {b_wall:.1f} s  ->  ratio b/a = {plain['run_s'] / b_wall:.3f}")
-    print(f"(c) arhn-ray staged, job wall - mean start of its 2 engines (they start side by side): {c_wall:.1f} s  ->  fused/staged throughput = {c_wall / b_wall:.3f}")
+    print(
+        f"(c) arhn-ray staged, job wall - mean start of its 2 engines (they start side by side): {c_wall:.1f} s  ->  fused/staged throughput = {c_wall / b_wall:.3f}"
+    )
     print(f"prefix-cache hit rate in (a): {plain['prefix_cache_hit_rate']:.1%}")
     same = fused["overall"] == staged["overall"]
     print(f"fused and staged gave the same counts: {same}")

@@ -61,7 +61,11 @@ def main() -> None:
     ours_start = ours["replica_time"]["engine_start_s"]
 
     # the peer: the same prompts, built by the same method code; only the engine plumbing differs
-    options, prompts, truncate = method_options(cfg), PromptSet.load(cfg.prompts.version, cfg.prompts.dir), make_truncator(cfg.truncation.tokenizer, cfg.truncation.max_seq_len)
+    options, prompts, truncate = (
+        method_options(cfg),
+        PromptSet.load(cfg.prompts.version, cfg.prompts.dir),
+        make_truncator(cfg.truncation.tokenizer, cfg.truncation.max_seq_len),
+    )
     rows = {r["query_id"]: r for r in raw}
     items = []
     for r in raw:
@@ -99,8 +103,10 @@ def main() -> None:
     peer_rows = ds.take_all()
     peer_wall = time.perf_counter() - t
     print(f"rows: {args.rows} ({len(items)} Stage 1 calls, {len(peer_rows)} Stage 2 calls in the peer)")
-    print(f"ours (arhn-ray staged): wall {ours_wall:.1f} s, engine starts {ours_start:.1f} s -> {ours_wall - ours_start:.1f} s of work; "
-          f"{ours['overall']['stage1_calls']} Stage 1 + {ours['overall']['stage2_calls']} Stage 2 calls")
+    print(
+        f"ours (arhn-ray staged): wall {ours_wall:.1f} s, engine starts {ours_start:.1f} s -> {ours_wall - ours_start:.1f} s of work; "
+        f"{ours['overall']['stage1_calls']} Stage 1 + {ours['overall']['stage2_calls']} Stage 2 calls"
+    )
     print(f"peer (ray.data.llm):    wall {peer_wall:.1f} s (engine starts not separable; taken as ours: {ours_start:.1f} s)")
     print(f"ours / peer throughput, wall minus engine start: {(peer_wall - ours_start) / (ours_wall - ours_start):.3f}")
     print(f"ours / peer throughput, whole wall:              {peer_wall / ours_wall:.3f}")

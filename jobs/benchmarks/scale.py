@@ -127,7 +127,15 @@ def run_measured(cmd: list[str], kill_at_calls: int | None = None) -> dict:
             except psutil.Error:
                 continue
             total += rss
-            kind = "driver" if p.pid == proc.pid else "replica" if "RefineStage" in title else "read" if "read_parts" in title else "ray"
+            kind = (
+                "driver"
+                if p.pid == proc.pid
+                else "replica"
+                if "RefineStage" in title
+                else "read"
+                if "read_parts" in title
+                else "ray"
+            )
             peaks["by_kind"][kind] = max(peaks["by_kind"].get(kind, 0), rss)
         peaks["total"] = max(peaks["total"], total)
         if kill_at_calls is not None and FakeLLM.calls - calls0 >= kill_at_calls:
@@ -142,7 +150,13 @@ def run_measured(cmd: list[str], kill_at_calls: int | None = None) -> dict:
             break
         time.sleep(0.2)
     proc.wait()
-    return {"code": proc.returncode, "killed": killed, "wall_s": time.perf_counter() - t0, "calls": FakeLLM.calls - calls0, **peaks}
+    return {
+        "code": proc.returncode,
+        "killed": killed,
+        "wall_s": time.perf_counter() - t0,
+        "calls": FakeLLM.calls - calls0,
+        **peaks,
+    }
 
 
 def count_proxy(target_port: int) -> tuple[int, dict]:
@@ -182,7 +196,9 @@ def s3_bytes_per_input_byte(folder: Path, base_url: str, tmp: Path) -> dict:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    moto = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    moto = subprocess.Popen(
+        ["moto_server", "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         time.sleep(3)
         client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
@@ -204,7 +220,9 @@ def s3_bytes_per_input_byte(folder: Path, base_url: str, tmp: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=100_000, help="queries in the 7-file layout")
-    ap.add_argument("--memory-rows", type=int, default=2_000, help="the small file of the memory comparison; the large one is 10x")
+    ap.add_argument(
+        "--memory-rows", type=int, default=2_000, help="the small file of the memory comparison; the large one is 10x"
+    )
     ap.add_argument("--kill-rows", type=int, default=30_000, help="the one file killed at 60%% and run again")
     ap.add_argument("--skip-s3", action="store_true")
     ap.add_argument("--skip-layout-kill", action="store_true", help="kill only the 30,000-query file, not the whole layout")

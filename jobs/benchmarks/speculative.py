@@ -50,7 +50,12 @@ def run(requests: list, speculative: dict | None) -> dict:
     wall = time.perf_counter() - began
     engine.close()
     tokens = sum(r.output_tokens for r in results)
-    return {"wall_s": round(wall, 1), "output_tokens": tokens, "output_tokens_per_s": round(tokens / wall, 1), "_texts": [r.text for r in results]}
+    return {
+        "wall_s": round(wall, 1),
+        "output_tokens": tokens,
+        "output_tokens_per_s": round(tokens / wall, 1),
+        "_texts": [r.text for r in results],
+    }
 
 
 def main() -> None:

@@ -106,13 +106,22 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(str(prepare_model()))
     truncate = Truncator(minilm_tokenizer_path(), 512)
     rows = sample_rows()
-    for name, rec in (("bundled model's run", load_recordings(args.output)), ("Table 4 rates (synthetic)", synthetic_recordings(rows, truncate))):
+    for name, rec in (
+        ("bundled model's run", load_recordings(args.output)),
+        ("Table 4 rates (synthetic)", synthetic_recordings(rows, truncate)),
+    ):
         d = count(rec, rows, False, tokenizer, truncate)
         p = count(rec, rows, True, tokenizer, truncate)
         print(f"{name}: {len(rows)} queries, tokens per query (prompt + output)")
-        print(f"  defaults:      {d['per_query']:8.0f}  (Stage 1 {d['stage1']:.0f}, Stage 2 {d['stage2']:.0f}; {d['stage2_calls']} Stage 2 calls)")
-        print(f"  paper_literal: {p['per_query']:8.0f}  (Stage 1 {p['stage1']:.0f}, Stage 2 {p['stage2']:.0f}; {p['stage2_calls']} Stage 2 calls)")
-        print(f"  defaults / paper_literal = {d['per_query'] / p['per_query']:.3f} overall, {d['stage2'] / p['stage2']:.3f} for Stage 2 (goal overall: <= 0.8)")
+        print(
+            f"  defaults:      {d['per_query']:8.0f}  (Stage 1 {d['stage1']:.0f}, Stage 2 {d['stage2']:.0f}; {d['stage2_calls']} Stage 2 calls)"
+        )
+        print(
+            f"  paper_literal: {p['per_query']:8.0f}  (Stage 1 {p['stage1']:.0f}, Stage 2 {p['stage2']:.0f}; {p['stage2_calls']} Stage 2 calls)"
+        )
+        print(
+            f"  defaults / paper_literal = {d['per_query'] / p['per_query']:.3f} overall, {d['stage2'] / p['stage2']:.3f} for Stage 2 (goal overall: <= 0.8)"
+        )
 
 
 if __name__ == "__main__":
