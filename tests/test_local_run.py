@@ -50,7 +50,7 @@ def test_the_terminal_shows_progress_and_the_summary_and_the_rest_goes_to_the_lo
     lines = check_screen(0, terminal, rows=2 * PER_FILE)  # the summary after the final progress line, no traceback
     assert len(lines) <= 40, terminal
     assert "relabeled" in terminal and "NOT fit for training" in terminal  # the bundled model's labels are a demo
-    assert "first batch in progress" in terminal  # while Ray and the engine start, the line still moves
+    assert "no row back yet" in terminal  # while Ray and the engine start, the line still moves
     for noise in ("weight dtype", "shared memory broadcast", "MapBatches(", "INFO worker.py", "core_worker.cc"):
         assert noise not in terminal
     (log,) = (out / "logs").glob("refine-*.log")

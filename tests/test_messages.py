@@ -84,5 +84,5 @@ def test_the_progress_line_moves_while_no_batch_arrives():
             time.sleep(0.1)
     finally:
         logger.removeHandler(handler)
-    assert quiet_start >= 3 and all("first batch in progress" in line for line in lines[:quiet_start]), lines
+    assert quiet_start >= 3 and all("no row back yet" in line for line in lines[:quiet_start]), lines
     assert "5 / ~" in lines[quiet_start] and "left" in lines[quiet_start], lines

@@ -62,8 +62,8 @@ class Progress:
             eta = "done"
         elif rate > 0:
             eta = f"{_duration(left / rate)} left"
-        else:  # engines load and the first batch runs: minutes on a CPU, with nothing to count yet
-            eta = f"first batch in progress, {_duration(elapsed)} in"
+        else:  # engines load and the first batches run: minutes on a CPU before a row comes back
+            eta = f"no row back yet, {_duration(elapsed)} in"
         about = "" if len(self.exact) == len(self.sizes) else "~"
         a, rejected = sink.counts, sink.counts["rejected"]
         rows, share = f"{self.before + done:,}", f"{(self.before + done) / max(1, self.total):.0%}"
