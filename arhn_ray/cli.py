@@ -11,17 +11,15 @@ import argparse
 import json
 import logging
 import sys
-import textwrap
 
 from arhn_ray.agreement import COUNT_AS
 from arhn_ray.config import ConfigError, load_config
-from arhn_ray.console import quietly
+from arhn_ray.console import counts, quietly, summary
 from arhn_ray.data.export import FORMATS as EXPORT_FORMATS
 from arhn_ray.data.export import SHORT_POLICIES
 from arhn_ray.data.layout import OutputLayout
 from arhn_ray.method.labeling import POSITIVE_NO_ANSWER, VARIANTS
 from arhn_ray.plan import Assumptions
-from arhn_ray.stats import demo_labels
 
 
 def _refine(args: argparse.Namespace) -> int:
@@ -49,46 +47,6 @@ def _refine(args: argparse.Namespace) -> int:
         return 4
     print(summary(stats, cfg.output.path))
     return 0
-
-
-def summary(stats: dict, output: str) -> str:
-    o = stats["overall"]
-    t = stats.get("throughput", {})
-    lines = [
-        f"arhn-ray: wrote {output}",
-        f"  rows in       {o['queries'] + o['rejected']}",
-        f"  refined       {o['queries']}",
-        f"  rejected      {o['rejected']}" + (f" ({counts(stats['rejected_reasons'])})" if stats["rejected_reasons"] else ""),
-        f"  negatives     {o['negatives_in']}: relabeled {o['relabel']}, filtered {o['filter']}, kept {o['keep']}",
-        *(
-            [
-                f"  stage 1       {o['stage1_calls']} calls ({o.get('stage1_cut', 0)} cut by max_tokens), "
-                f"{o['stage1_prompt_tokens']} prompt + {o['stage1_output_tokens']} output tokens",
-                f"  stage 2       {o['stage2_calls']} calls ({o['stage2_skipped']} skipped, {o.get('stage2_cut', 0)} cut by max_tokens), "
-                f"{o['stage2_prompt_tokens']} prompt + {o['stage2_output_tokens']} output tokens",
-            ]
-            if stats.get("method", "arhn") == "arhn"
-            else [f"  method        {stats['method']}, teacher {stats.get('model')}"]
-        ),
-        f"  wall time     {stats.get('this_run', t).get('wall_s', 0):.1f} s"
-        + ("" if stats.get("this_run", {}).get("refined", True) else " (every part was already written: nothing refined)"),
-        *(
-            [f"  preemptions   {stats['preemptions']} (vLLM recomputed these requests: more in flight than its KV cache held)"]
-            if "preemptions" in stats
-            else []
-        ),
-    ]
-    if stats.get("unreadable_shards"):
-        lines.append(f"  unreadable    {json.dumps(stats['unreadable_shards'])}")
-    lines.append(f"  dataset card  {output.rstrip('/')}/README.md")
-    if warning := demo_labels(stats):
-        lines.append(f"  NOTE          {warning}")
-    return "\n".join(wrapped for line in lines for wrapped in fit_80(line))
-
-
-def fit_80(line: str) -> list[str]:
-    """A summary line as lines of at most 80 columns, continued under its value; a path is never split."""
-    return textwrap.wrap(line, 80, subsequent_indent=" " * 16, break_long_words=False, break_on_hyphens=False) or [line]
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -214,11 +172,6 @@ def _export(args: argparse.Namespace) -> int:
             )
         )
     return 0
-
-
-def counts(counter: dict) -> str:
-    """``{'no kept negative': 14}`` as a person reads it: ``14 no kept negative``, most first."""
-    return ", ".join(f"{n} {reason}" for reason, n in sorted(counter.items(), key=lambda kv: -kv[1]))
 
 
 def _command(sub, name: str, help: str, example: str, fn) -> argparse.ArgumentParser:

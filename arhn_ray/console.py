@@ -9,15 +9,18 @@ so the same holds under ``ray job submit`` (whose driver output is what ``ray jo
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TextIO, TypeVar
 
 from arhn_ray.data.layout import OutputLayout
+from arhn_ray.stats import demo_labels
 
 T = TypeVar("T")
 
@@ -141,3 +144,48 @@ def only_ours(record: logging.LogRecord) -> bool:
     return record.name == PROGRESS_LOGGER or (
         record.name.startswith("arhn_ray") and (record.levelno >= logging.WARNING or getattr(record, "notice", False))
     )
+
+
+def summary(stats: dict, output: str) -> str:
+    o = stats["overall"]
+    t = stats.get("throughput", {})
+    lines = [
+        f"arhn-ray: wrote {output}",
+        f"  rows in       {o['queries'] + o['rejected']}",
+        f"  refined       {o['queries']}",
+        f"  rejected      {o['rejected']}" + (f" ({counts(stats['rejected_reasons'])})" if stats["rejected_reasons"] else ""),
+        f"  negatives     {o['negatives_in']}: relabeled {o['relabel']}, filtered {o['filter']}, kept {o['keep']}",
+        *(
+            [
+                f"  stage 1       {o['stage1_calls']} calls ({o.get('stage1_cut', 0)} cut by max_tokens), "
+                f"{o['stage1_prompt_tokens']} prompt + {o['stage1_output_tokens']} output tokens",
+                f"  stage 2       {o['stage2_calls']} calls ({o['stage2_skipped']} skipped, {o.get('stage2_cut', 0)} cut by max_tokens), "
+                f"{o['stage2_prompt_tokens']} prompt + {o['stage2_output_tokens']} output tokens",
+            ]
+            if stats.get("method", "arhn") == "arhn"
+            else [f"  method        {stats['method']}, teacher {stats.get('model')}"]
+        ),
+        f"  wall time     {stats.get('this_run', t).get('wall_s', 0):.1f} s"
+        + ("" if stats.get("this_run", {}).get("refined", True) else " (every part was already written: nothing refined)"),
+        *(
+            [f"  preemptions   {stats['preemptions']} (vLLM recomputed these requests: more in flight than its KV cache held)"]
+            if "preemptions" in stats
+            else []
+        ),
+    ]
+    if stats.get("unreadable_shards"):
+        lines.append(f"  unreadable    {json.dumps(stats['unreadable_shards'])}")
+    lines.append(f"  dataset card  {output.rstrip('/')}/README.md")
+    if warning := demo_labels(stats):
+        lines.append(f"  NOTE          {warning}")
+    return "\n".join(wrapped for line in lines for wrapped in fit_80(line))
+
+
+def fit_80(line: str) -> list[str]:
+    """A summary line as lines of at most 80 columns, continued under its value; a path is never split."""
+    return textwrap.wrap(line, 80, subsequent_indent=" " * 16, break_long_words=False, break_on_hyphens=False) or [line]
+
+
+def counts(counter: dict) -> str:
+    """``{'no kept negative': 14}`` as a person reads it: ``14 no kept negative``, most first."""
+    return ", ".join(f"{n} {reason}" for reason, n in sorted(counter.items(), key=lambda kv: -kv[1]))
