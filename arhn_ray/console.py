@@ -119,7 +119,7 @@ def quietly(work: Callable[[], T], out: OutputLayout, command: str, banner: str)
     ours = not ray.is_initialized()
     try:
         with quiet(path) as console:
-            console.write(f"arhn-ray: {banner}\n  Ray's and vLLM's logs go to {path} (-v shows them here)\n")
+            console.write(f"arhn-ray: {banner}\n  Ray and vLLM log to {shown(path)}; -v shows them\n")
             handler = ProgressHandler(console)
             handler.addFilter(only_ours)
             logging.getLogger().addHandler(handler)
@@ -137,6 +137,13 @@ def quietly(work: Callable[[], T], out: OutputLayout, command: str, banner: str)
                 out.put(path, f"logs/{name}")
             except Exception as e:  # the log stays where it is
                 print(f"arhn-ray: log kept at {path} ({type(e).__name__} copying it to {out.path})", file=sys.stderr)
+
+
+def shown(path: str) -> str:
+    """``path`` as the user can type it from here: relative under the working directory (it fits the
+    terminal), else as it is."""
+    relative = os.path.relpath(path) if os.path.isabs(path) else path
+    return path if relative.startswith("..") else relative
 
 
 def only_ours(record: logging.LogRecord) -> bool:

@@ -86,3 +86,13 @@ def test_the_progress_line_moves_while_no_batch_arrives():
         logger.removeHandler(handler)
     assert quiet_start >= 3 and all("no row back yet" in line for line in lines[:quiet_start]), lines
     assert "5 / ~" in lines[quiet_start] and "left" in lines[quiet_start], lines
+
+
+def test_the_log_path_on_the_start_line_is_the_one_the_user_can_type(tmp_path, monkeypatch):
+    from arhn_ray.console import shown
+
+    monkeypatch.chdir(tmp_path)
+    log = tmp_path / "out" / "local" / "logs" / "refine-20261203-080949.log"
+    assert shown(str(log)) == "out/local/logs/refine-20261203-080949.log"
+    assert len(f"  Ray and vLLM log to {shown(str(log))}; -v shows them") <= 80  # the README's run, at 80 columns
+    assert shown("/var/log/elsewhere.log") == "/var/log/elsewhere.log" and shown("s3-logs/x.log") == "s3-logs/x.log"
