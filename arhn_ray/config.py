@@ -107,6 +107,7 @@ class PipelineConfig:
     max_rejected_min_rows: int = 200
     max_replica_restarts: int = 3  # per replica: a dead engine or a crashed process restarts it
     max_attempts: int = 3  # a lost node fails Ray 2.60's Dataset: the parts in flight run again, this many times in all
+    replica_wait_s: int = 600  # after a lost node: how long a retry waits for one replica to start before it stops
     ray_address: str | None = None  # None: RAY_ADDRESS, else a local Ray of this run's own; 'auto' joins a running one
     progress: bool = True
     ray_progress_bars: bool = False  # Ray Data's own operator bars, besides arhn-ray's progress line

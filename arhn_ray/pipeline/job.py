@@ -124,35 +124,56 @@ def run(cfg: Config) -> dict[str, Any]:
         ctx.enable_progress_bars = cfg.pipeline.progress and cfg.pipeline.ray_progress_bars
         # small blocks: a batch's results reach the writer when the batch is done, not with its whole part
         ctx.target_max_block_size = cfg.pipeline.block_bytes
-        metrics, open_parts = RunMetrics(cfg.output.path), todo
-        for attempt in range(1, cfg.pipeline.max_attempts + 1):
-            try:
-                with progress.heartbeat(sink):
-                    for batch in _dataset(cfg, open_parts, elastic=attempt > 1).iter_batches(
-                        batch_format="pyarrow", batch_size=None
-                    ):
-                        sink.add(batch.to_pylist())
-                        progress.update(sink)
-                        metrics.update(sink)
-                        _check_rejections(cfg, sink)
-                break
-            except Exception as e:
-                if not is_cluster_fault(e):
-                    raise
-                open_parts = sink.reopen()
-                where = f"{len(sink.finished)} of {len(todo)} parts written"
-                if attempt == cfg.pipeline.max_attempts:
-                    raise ClusterFault(f"{fault_name(e)}, {attempt} times (pipeline.max_attempts={attempt}); {where}: "
-                                       "rerun the same command to refine the rest") from e  # fmt: skip
-                log.warning("%s: %s; the %d other parts run on the nodes left (attempt %d of %d)", fault_name(e), where,
-                            len(open_parts), attempt + 1, cfg.pipeline.max_attempts)  # fmt: skip
-            finally:
-                remove_placement_groups()
+        _stream(cfg, todo, sink, progress, RunMetrics(cfg.output.path))
     sink.close()
     progress.update(sink, force=True)
     for name, reason in sink.failed.items():
         unreadable[name] = reason
     return write_report(cfg, out, time.time() - started, unreadable, refined_now=bool(todo))
+
+
+def _stream(cfg: Config, todo: list[Part], sink: PartSink, progress: Progress, metrics: RunMetrics) -> None:
+    """The parts through the pipeline into the sink; a lost node (Ray 2.60 fails the Dataset) runs
+    the unwritten parts again on the nodes left, ``pipeline.max_attempts`` times in all."""
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    saved = ctx.wait_for_min_actors_s
+    try:
+        _attempts(cfg, todo, sink, progress, metrics, ctx)
+    finally:
+        ctx.wait_for_min_actors_s = saved
+
+
+def _attempts(cfg: Config, todo: list[Part], sink: PartSink, progress: Progress, metrics: RunMetrics, ctx) -> None:
+    open_parts = todo
+    for attempt in range(1, cfg.pipeline.max_attempts + 1):
+        if attempt > 1:  # a static cluster that lost its last node must not wait forever for a replica
+            ctx.wait_for_min_actors_s = cfg.pipeline.replica_wait_s
+        try:
+            with progress.heartbeat(sink):
+                for batch in _dataset(cfg, open_parts, elastic=attempt > 1).iter_batches(batch_format="pyarrow", batch_size=None):
+                    sink.add(batch.to_pylist())
+                    progress.update(sink)
+                    metrics.update(sink)
+                    _check_rejections(cfg, sink)
+            return
+        except Exception as e:
+            no_replica = attempt > 1 and type(e).__name__ == "GetTimeoutError"
+            if not (is_cluster_fault(e) or no_replica):
+                raise
+            open_parts = sink.reopen()
+            where = f"{len(sink.finished)} of {len(todo)} parts written"
+            if no_replica:
+                raise ClusterFault(f"no node left can hold a replica (waited {cfg.pipeline.replica_wait_s} s, "
+                                   f"pipeline.replica_wait_s); {where}: rerun the same command when the cluster has nodes") from e  # fmt: skip
+            if attempt == cfg.pipeline.max_attempts:
+                raise ClusterFault(f"{fault_name(e)}, {attempt} times (pipeline.max_attempts={attempt}); {where}: "
+                                   "rerun the same command to refine the rest") from e  # fmt: skip
+            log.warning("%s: %s; the %d other parts run on the nodes left (attempt %d of %d)", fault_name(e), where,
+                        len(open_parts), attempt + 1, cfg.pipeline.max_attempts)  # fmt: skip
+        finally:
+            remove_placement_groups()
 
 
 def _check_rejections(cfg: Config, sink: PartSink) -> None:

@@ -9,6 +9,8 @@ not what is measured). Each case, one after the other on the same cluster:
 - ``none``: no fault, the reference;
 - ``replace``: a worker node's raylet killed once the first part is written, a new node joins;
 - ``lost``: a worker node killed the same way, no node joins: the job ends on what is left;
+- ``gone``: both workers killed, none joins: the job stops within ``pipeline.replica_wait_s``
+  (20 s here) naming what happened, then nodes join and the same submission goes on;
 - ``head``: the whole cluster killed (as KubeRay loses its head), the job submitted again on a
   fresh cluster: it resumes from the finished parts.
 
@@ -67,12 +69,12 @@ def start_cluster(workers: int = 2):
     return cluster, nodes, f"http://127.0.0.1:{dashboard}"
 
 
-def submit(dashboard: str, data: Path, out: Path, url: str, batch: int) -> str:
+def submit(dashboard: str, data: Path, out: Path, url: str, batch: int, *extra: str) -> str:
     """``ray job submit`` as a user types it; returns the submission id."""
     job = f"arhn-faults-{uuid.uuid4().hex[:8]}"
     entry = [sys.executable, "-m", "arhn_ray", "refine", str(ROOT / "conf" / "openai-endpoint.yaml"), f"input.path={data}",
              f"output.path={out}", f"engine.base_url={url}", "engine.api_key_env=null", "engine.model=fake", "engine.replicas=2",
-             "input.part_rows=10", f"pipeline.batch_size={batch}"]  # fmt: skip
+             "input.part_rows=10", f"pipeline.batch_size={batch}", *extra]  # fmt: skip
     for _ in range(60):  # a new head's dashboard agent takes a few seconds to take jobs
         done = subprocess.run(["ray", "job", "submit", "--address", dashboard, "--submission-id", job, "--no-wait", "--", *entry],
                               capture_output=True, text=True, cwd=ROOT, timeout=120)  # fmt: skip
@@ -133,7 +135,7 @@ def measure(case: str, out: Path, rows: int, calls: int, started: float, status:
     return {"case": case, "rows_in": rows, "refined": refined, "rejected": sum(ids.values()) - refined,
             "lost": len(expected - set(ids)), "doubled": sum(n - 1 for n in ids.values() if n > 1),
             "calls_per_row": round(calls / rows, 3), "wall_s": round(time.monotonic() - started, 1), "status": status,
-            "retries": logs.count("run on the nodes left")}  # fmt: skip
+            "retries": logs.count("run on the nodes left"), "stopped": logs.count("no node left can hold a replica")}  # fmt: skip
 
 
 def make_fault(case: str, out: Path, cluster, nodes: list, started: float):
@@ -142,12 +144,13 @@ def make_fault(case: str, out: Path, cluster, nodes: list, started: float):
     faulted: list[float] = []
 
     def fault() -> bool:
-        if faulted or written_parts(out) < 1 or case not in ("replace", "lost", "head"):
+        if faulted or written_parts(out) < 1 or case not in ("replace", "lost", "head", "gone"):
             return False
         faulted.append(time.monotonic() - started)
         if case == "head":
             return True
-        cluster.remove_node(nodes.pop(0), allow_graceful=False)
+        for _ in range(len(nodes) if case == "gone" else 1):
+            cluster.remove_node(nodes.pop(0), allow_graceful=False)
         if case == "replace":
             nodes.append(cluster.add_node(num_cpus=1))
         return False
@@ -166,7 +169,7 @@ def run_cases(cases: list[str], rows: int, delay_s: float, tmp: Path, timeout_s:
         for case in cases:
             out = tmp / f"out-{case}"
             FakeLLM.calls, started = 0, time.monotonic()
-            job = submit(dashboard, data, out, url, batch=2)
+            job = submit(dashboard, data, out, url, 2, *(["pipeline.replica_wait_s=20"] if case == "gone" else []))
             fault, faulted = make_fault(case, out, cluster, nodes, started)
 
             status = wait(dashboard, job, timeout_s, fault)
@@ -176,6 +179,12 @@ def run_cases(cases: list[str], rows: int, delay_s: float, tmp: Path, timeout_s:
                 cluster, nodes, dashboard = start_cluster()
                 job = submit(dashboard, data, out, url, batch=2)
                 status = wait(dashboard, job, timeout_s)
+                logs += job_logs(dashboard, job)
+            if case == "gone":  # stopped, not hung: nodes come back and the same submission goes on
+                first = status
+                nodes.extend(cluster.add_node(num_cpus=1) for _ in range(2))
+                job = submit(dashboard, data, out, url, batch=2)
+                status = f"{first}, then {wait(dashboard, job, timeout_s)}"
                 logs += job_logs(dashboard, job)
             results.append(
                 measure(case, out, rows, FakeLLM.calls, started, status, logs)
@@ -193,7 +202,7 @@ def run_cases(cases: list[str], rows: int, delay_s: float, tmp: Path, timeout_s:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=60)
-    ap.add_argument("--cases", default="none,replace,lost,head")
+    ap.add_argument("--cases", default="none,replace,lost,gone,head")
     ap.add_argument("--delay", type=float, default=1.0, help="seconds the fake LLM takes a call")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
