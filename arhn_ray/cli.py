@@ -23,7 +23,7 @@ from arhn_ray.plan import Assumptions
 
 
 def _refine(args: argparse.Namespace) -> int:
-    from arhn_ray.pipeline.faults import ClusterFault
+    from arhn_ray.pipeline.faults import ClusterFault, StoreFailed
     from arhn_ray.pipeline.job import TooManyRejected, run
     from arhn_ray.pipeline.preflight import PreflightError, check_output
 
@@ -39,7 +39,7 @@ def _refine(args: argparse.Namespace) -> int:
     except TooManyRejected as e:
         print(f"arhn-ray: stopped: {e}", file=sys.stderr)
         return 3
-    except ClusterFault as e:
+    except (ClusterFault, StoreFailed) as e:
         print(f"arhn-ray: stopped: {e}", file=sys.stderr)
         return 5
     except PreflightError as e:

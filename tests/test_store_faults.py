@@ -54,3 +54,50 @@ def test_a_store_that_throttles_and_drops_loses_and_doubles_nothing(ray_cluster,
             seen += table.column("query_id").to_pylist()
     assert sorted(seen) == sorted(r["query_id"] for r in rows)  # every row once
     assert not direct.glob("flaky/out/**/.*.tmp")  # no temporary file left behind
+
+
+def test_a_store_that_goes_down_mid_run_stops_it_with_a_clear_error_and_a_rerun_completes(ray_cluster, tmp_path, s3_server):
+    import threading
+    import time
+
+    import s3fs
+
+    from arhn_ray.pipeline.faults import StoreFailed
+    from arhn_ray.pipeline.job import run
+
+    rows = [make_row(2, qid=f"d{i}") for i in range(40)]
+    write_jsonl(tmp_path / "rows.jsonl", rows)
+    write_jsonl(tmp_path / "rec.jsonl", good_recordings(rows))
+    create_bucket(s3_server, "down")
+    direct = s3fs.S3FileSystem(**s3_server)
+    direct.put(str(tmp_path / "rows.jsonl"), "down/in/rows.jsonl")
+    proxy = FaultyS3(s3_server["client_kwargs"]["endpoint_url"], rate=0.0)
+    # the clients' own retries kept short, so that "down" is reached in seconds (s3fs's defaults take ~2 minutes)
+    options = proxy.options(s3_server) | {"config_kwargs": {"retries": {"max_attempts": 2, "mode": "standard"}}}
+    so = json.dumps(options)
+    args = ("s3://down/in/", tmp_path / "rec.jsonl", "s3://down/out", "input.part_rows=10", "pipeline.batch_size=2",
+            "engine.replay_delay_s=0.5", f"input.storage_options={so}", f"output.storage_options={so}", "pipeline.progress=false")  # fmt: skip
+
+    def down_after_the_first_part() -> None:
+        deadline = time.monotonic() + 300
+        while not direct.glob("down/out/_parts/*/*.json") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proxy.down = True
+
+    threading.Thread(target=down_after_the_first_part, daemon=True).start()
+    try:
+        with pytest.raises(
+            StoreFailed, match=r"writing to s3://down/out failed after the storage client's retries .* parts are written"
+        ):
+            run(replay_cfg(*args))
+        assert proxy.down
+        proxy.down = False
+        stats = run(replay_cfg(*args))  # the same command again, the store back: it goes on from the parts written
+    finally:
+        proxy.close()
+    written = []
+    for kind in ("refined", "rejected"):
+        for path in direct.glob(f"down/out/{kind}/*/*.parquet"):
+            with direct.open(path, "rb") as f:
+                written += pq.read_table(f).column("query_id").to_pylist()
+    assert sorted(written) == sorted(r["query_id"] for r in rows) and stats["overall"]["queries"] == 40

@@ -25,6 +25,10 @@ class ClusterFault(RuntimeError):
     """The cluster kept losing parts of itself past ``pipeline.max_attempts``."""
 
 
+class StoreFailed(RuntimeError):
+    """The output's store kept failing a write after its client's own retries (s3fs, botocore)."""
+
+
 def _chain(error: BaseException):
     seen: set[int] = set()
     while error is not None and id(error) not in seen:

@@ -17,7 +17,7 @@ from typing import Any
 from arhn_ray.config import Config, ConfigError, EngineConfig, mask_secrets_in_logs, stage2_engine, to_yaml, uses_llm
 from arhn_ray.data.layout import OutputLayout
 from arhn_ray.data.parts import Part, parts_to_run
-from arhn_ray.pipeline.faults import ClusterFault, fault_name, is_cluster_fault
+from arhn_ray.pipeline.faults import ClusterFault, StoreFailed, fault_name, is_cluster_fault
 from arhn_ray.pipeline.metrics import RunMetrics
 from arhn_ray.pipeline.placement import init_ray, remove_placement_groups, replica_resources, teacher_layout
 from arhn_ray.pipeline.preflight import check_models, check_output, wait_for_gpus
@@ -153,7 +153,12 @@ def _attempts(cfg: Config, todo: list[Part], sink: PartSink, progress: Progress,
         try:
             with progress.heartbeat(sink):
                 for batch in _dataset(cfg, open_parts, elastic=attempt > 1).iter_batches(batch_format="pyarrow", batch_size=None):
-                    sink.add(batch.to_pylist())
+                    try:
+                        sink.add(batch.to_pylist())
+                    except OSError as e:  # s3fs gives up after its retries: a store down, not a bad row
+                        raise StoreFailed(f"writing to {cfg.output.path} failed after the storage client's retries "
+                                          f"({type(e).__name__}: {e}); {len(sink.finished)} of {len(todo)} parts are written "
+                                          "and kept: run the same command again when the store answers") from e  # fmt: skip
                     progress.update(sink)
                     metrics.update(sink)
                     _check_rejections(cfg, sink)
