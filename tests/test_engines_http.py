@@ -177,8 +177,8 @@ def test_openai_engine_against_vllm_serve_with_verbatim_regex(vllm_server):
 
 
 class Unwell(BaseHTTPRequestHandler):
-    """Answers each prompt's first calls as the prompt says: ``429 Retry-After: 1``, a body cut off
-    mid-JSON, a dropped connection; then properly. Records when each call came."""
+    """Answers each prompt's first call as the prompt says: ``429 Retry-After: 1``, a body cut off
+    mid-JSON, a dropped connection, an answer past the client's timeout; then properly. Records when each call came."""
 
     seen: dict[str, list[float]] = {}
 
@@ -201,6 +201,8 @@ class Unwell(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(data)
             return
+        if len(times) == 1 and prompt == "slow":
+            time.sleep(1.5)  # past the client's timeout of 0.5 s: the answer comes too late
         if len(times) == 1 and prompt == "dropped":
             self.connection.shutdown(2)  # no answer at all: the connection goes
             return
@@ -217,12 +219,14 @@ def test_retry_after_is_honoured_and_cut_or_dropped_answers_are_asked_again():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         eng = OpenAIEngine(EngineConfig(kind="openai", base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", model="m",
-                                        max_attempts=3, max_concurrency=3))  # fmt: skip
-        res = eng.generate([ChatRequest(chat(p), max_tokens=5) for p in ("throttled", "truncated", "dropped")])
+                                        max_attempts=3, max_concurrency=4, timeout_s=0.5))  # fmt: skip
+        res = eng.generate([ChatRequest(chat(p), max_tokens=5) for p in ("throttled", "truncated", "dropped", "slow")])
     finally:
         server.shutdown()
-    assert [r.text for r in res] == ["ok throttled", "ok truncated", "ok dropped"] and all(r.error is None for r in res)
-    assert {p: len(t) for p, t in Unwell.seen.items()} == {"throttled": 2, "truncated": 2, "dropped": 2}
+    assert [r.text for r in res] == ["ok throttled", "ok truncated", "ok dropped", "ok slow"] and all(
+        r.error is None for r in res
+    )
+    assert {p: len(t) for p, t in Unwell.seen.items()} == {"throttled": 2, "truncated": 2, "dropped": 2, "slow": 2}
     first, second = Unwell.seen["throttled"]
     assert second - first >= 0.95  # the server's Retry-After: 1, not the 0.5 s of the first backoff step
 
