@@ -59,14 +59,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def node_ports() -> dict[str, int]:
+    """Ports of a node's agents of its own: on one machine every node would take the same defaults
+    (the dashboard agent's 52365), and the node that loses the race has no agent (the head's takes
+    the job submissions)."""
+    return {"dashboard_agent_listen_port": free_port(), "metrics_agent_port": free_port(), "metrics_export_port": free_port(),
+            "runtime_env_agent_port": free_port()}  # fmt: skip
+
+
 def start_cluster(workers: int = 2):
     from ray.cluster_utils import Cluster
 
     dashboard = free_port()
     cluster = Cluster(initialize_head=True, connect=False,
-                      head_node_args={"num_cpus": 0, "include_dashboard": True, "dashboard_port": dashboard})  # fmt: skip
-    nodes = [cluster.add_node(num_cpus=1) for _ in range(workers)]
+                      head_node_args={"num_cpus": 0, "include_dashboard": True, "dashboard_port": dashboard, **node_ports()})  # fmt: skip
+    nodes = [add_worker(cluster) for _ in range(workers)]
     return cluster, nodes, f"http://127.0.0.1:{dashboard}"
+
+
+def add_worker(cluster):
+    return cluster.add_node(num_cpus=1, **node_ports())
 
 
 def submit(dashboard: str, data: Path, out: Path, url: str, batch: int, *extra: str) -> str:
@@ -152,7 +164,7 @@ def make_fault(case: str, out: Path, cluster, nodes: list, started: float):
         for _ in range(len(nodes) if case == "gone" else 1):
             cluster.remove_node(nodes.pop(0), allow_graceful=False)
         if case == "replace":
-            nodes.append(cluster.add_node(num_cpus=1))
+            nodes.append(add_worker(cluster))
         return False
 
     return fault, faulted
@@ -182,7 +194,7 @@ def run_cases(cases: list[str], rows: int, delay_s: float, tmp: Path, timeout_s:
                 logs += job_logs(dashboard, job)
             if case == "gone":  # stopped, not hung: nodes come back and the same submission goes on
                 first = status
-                nodes.extend(cluster.add_node(num_cpus=1) for _ in range(2))
+                nodes.extend(add_worker(cluster) for _ in range(2))
                 job = submit(dashboard, data, out, url, batch=2)
                 status = f"{first}, then {wait(dashboard, job, timeout_s)}"
                 logs += job_logs(dashboard, job)
@@ -192,7 +204,7 @@ def run_cases(cases: list[str], rows: int, delay_s: float, tmp: Path, timeout_s:
             )
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
             if case == "lost":  # back to two workers for the next case
-                nodes.append(cluster.add_node(num_cpus=1))
+                nodes.append(add_worker(cluster))
     finally:
         cluster.shutdown()
         server.shutdown()
