@@ -37,17 +37,22 @@ def _chain(error: BaseException):
         error = error.__cause__ or error.__context__
 
 
+def _first_fault(error: BaseException) -> BaseException | None:
+    """The first of Ray's own cluster-fault exceptions in ``error``'s cause chain."""
+    return next((e for e in _chain(error) if type(e).__name__ in CLUSTER_FAULTS and type(e).__module__.startswith("ray")), None)
+
+
 def fault_name(error: BaseException) -> str:
     """What the cluster lost, in words, from the first cluster fault in the exception's chain."""
-    for e in _chain(error):
-        name = type(e).__name__
-        if name in CLUSTER_FAULTS:
-            return {"ActorUnavailableError": "a replica's node was lost (ActorUnavailableError)",
-                    "ActorDiedError": "a replica died and could not be restarted (ActorDiedError)",
-                    "NodeDiedError": "a node was lost (NodeDiedError)"}.get(name, f"the cluster lost a part of itself ({name})")  # fmt: skip
-    return type(error).__name__
+    fault = _first_fault(error)
+    if fault is None:
+        return type(error).__name__
+    name = type(fault).__name__
+    return {"ActorUnavailableError": "a replica's node was lost (ActorUnavailableError)",
+            "ActorDiedError": "a replica died and could not be restarted (ActorDiedError)",
+            "NodeDiedError": "a node was lost (NodeDiedError)"}.get(name, f"the cluster lost a part of itself ({name})")  # fmt: skip
 
 
 def is_cluster_fault(error: BaseException) -> bool:
     """A Ray error of a lost node, actor, worker or object anywhere in ``error``'s cause chain."""
-    return any(type(e).__name__ in CLUSTER_FAULTS and type(e).__module__.startswith("ray") for e in _chain(error))
+    return _first_fault(error) is not None

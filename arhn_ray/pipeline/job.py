@@ -47,9 +47,7 @@ def _pool(ds, cfg: Config, step: str, engine: EngineConfig, elastic: bool = Fals
         fn_constructor_kwargs={"cfg": cfg, "step": step},
         batch_size=cfg.pipeline.batch_size,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=size, max_concurrent_calls_per_actor=calls)
-        if elastic
-        else ray.data.ActorPoolStrategy(size=size, max_concurrent_calls_per_actor=calls),
+        compute=ray.data.ActorPoolStrategy(min_size=1 if elastic else size, max_size=size, max_concurrent_calls_per_actor=calls),
         **resources,
     )
 
