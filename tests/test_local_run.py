@@ -49,7 +49,8 @@ def test_the_terminal_shows_progress_and_the_summary_and_the_rest_goes_to_the_lo
     out, terminal = readme_run
     lines = check_screen(0, terminal, rows=2 * PER_FILE)  # the summary after the final progress line, no traceback
     assert len(lines) <= 40, terminal
-    assert "relabeled" in terminal and "NOT fit for training" in terminal  # the bundled model's labels are a demo
+    words = " ".join(" ".join(lines).split())  # the summary wraps at 80 columns, mid-phrase
+    assert "relabeled" in words and "NOT fit for training" in words  # the bundled model's labels are a demo
     assert "no row back yet" in terminal  # while Ray and the engine start, the line still moves
     for noise in ("weight dtype", "shared memory broadcast", "MapBatches(", "INFO worker.py", "core_worker.cc"):
         assert noise not in terminal

@@ -30,7 +30,9 @@ def check_screen(code: int, screen: str, rows: int, columns: int = 80) -> list[s
     assert rewrites and all(len(part) < columns for part in rewrites), [
         p for p in rewrites if len(p) >= columns
     ]  # a wrapped one can't be rewritten
-    assert lines.index(final) < next(i for i, line in enumerate(lines) if line.startswith("arhn-ray: wrote "))
+    assert lines.index(final) < next(
+        i for i, line in enumerate(lines) if line.startswith("arhn-ray: wrote")
+    )  # a long path goes on the next line
     assert any(line.startswith("  rows in ") for line in lines) and any(line.startswith("  dataset card") for line in lines)
     return lines
 
