@@ -1,0 +1,38 @@
+"""An output folder opened again: its own ``config.yaml`` (saved with its secrets redacted, so the
+storage options given now stand in for them) and the input rows it was refined from. relabel,
+evaluate and review open an output this one way."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+
+from omegaconf import OmegaConf
+
+from arhn_ray.config import Config, load_config
+from arhn_ray.data.layout import OutputLayout
+from arhn_ray.data.parts import Part, parts_to_run
+from arhn_ray.data.rows import read_rows
+
+REDACTED = ("input.storage_options", "output.storage_options", "engine.replay_storage_options")
+
+
+def saved_config(out: OutputLayout, overrides: list[str] | None = None) -> Config:
+    """The config ``out`` was refined with, ``overrides`` applied; its storage options are ``out``'s."""
+    saved = OmegaConf.create(out.read_text("config.yaml"))
+    for key in REDACTED:
+        OmegaConf.update(saved, key, OmegaConf.create(out.storage_options), merge=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        OmegaConf.save(saved, f"{tmp}/config.yaml")
+        return load_config(f"{tmp}/config.yaml", overrides or [])
+
+
+def original_rows(cfg: Config, parts: list[Part] | None = None) -> Iterator[dict]:
+    """The input rows as they came in (the valid ones), read again from ``input.path`` a part at a
+    time: every part, or the ``parts`` given."""
+    if parts is None:
+        parts, _ = parts_to_run(cfg.input.path, cfg.input.part_rows, cfg.input.storage_options, cfg.input.limit, done={})
+    for p in parts:
+        yield from (
+            r.row for r in read_rows(p, cfg.input.format, cfg.input.max_passage_chars, cfg.input.storage_options) if r.row
+        )
