@@ -310,3 +310,31 @@ def test_decision_agreement_gives_the_table_and_kappa_of_two_hand_built_outputs(
     po = 7 / 10
     pe = (2 * 2 + 3 * 3 + 5 * 5) / 100  # reference marginals 2/3/5, ours 2/3/5
     assert overall["kappa"] == pytest.approx((po - pe) / (1 - pe), abs=1e-4)
+
+
+@pytest.mark.ray
+def test_an_arm_trains_with_its_examples_runs_and_checkpoint_on_the_shared_store(ray_cluster, s3_server, tmp_path):
+    """Issue 23: evaluate's training storage on a path the driver never created on its disk, the
+    shared store every node of a cluster reads (moto's S3 on loopback): the examples, Ray Train's
+    run and the checkpoint are written there by the workers, and nothing of it lands locally."""
+    import fsspec
+    from conftest import create_bucket
+
+    from arhn_ray.config import EvaluateConfig
+    from arhn_ray.data.layout import OutputLayout
+    from arhn_ray.engines.teacher import resolve_teacher
+    from arhn_ray.evaluate.run import SETTINGS, train_arms
+
+    create_bucket(s3_server, "evaluate")
+    rows = [r for r in load_jsonl(SAMPLES / "rlhn_msmarco.jsonl")[:8]]
+    ev = EvaluateConfig(workers=2, batch_size=8, max_seq_len=32, negatives=1, worker_memory_gb=2)
+    settings = {k: getattr(ev, k) for k in SETTINGS} | {"model": resolve_teacher(ev.model)}
+    out = OutputLayout("s3://evaluate/out", s3_server)
+    trained, _ = train_arms({"original": rows, "refined": [], "topk_percpos": []}, settings, ev, out)
+    checkpoint, metrics = trained["original"]
+    assert metrics["trained"] and metrics["world_size"] == 2 and metrics["examples"] == 8, metrics
+    assert metrics["checkpoint"].startswith("s3://evaluate/out/evaluate/train/arhn-evaluate-original"), metrics
+    s3 = fsspec.filesystem("s3", **s3_server)
+    assert s3.ls(metrics["checkpoint"].removeprefix("s3://")), "the checkpoint is not on the store"
+    assert s3.glob("evaluate/out/evaluate/examples/original/*.parquet")
+    assert trained["refined"][0] is None and not (tmp_path / "evaluate").exists()

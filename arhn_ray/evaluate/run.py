@@ -15,7 +15,6 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,6 @@ from omegaconf import OmegaConf
 
 from arhn_ray.config import Config, EvaluateConfig, load_config
 from arhn_ray.data.layout import OutputLayout
-from arhn_ray.data.parts import parts_to_run
-from arhn_ray.data.rows import read_rows
 from arhn_ray.engines.teacher import resolve_teacher
 from arhn_ray.evaluate.beir import OOD, BeirSet, load_beir
 from arhn_ray.evaluate.examples import write_examples
@@ -34,6 +31,7 @@ from arhn_ray.evaluate.report import render_markdown, render_png, write_card_sec
 from arhn_ray.evaluate.retrieve import encode_corpus, encode_queries, search
 from arhn_ray.evaluate.train import arm_layout, global_batch, train_arm
 from arhn_ray.pipeline.placement import init_ray
+from arhn_ray.saved import original_rows, saved_config
 
 log = logging.getLogger(__name__)
 ARMS = ("zero_shot", "original", "refined", "topk_percpos")
@@ -43,25 +41,6 @@ SETTINGS = ("model", "query_prefix", "passage_prefix", "max_seq_len", "batch_siz
             "epochs", "negatives", "seed", "workers", "use_gpu")  # fmt: skip
 
 
-def saved_config(out: OutputLayout, overrides: list[str]) -> Config:
-    """The output's own config (its secrets were redacted: the output's storage options stand in)."""
-    saved = OmegaConf.create(out.read_text("config.yaml"))
-    for key in ("input.storage_options", "output.storage_options"):
-        OmegaConf.update(saved, key, OmegaConf.create(out.storage_options), merge=False)
-    with tempfile.TemporaryDirectory() as tmp:
-        OmegaConf.save(saved, f"{tmp}/config.yaml")
-        return load_config(f"{tmp}/config.yaml", overrides)
-
-
-def original_rows(cfg: Config) -> Iterator[dict]:
-    """The input rows as they came in (the valid ones), read again from ``input.path`` a part at a time."""
-    parts, _ = parts_to_run(cfg.input.path, cfg.input.part_rows, cfg.input.storage_options, cfg.input.limit, done={})
-    for p in parts:
-        yield from (
-            r.row for r in read_rows(p, cfg.input.format, cfg.input.max_passage_chars, cfg.input.storage_options) if r.row
-        )
-
-
 def baseline_output(cfg: Config, out: OutputLayout, baseline: str | None) -> OutputLayout:
     """A given TopK-PercPos output, or the baseline run now on the same input (its top-k: the
     negatives an example takes, unless ``baseline.keep`` says otherwise)."""
@@ -69,11 +48,12 @@ def baseline_output(cfg: Config, out: OutputLayout, baseline: str | None) -> Out
         return OutputLayout(baseline, out.storage_options)
     from arhn_ray.pipeline.job import run
 
-    target = OutputLayout(out.file("evaluate/topk_percpos"), out.storage_options)
+    path = f"{out.path.rstrip('/')}/evaluate/topk_percpos"  # with its protocol: out.file() is the store's bare path
+    target = OutputLayout(path, out.storage_options)
     if not target.exists("stats.json"):
         with tempfile.TemporaryDirectory() as tmp:
             OmegaConf.save(OmegaConf.structured(cfg), f"{tmp}/config.yaml")
-            run(load_config(f"{tmp}/config.yaml", ["method.name=topk_percpos", "pipeline.mode=fused", f"output.path={out.path.rstrip('/')}/evaluate/topk_percpos",
+            run(load_config(f"{tmp}/config.yaml", ["method.name=topk_percpos", "pipeline.mode=fused", f"output.path={path}",
                                                    f"baseline.keep={cfg.baseline.keep or cfg.evaluate.negatives}"]))  # fmt: skip
     return target
 

@@ -155,4 +155,4 @@ def train_arm(name: str, folder: str, batch: int, settings: dict[str, Any], per_
     result = trainer.fit()
     kept = ("batch_size", "device_batch", "world_size", "gather_across_devices", "bf16", "steps", "train_loss", "peak_rss_gb")
     return result.checkpoint, {**{k: result.metrics[k] for k in kept}, "seconds": round(time.perf_counter() - started, 1),
-                               "checkpoint": result.checkpoint.path}  # fmt: skip
+                               "checkpoint": result.checkpoint.path if out.local else out.fs.unstrip_protocol(result.checkpoint.path)}  # fmt: skip
