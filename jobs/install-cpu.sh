@@ -19,3 +19,11 @@ python -m pip install --disable-pip-version-check -q --no-deps -c jobs/constrain
 # `import vllm`; text models need none of them
 python -m pip uninstall --disable-pip-version-check -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 python -m arhn_ray prepare-model
+# review.html's tests open the page in Debian's Chromium, which Playwright drives (it downloads no browser)
+if [[ ",$extras," == *",test,"* ]] && ! command -v chromium >/dev/null; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  else
+    echo "install-cpu.sh: the browser tests need Chromium at /usr/bin/chromium (Debian: apt-get install chromium)" >&2
+  fi
+fi

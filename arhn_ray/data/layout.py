@@ -5,7 +5,7 @@ through :class:`OutputLayout`, on the local disk or ``s3://`` alike, with the st
 ```
 refined/<shard>/<part>.parquet    refined rows          rejected/<shard>/<part>.parquet  rejected rows
 _parts/<shard>/<part>.json        a part's manifest, written last: the part is complete
-stats.json  report.md  report.png  README.md (the card)  config.yaml  logs/
+stats.json  report.md  report.png  README.md (the card)  config.yaml  review.html (a sample to judge)  logs/
 evaluate/examples/<arm>/          training examples, written once, streamed to Ray Train's workers
 evaluate/train/                   Ray Train's runs and checkpoints (shared storage, not a driver temp dir)
 evaluate/embeddings/<set>/        corpus embeddings of every arm, encoded by a Ray Data pool, searched a block at a time

@@ -1,17 +1,22 @@
 """What a run leaves besides its rows: ``stats.json``, ``report.md`` and ``report.png`` (the
-paper's Table 4, as numbers and a picture) and the dataset card, over every complete part of the
+paper's Table 4, as numbers and a picture), the dataset card and ``review.html`` (a sample to look at), over every complete part of the
 output (this run's and earlier ones'), wherever the output is."""
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from typing import Any
 
 from arhn_ray.card import render_card
 from arhn_ray.config import Config, config_digest, uses_llm
+from arhn_ray.data.hub import revision as hub_revision
 from arhn_ray.data.layout import OutputLayout
 from arhn_ray.method.prompts import PromptSet
+from arhn_ray.review import write_review
 from arhn_ray.stats import BUNDLED_PREFIX, RunStats, render_files, to_json
+
+log = logging.getLogger(__name__)
 
 
 def labels_from(cfg: Config) -> str:
@@ -50,6 +55,8 @@ def write_report(cfg: Config, out: OutputLayout, wall_s: float, unreadable: dict
         "pipeline_mode": cfg.pipeline.mode,
         "unreadable_shards": unreadable or {},
         "labels_from": labels_from(cfg),
+        "input": cfg.input.hub_path or cfg.input.path,
+        "input_revision": hub_revision(cfg.input.path),
     }
     data = stats.to_dict()
     before = _previous_throughput(out) if not cfg.output.overwrite else {}
@@ -61,7 +68,16 @@ def write_report(cfg: Config, out: OutputLayout, wall_s: float, unreadable: dict
     out.write_text("stats.json", to_json(data))
     out.write_text("README.md", render_card(data))
     render_report(out, data)
+    write_page(cfg, out)
     return data
+
+
+def write_page(cfg: Config, out: OutputLayout) -> None:
+    """``review.html``; a page that cannot be written is a warning, not a failed run (``arhn-ray review`` writes it again)."""
+    try:
+        write_review(out, cfg, cfg.output.review_sample)
+    except Exception as e:
+        log.warning("review.html not written (%s: %s); arhn-ray review %s writes it", type(e).__name__, e, out.path)
 
 
 def _previous_throughput(out: OutputLayout) -> dict[str, Any]:

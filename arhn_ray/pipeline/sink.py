@@ -71,6 +71,7 @@ class _Part:
             "part": self.part.id,
             "uri": self.part.uri,
             "part_rows": self.part.part_rows,
+            "input": json.loads(self.part.to_json()),  # the input part it came from: review reads only that again
             "rows": len(self.seen),
             **counts,
             "stats": self.stats.to_dict(),
