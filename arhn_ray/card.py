@@ -54,6 +54,8 @@ def render_card(stats: dict[str, Any]) -> str:
         lines.insert(lines.index("| | |") + 2, f"| labels from | {stats['labels_from']} |")
     for key in ("model", "engine", "variant", "prompt_version", "prompt_sha256", "config_digest", "pipeline_mode"):
         lines.append(f"| {key} | `{stats.get(key)}` |")
+    if stats.get("input_revision"):  # an hf:// input: the commit every part was read at
+        lines.append(f"| input | `{stats['input']}` (commit `{stats['input_revision']}`) |")
     lines += ["", "The resolved configuration is `config.yaml`; secrets are left out.", "", "## Statistics", ""]
     body = render_markdown(stats).split("\n", 2)[-1]  # without the report's own title
     lines.append(body)

@@ -131,6 +131,18 @@ def _agreement(args: argparse.Namespace) -> int:
     return 0
 
 
+def _review(args: argparse.Namespace) -> int:
+    from arhn_ray.review import write_review
+    from arhn_ray.saved import saved_config
+
+    out = OutputLayout(args.output, args.storage_options)
+    written = write_review(out, saved_config(out), args.sample, args.seed, args.subset or None)
+    print(f"arhn-ray: wrote {written.path}\n  {written.queries} queries, {written.negatives} negatives, "
+          f"{written.bytes / 1e6:.1f} MB in {written.seconds:.1f} s; open it in a browser, mark negatives, download the verdicts,\n"
+          f"  then: arhn-ray agreement {args.output} --reference verdicts.jsonl")  # fmt: skip
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from arhn_ray.evaluate.beir import BeirError
     from arhn_ray.evaluate.report import render_markdown
@@ -268,6 +280,14 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--json", default=None, help="also write the result here")
     _storage_options(a)
 
+    rv = _command(sub, "review", "write review.html: a sample of the labels to look at in a browser and judge",
+                  "arhn-ray review out/local --sample 100 --subset msmarco_passage", _review)  # fmt: skip
+    rv.add_argument("output")
+    rv.add_argument("--sample", type=int, default=200, help="queries shown, drawn evenly from each decision and subset")
+    rv.add_argument("--seed", type=int, default=0)
+    rv.add_argument("--subset", action="append", help="only these subsets (repeatable)")
+    _storage_options(rv)
+
     ev = _command(sub, "evaluate", "train the same retriever on the original, the refined and the TopK-PercPos rows and score each on a "
                   "BEIR-format set, with paired bootstrap intervals", "arhn-ray evaluate out/local --eval arhn_ray/evaluate/msmarco_beir", _evaluate)  # fmt: skip
     ev.add_argument("output")
@@ -319,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"arhn-ray: {e}", file=sys.stderr)
         return 2
-    except FileNotFoundError as e:
+    except (FileNotFoundError, PermissionError) as e:  # a missing input, repository or revision; a refused token
         print(f"arhn-ray: {e}", file=sys.stderr)
         return 2
 

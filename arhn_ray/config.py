@@ -37,6 +37,7 @@ class InputConfig:
     storage_options: dict[str, Any] = field(default_factory=dict)
     max_passage_chars: int = 200_000
     limit: int | None = None  # at most this many rows per shard (trial runs)
+    hub_path: str | None = None  # set by the run: an hf:// input.path as given, before its revision was pinned to a commit
     # the unit of work, memory and resume: a file is split into parts of about this many rows
     part_rows: int = 2000
 
@@ -46,6 +47,7 @@ class OutputConfig:
     path: str = MISSING
     storage_options: dict[str, Any] = field(default_factory=dict)
     overwrite: bool = False  # False: shards already complete are skipped (resume)
+    review_sample: int = 200  # queries on review.html, stratified by decision and subset (arhn-ray review --sample)
 
 
 METHODS = ("arhn", "topk_percpos")
@@ -312,4 +314,4 @@ def config_digest(cfg: Config) -> str:
 
 def mask_secrets_in_logs(cfg: Config) -> None:
     """Every secret the config carries or names (``engine.api_key_env``) is masked in every log handler."""
-    mask_in_logs(secret_values(as_dict(cfg), [cfg.engine.api_key_env]))
+    mask_in_logs(secret_values(as_dict(cfg), [cfg.engine.api_key_env, "HF_TOKEN"]))  # HF_TOKEN: an hf:// input's

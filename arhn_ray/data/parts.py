@@ -65,14 +65,13 @@ def plan_parts(uri: str, part_rows: int, storage_options: dict | None = None, li
     """The parts of one input file, from its metadata (parquet) or its size and first MiB (JSONL)."""
     fs, path = filesystem(uri, storage_options)
     if path.endswith(".parquet"):
-        with fs.open(path, "rb", block_size=READ_BLOCK_BYTES, **EXACT_READS) as f:
+        with _open(fs, path, READ_BLOCK_BYTES) as f:
             meta = pq.ParquetFile(f).metadata
         sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
         total = sum(sizes) if limit is None else min(sum(sizes), limit)
         return [Part(uri, "parquet", a, b, b - a, b - a, part_rows) for a, b in _row_ranges(sizes, part_rows, total)]
-    size = fs.size(path)
-    with fs.open(path, "rb", block_size=SAMPLE_BYTES, **EXACT_READS) as f:
-        sample = f.read(SAMPLE_BYTES)
+    with _open(fs, path, SAMPLE_BYTES) as f:
+        size, sample = f.size, f.read(SAMPLE_BYTES)
     lines = [line for line in sample.split(b"\n") if line.strip()]
     if len(sample) == size and not lines:
         return [Part(uri, "jsonl", 0, size, 0, 0, part_rows, limit)]
@@ -137,13 +136,17 @@ def read_part(part: Part, storage_options: dict | None = None) -> Iterator[tuple
             )  # json's "Unterminated string starting at" would read "at at column"
 
 
+def _open(fs, path: str, block: int):
+    return fs.open(path, "rb", block_size=block, **EXACT_READS)
+
+
 def _lines(fs, path: str, start: int, end: int) -> Iterator[tuple[int, bytes]]:
     """``(offset, line)`` for each line whose first byte is in ``[start, end)``, from sequential
     reads of a 32nd of the range (64 KiB to 4 MiB): the read passes ``end`` by one block at most."""
     block = min(READ_BLOCK_BYTES, max(1 << 16, (end - start) // 32))
     at = max(0, start - 1)  # the line holding byte start-1 belongs to the part before
     buffer, skip = b"", start > 0
-    with fs.open(path, "rb", block_size=block, **EXACT_READS) as f:
+    with _open(fs, path, block) as f:
         f.seek(at)
         while True:
             chunk = f.read(block)
@@ -162,7 +165,7 @@ def _lines(fs, path: str, start: int, end: int) -> Iterator[tuple[int, bytes]]:
 
 
 def _read_parquet(fs, path: str, part: Part) -> Iterator[tuple[int, Any, None]]:
-    with fs.open(path, "rb", block_size=READ_BLOCK_BYTES, **EXACT_READS) as f:
+    with _open(fs, path, READ_BLOCK_BYTES) as f:
         parquet = pq.ParquetFile(f)
         groups, first, row = [], None, 0
         for i in range(parquet.metadata.num_row_groups):

@@ -19,6 +19,10 @@ SHARD_SUFFIXES = (".parquet", ".jsonl", ".json")
 
 
 def filesystem(path: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    if path.startswith("hf://"):
+        from arhn_ray.data.hub import be_patient
+
+        be_patient()
     fs, root = fsspec.core.url_to_fs(path, **(storage_options or {}))
     return fs, root
 

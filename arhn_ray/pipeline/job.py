@@ -14,7 +14,11 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from arhn_ray.config import Config, ConfigError, EngineConfig, mask_secrets_in_logs, stage2_engine, to_yaml, uses_llm
+from arhn_ray.data.hub import is_hub, pin
+from arhn_ray.data.hub import revision as hub_revision
 from arhn_ray.data.layout import OutputLayout
 from arhn_ray.data.parts import Part, parts_to_run
 from arhn_ray.pipeline.faults import ClusterFault, StoreFailed, fault_name, is_cluster_fault
@@ -98,6 +102,25 @@ def parts(cfg: Config, out: OutputLayout) -> tuple[list[Part], list[dict], dict[
     return todo, list(done.values()), unreadable
 
 
+def pin_input(cfg: Config, out: OutputLayout) -> None:
+    """An ``hf://`` input is read at one commit: the one this output's earlier run of the same
+    ``input.path`` read (a resumed run never mixes two), else the one its revision names now."""
+    if not is_hub(cfg.input.path) or hub_revision(cfg.input.path):
+        return
+    asked = cfg.input.path
+    saved = (
+        OmegaConf.create(out.read_text("config.yaml")).input if out.exists("config.yaml") and not cfg.output.overwrite else None
+    )
+    if saved is not None and saved.get("hub_path") == asked and hub_revision(saved.path):
+        cfg.input.path = saved.path
+        how = "the commit this output's earlier run read"
+    else:
+        cfg.input.path, _ = pin(asked, cfg.input.storage_options)
+        how = "its head now"
+    cfg.input.hub_path = asked
+    log.info("reading %s at commit %s (%s)", asked, hub_revision(cfg.input.path), how, extra={"notice": True})
+
+
 def run(cfg: Config) -> dict[str, Any]:
     """Refine ``cfg.input.path`` into ``cfg.output.path``; returns the run's statistics."""
     import ray
@@ -108,6 +131,7 @@ def run(cfg: Config) -> dict[str, Any]:
     out = OutputLayout(cfg.output.path, cfg.output.storage_options)
     if cfg.output.overwrite:
         out.clear_parts()
+    pin_input(cfg, out)
     todo, done, unreadable = parts(cfg, out)
     check_output(cfg)
     out.write_text("config.yaml", to_yaml(cfg))
