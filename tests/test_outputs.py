@@ -294,8 +294,8 @@ def test_help_reads_as_plain_text_with_an_example_for_each_command(capsys):
 def test_plan_reports_the_shipped_sample_without_calling_an_llm(capsys):
     assert main(["plan", str(ROOT / "conf" / "local.yaml"), "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
-    assert (plan["rows"], plan["stage1_calls"], plan["chunks"], plan["negatives"]) == (20, 60, 60, 500)
-    assert plan["stage2_calls_at_most"] == 60 and plan["stage1_prompt_tokens"] > 0
+    assert (plan["rows"], plan["stage1_calls"], plan["chunks"], plan["negatives"]) == (8, 24, 24, 200)  # input.limit: 4 a file
+    assert plan["stage2_calls_at_most"] == 24 and plan["stage1_prompt_tokens"] > 0
     assert plan["tokenizer"].startswith("bundled:smollm2 (the model's own tokenizer")
     assert main(["plan", str(ROOT / "conf" / "qwen3-32b-a100x16.yaml"), "input.path=arhn_ray/samples"]) == 0
     text = capsys.readouterr().out
