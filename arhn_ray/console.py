@@ -183,6 +183,8 @@ def summary(stats: dict, output: str) -> str:
     if stats.get("unreadable_shards"):
         lines.append(f"  unreadable    {json.dumps(stats['unreadable_shards'])}")
     lines.append(f"  dataset card  {output.rstrip('/')}/README.md")
+    if stats.get("review"):
+        lines.append(f"  review page   {stats['review']} (open it in a browser)")
     if warning := demo_labels(stats):
         lines.append(f"  NOTE          {warning}")
     return "\n".join(wrapped for line in lines for wrapped in fit_80(line))

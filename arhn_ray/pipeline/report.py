@@ -68,16 +68,19 @@ def write_report(cfg: Config, out: OutputLayout, wall_s: float, unreadable: dict
     out.write_text("stats.json", to_json(data))
     out.write_text("README.md", render_card(data))
     render_report(out, data)
-    write_page(cfg, out)
+    if write_page(cfg, out):
+        data["review"] = f"{out.path.rstrip('/')}/review.html"  # for the summary; not in stats.json
     return data
 
 
-def write_page(cfg: Config, out: OutputLayout) -> None:
+def write_page(cfg: Config, out: OutputLayout) -> bool:
     """``review.html``; a page that cannot be written is a warning, not a failed run (``arhn-ray review`` writes it again)."""
     try:
         write_review(out, cfg, cfg.output.review_sample)
+        return True
     except Exception as e:
         log.warning("review.html not written (%s: %s); arhn-ray review %s writes it", type(e).__name__, e, out.path)
+        return False
 
 
 def _previous_throughput(out: OutputLayout) -> dict[str, Any]:
