@@ -296,7 +296,8 @@ def parser() -> argparse.ArgumentParser:
         required=True,
         nargs="+",
         metavar="DIR",
-        help="BEIR-format folders (corpus.jsonl, queries.jsonl, qrels/test.tsv), named by BEIR's names: one or the paper's 16",
+        help="BEIR-format folders (corpus.jsonl, queries.jsonl, qrels/test.tsv), named by BEIR's names: one or the paper's 16; "
+        "or sets on the Hub, hf://datasets/BeIR/NAME (judgments from BeIR/NAME-qrels), fetched once into the cache",
     )
     ev.add_argument(
         "--baseline", default=None, help="a TopK-PercPos output of the same input (else it is run now, into OUTPUT/evaluate/)"

@@ -7,6 +7,7 @@ stop before any work, naming what is wrong."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -110,3 +111,50 @@ def test_a_bad_hub_input_stops_before_any_work_naming_what_is_wrong(tmp_path, pa
     assert message in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert token not in done.stdout + done.stderr
     assert not (tmp_path / "out" / "_parts").exists()  # nothing started
+
+
+BEIR_CHECK = """
+import json, sys
+from arhn_ray.evaluate.beir import BeirError, load_beir, read_corpus
+try:
+    s = load_beir(sys.argv[1])
+except BeirError as e:
+    print(json.dumps({"error": str(e)}))
+    raise SystemExit(0)
+print(json.dumps({"name": s.name, "corpus": s.corpus_size, "queries": s.queries, "qrels": s.qrels, "first": next(read_corpus(s))}))
+"""
+
+
+def test_a_beir_set_on_the_hub_reads_as_the_same_folder_on_disk(tmp_path):
+    """``evaluate --eval hf://datasets/BeIR/<name>``: the set's gzipped corpus and queries and its
+    ``<name>-qrels`` repository, as BEIR publishes them, read as the shipped folder reads."""
+    import gzip
+    import sys
+
+    from helpers import ROOT as root
+
+    from arhn_ray.evaluate.beir import load_beir, read_corpus
+
+    local = root / "arhn_ray" / "evaluate" / "msmarco_beir"
+    hub = FakeHub({"BeIR/msmarco_beir": {"corpus.jsonl.gz": gzip.compress((local / "corpus.jsonl").read_bytes()),
+                                         "queries.jsonl.gz": gzip.compress((local / "queries.jsonl").read_bytes())},
+                   "BeIR/msmarco_beir-qrels": {"test.tsv": (local / "qrels" / "test.tsv").read_bytes()},
+                   "BeIR/lonely": {"corpus.jsonl": b"", "queries.jsonl": b""}})  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"} | {
+        "HF_ENDPOINT": hub.url,
+        "ARHN_RAY_CACHE": str(tmp_path),
+    }
+    try:
+        got = [json.loads(subprocess.run([sys.executable, "-c", BEIR_CHECK, f"hf://datasets/BeIR/{name}"], env=env, capture_output=True,
+                                         text=True, timeout=120, check=True).stdout) for name in ("msmarco_beir", "lonely")]  # fmt: skip
+    finally:
+        hub.close()
+    want = load_beir(local)
+    assert (got[0]["name"], got[0]["corpus"], got[0]["queries"], got[0]["qrels"]) == (
+        want.name,
+        want.corpus_size,
+        want.queries,
+        want.qrels,
+    )
+    assert tuple(got[0]["first"]) == next(read_corpus(want))
+    assert got[1] == {"error": "hf://datasets/BeIR/lonely: no qrels/test.tsv in it and no judgments repository BeIR/lonely-qrels"}

@@ -1,7 +1,9 @@
 """A BEIR-format evaluation folder (the layout BEIR's downloads have): ``corpus.jsonl``
 (``_id``, ``title``, ``text``), ``queries.jsonl`` (``_id``, ``text``) and ``qrels/test.tsv``
 (``query-id``, ``corpus-id``, ``score``, with a header line). A malformed folder fails naming the
-file and the line. The corpus is checked a line at a time and not held: retrieve.py encodes it
+file and the line. A set on the Hub, ``hf://datasets/BeIR/<name>`` (``corpus.jsonl[.gz]``,
+``queries.jsonl[.gz]``, its judgments in ``BeIR/<name>-qrels`` as BEIR publishes them, or in a
+``qrels/`` folder of its own), is fetched once per commit into the cache as such a folder. The corpus is checked a line at a time and not held: retrieve.py encodes it
 from the file; the queries and judgments are small and are."""
 
 from __future__ import annotations
@@ -48,8 +50,51 @@ def _jsonl(path: Path, required: tuple[str, ...]) -> Iterator[dict]:
             yield row
 
 
+def fetch_beir(uri: str, split: str = "test", cache: Path | None = None) -> Path:
+    """The BEIR set at ``uri`` on the Hub as a local BEIR folder (``<cache>/beir/<commit>/<name>``),
+    its files unpacked; fetched once per commit of the set."""
+    import gzip
+    import shutil
+
+    from huggingface_hub import HfFileSystem
+    from huggingface_hub.utils import parse_hf_uri
+
+    from arhn_ray.data.hub import pin
+    from arhn_ray.engines.bundled import cache_dir
+
+    at, sha = pin(uri)
+    repo = parse_hf_uri(uri).id
+    target = (cache or cache_dir() / "beir") / sha[:16] / repo.rsplit("/", 1)[-1]
+    if (target / ".complete").exists():
+        return target
+    fs = HfFileSystem()
+    root = fs._strip_protocol(at).rstrip("/")
+
+    def fetch(candidates: list[str], dest: Path) -> None:
+        found = next((c for c in candidates if fs.exists(c)), None)
+        if found is None:
+            raise BeirError(f"{uri}: no {' or '.join('hf://' + c for c in candidates)}")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with fs.open(found, "rb") as raw, open(dest, "wb") as out:
+            shutil.copyfileobj(gzip.GzipFile(fileobj=raw) if found.endswith(".gz") else raw, out, 1 << 20)
+
+    fetch([f"{root}/corpus.jsonl", f"{root}/corpus.jsonl.gz"], target / "corpus.jsonl")
+    fetch([f"{root}/queries.jsonl", f"{root}/queries.jsonl.gz"], target / "queries.jsonl")
+    own = f"{root}/qrels/{split}.tsv"
+    if fs.exists(own):
+        fetch([own], target / "qrels" / f"{split}.tsv")
+    else:
+        try:
+            qrels, _ = pin(f"hf://datasets/{repo}-qrels")
+        except FileNotFoundError:
+            raise BeirError(f"{uri}: no qrels/{split}.tsv in it and no judgments repository {repo}-qrels") from None
+        fetch([f"{fs._strip_protocol(qrels).rstrip('/')}/{split}.tsv"], target / "qrels" / f"{split}.tsv")
+    (target / ".complete").touch()
+    return target
+
+
 def load_beir(folder: str | Path, split: str = "test") -> BeirSet:
-    folder = Path(folder)
+    folder = fetch_beir(folder, split) if str(folder).startswith("hf://") else Path(folder)
     queries = {str(r["_id"]): r["text"] for r in _jsonl(folder / "queries.jsonl", ("_id", "text"))}
     path = folder / "qrels" / f"{split}.tsv"
     if not path.is_file():
