@@ -178,6 +178,18 @@ def test_positive_no_answer_policies(policy, action):
     assert out.rejected is None and out.row["positive_grounding"] is None
 
 
+@pytest.mark.parametrize("policy", ["paper", "keep"])
+def test_an_ungrounded_positive_snippet_is_ranked_as_written_and_is_not_a_no_answer(policy):
+    """Issue 27: the paper has no grounding step, so an anchor snippet found nowhere in the
+    positive is still Stage 2's [1]: the negatives are decided by their rank against it, not by
+    ``positive_no_answer`` (under ``paper`` that would relabel every negative with a snippet)."""
+    out, engine = refine(make_row(2), lambda c: ["zzz unrelated", neg_snippet(0), neg_snippet(1)], lambda c: "[2] > [1] > [3]",
+                         positive_no_answer=policy)  # fmt: skip
+    assert actions(out) == [("n0", "relabel", "ranked_above_positive"), ("n1", "filter", "answer_below_positive")]
+    assert out.row["positive_grounding"] == "ungrounded" and out.row["positive_snippet"] == "zzz unrelated"
+    assert any("zzz unrelated" in r.messages[-1]["content"] for r in engine.requests if r.key[1] == 2)
+
+
 def test_positive_no_answer_reject():
     out, _ = refine(make_row(2), lambda c: [None, neg_snippet(0), None], lambda c: "", positive_no_answer="reject")
     assert out.rejected == "positive_no_answer"
@@ -289,6 +301,22 @@ def test_every_negative_gets_exactly_one_decision_and_lists_partition(
             assert variant != "filter"
         if d["action"] == "filter" and d["reason"] != "duplicate_of_positive":
             assert variant != "relabel"
+
+
+@settings(max_examples=100, deadline=None)
+@given(n_neg=st.integers(1, 9), data=st.data())
+def test_a_full_ranking_relabels_exactly_the_negatives_above_the_positive(n_neg, data):
+    """Issue 27: an oracle the labeling cannot pass by keeping everything. Every negative carries
+    a grounded snippet and Stage 2 returns a complete ranking: under rf each negative is relabeled
+    iff its document comes before [1], else filtered, and the lists move with the decisions."""
+    order = data.draw(st.permutations(list(range(1, n_neg + 2))))
+    out, _ = refine(make_row(n_neg), lambda c: [ANCHOR] + [neg_snippet(i) for i in range(n_neg)],
+                    lambda c: " > ".join(f"[{i}]" for i in order))  # fmt: skip
+    above = set(order[: order.index(1)])
+    want = [("relabel", "ranked_above_positive") if i + 2 in above else ("filter", "answer_below_positive") for i in range(n_neg)]
+    assert [(a, r) for _, a, r in actions(out)] == want
+    assert [p["docid"] for p in out.row["positive_passages"]] == ["p0"] + [f"n{i}" for i in range(n_neg) if i + 2 in above]
+    assert out.row["negative_passages"] == []
 
 
 # --- the real samples --------------------------------------------------------------------
