@@ -55,6 +55,9 @@ def tier_guard(request):
     sessions, had_vllm, engines = _ray_sessions(), "vllm" in sys.modules, _vllm_processes()
     yield
     wrong = []
+    # a session or module fixture starts Ray before this snapshot: asking for one is starting it
+    if "ray" not in marks and {"ray_cluster", "readme_run"} & set(request.fixturenames):
+        wrong.append("uses a fixture that starts Ray without the 'ray' marker")
     if "ray" not in marks and any(_started_here(s) for s in _ray_sessions() - sessions):
         wrong.append("started a Ray cluster without the 'ray' marker")
     if "vllm" not in marks and ((not had_vllm and "vllm" in sys.modules) or _vllm_processes() - engines):

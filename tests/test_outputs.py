@@ -14,8 +14,6 @@ from arhn_ray.cli import main
 from arhn_ray.data.records import validate_row
 from arhn_ray.method import labeling as lb
 
-pytestmark = pytest.mark.ray
-
 
 def rlhn_verdicts(row: dict) -> dict[tuple[str, str], str]:
     """The test's own reading of an RLHN verdict, not the code under test's: the ``Doc (i)`` numbers
@@ -99,6 +97,7 @@ def replay_output(ray_cluster, tmp_path_factory):
     return out
 
 
+@pytest.mark.ray
 def test_kappa_is_one_for_a_run_built_to_agree_with_rlhn(replay_output, tmp_path, capsys):
     result_file = tmp_path / "kappa.json"
     code = main(
@@ -122,6 +121,7 @@ def test_kappa_is_one_for_a_run_built_to_agree_with_rlhn(replay_output, tmp_path
     assert "| msmarco_passage |" in capsys.readouterr().out
 
 
+@pytest.mark.ray
 def test_kappa_drops_when_filter_counts_as_false_negative_or_stage2_is_ignored(replay_output, tmp_path):
     from arhn_ray.agreement import agreement
 
@@ -143,6 +143,7 @@ def test_kappa_drops_when_filter_counts_as_false_negative_or_stage2_is_ignored(r
     assert result["kappa"] < 1.0 and (fn_neg, neg_fn) == (1, 0)  # the reference says false negative, the run says negative
 
 
+@pytest.mark.ray
 def test_relabel_recomputes_variants_without_an_llm(replay_output, tmp_path):
     out = tmp_path / "filter-variant"
     assert main(["relabel", str(replay_output), "--variant", "filter", "--out", str(out)]) == 0
@@ -163,6 +164,7 @@ def test_relabel_recomputes_variants_without_an_llm(replay_output, tmp_path):
     assert (out / "report.png").stat().st_size > 0
 
 
+@pytest.mark.ray
 def test_stats_renders_again(replay_output, capsys):
     (replay_output / "report.md").unlink()
     assert main(["stats", str(replay_output)]) == 0
@@ -170,6 +172,7 @@ def test_stats_renders_again(replay_output, capsys):
     assert "picture:" in capsys.readouterr().out
 
 
+@pytest.mark.ray
 def test_export_three_formats(replay_output, tmp_path, capsys):
     from datasets import load_dataset
 
@@ -241,6 +244,7 @@ def test_export_three_formats(replay_output, tmp_path, capsys):
     assert again.read_text() == fe.read_text()
 
 
+@pytest.mark.ray
 def test_the_output_is_a_dataset_people_load(replay_output, tmp_path, capsys):
     """refined/ loads with Hugging Face datasets as it is; so does every export format, in the
     file type its name asks for; the output folder carries a dataset card."""
@@ -283,7 +287,8 @@ def test_the_card_warns_when_the_bundled_model_labeled_the_data():
 def test_help_reads_as_plain_text_with_an_example_for_each_command(capsys):
     import pytest
 
-    for argv in ([], ["refine"], ["plan"], ["stage"], ["stats"], ["relabel"], ["agreement"], ["export"], ["prepare-model"]):
+    for argv in ([], ["refine"], ["plan"], ["stage"], ["stats"], ["relabel"], ["agreement"], ["review"], ["evaluate"], ["export"],
+                 ["prepare-model"]):  # fmt: skip
         with pytest.raises(SystemExit) as exit_:
             main([*argv, "--help"])
         assert exit_.value.code == 0
@@ -343,7 +348,7 @@ def test_plan_prices_evaluate_from_the_rows_and_the_stated_rates(capsys):
     cpu = json.loads(capsys.readouterr().out)
     at_once = min(3, os.cpu_count() or 1)
     assert (cpu["evaluate_device"], cpu["evaluate_arms_at_once"]) == ("CPU", at_once)
-    arm_s = 20 * 2 / Assumptions().train_queries_per_cpu_s
+    arm_s = (cpu["rows"] - cpu["rows_invalid"]) * 2 / Assumptions().train_queries_per_cpu_s  # two epochs
     assert cpu["evaluate_hours"] == pytest.approx(-(-3 // at_once) * arm_s / 3600)
 
 
