@@ -43,7 +43,7 @@ def job(out: Path, limit: int | None, batch_size: int, extra: list[str]) -> dict
         "pipeline.progress=false",
     ]
     overrides += [f"input.limit={limit}"] if limit else []
-    return run(load_config(str(ROOT / "conf" / "local.yaml"), overrides + extra))
+    return run(load_config(str(ROOT / "conf" / "local.yaml"), ["input.limit=null", *overrides, *extra]))
 
 
 def actions(out: Path) -> dict[tuple[str, str], str]:

@@ -27,7 +27,7 @@ def job(out: Path, data: Path, mode: str) -> dict:
 
     cfg = load_config(
         str(ROOT / "conf" / "local.yaml"),
-        [f"input.path={data}", f"output.path={out}", f"pipeline.mode={mode}", "pipeline.progress=false"],
+        [f"input.path={data}", "input.limit=null", f"output.path={out}", f"pipeline.mode={mode}", "pipeline.progress=false"],
     )
     return run(cfg), cfg
 

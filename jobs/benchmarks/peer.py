@@ -47,7 +47,7 @@ def main() -> None:
     # pools (per processor): they need more CPU slots than the 2 cores have, both sides get the same cluster
     ray.init(address="local", num_cpus=8, num_gpus=1, include_dashboard=False, log_to_driver=False)
 
-    cfg = load_config(str(ROOT / "conf" / "local.yaml"), [f"input.path={tmp / 'in'}", f"output.path={tmp / 'ours'}", "pipeline.progress=false",
+    cfg = load_config(str(ROOT / "conf" / "local.yaml"), [f"input.path={tmp / 'in'}", "input.limit=null", f"output.path={tmp / 'ours'}", "pipeline.progress=false",
                                                           "pipeline.mode=staged"])  # fmt: skip
     e = cfg.engine
     engine_kwargs = dict(dtype=cpu_dtype(e.dtype), enforce_eager=e.enforce_eager, gpu_memory_utilization=e.gpu_memory_utilization,

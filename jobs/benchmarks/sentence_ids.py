@@ -28,7 +28,7 @@ def refine(out: Path, limit: int | None, extra: list[str]) -> tuple[dict, dict]:
 
     overrides = [f"input.path={ROOT / 'arhn_ray' / 'samples'}", f"output.path={out}", "pipeline.progress=false", *extra]
     overrides += [f"input.limit={limit}"] if limit else []
-    stats = run(load_config(str(ROOT / "conf" / "local.yaml"), overrides))
+    stats = run(load_config(str(ROOT / "conf" / "local.yaml"), ["input.limit=null", *overrides]))  # the whole sample
     decisions = {
         (r["query_id"], d["docid"]): d["action"] for r in pq.read_table(out / "refined").to_pylist() for d in r["decisions"]
     }
