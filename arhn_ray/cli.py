@@ -32,9 +32,11 @@ def _refine(args: argparse.Namespace) -> int:
         check_output(cfg)  # before the log file, which goes under the output
         banner = f"refining {cfg.input.path} -> {cfg.output.path}"
         stats = (
-            run(cfg)
+            run(cfg, args.config)
             if args.verbose
-            else quietly(lambda: run(cfg), OutputLayout(cfg.output.path, cfg.output.storage_options), "refine", banner)
+            else quietly(
+                lambda: run(cfg, args.config), OutputLayout(cfg.output.path, cfg.output.storage_options), "refine", banner
+            )
         )
     except TooManyRejected as e:
         print(f"arhn-ray: stopped: {e}", file=sys.stderr)

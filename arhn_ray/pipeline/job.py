@@ -121,13 +121,14 @@ def pin_input(cfg: Config, out: OutputLayout) -> None:
     log.info("reading %s at commit %s (%s)", asked, hub_revision(cfg.input.path), how, extra={"notice": True})
 
 
-def run(cfg: Config) -> dict[str, Any]:
-    """Refine ``cfg.input.path`` into ``cfg.output.path``; returns the run's statistics."""
+def run(cfg: Config, config_path: str | None = None) -> dict[str, Any]:
+    """Refine ``cfg.input.path`` into ``cfg.output.path``; returns the run's statistics.
+    ``config_path`` (the file the user gave) goes into the fix a missing model's message names."""
     import ray
 
     started = time.time()
     mask_secrets_in_logs(cfg)
-    check_models(cfg)
+    check_models(cfg, config_path)
     out = OutputLayout(cfg.output.path, cfg.output.storage_options)
     if cfg.output.overwrite:
         out.clear_parts()

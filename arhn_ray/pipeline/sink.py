@@ -163,26 +163,26 @@ class PartSink:
         c = self.counts
         return c["queries"] + c["rejected"]
 
-    def _route(self, shard: _Part, env: dict) -> None:
+    def _route(self, part: _Part, env: dict) -> None:
         record = json.loads(env["record"])
         subset = record.get("subset") if isinstance(record, dict) else None
-        for stats in (shard.stats, self.total):
+        for stats in (part.stats, self.total):
             stats.add_timing(env.get("engine_s") or 0.0, env.get("start_s") or 0.0, env.get("preemptions"))
             if env["status"] == "ok":
                 stats.add_refined(record)
             else:
                 stats.add_rejected(subset if isinstance(subset, str) else None, env["reason"] or "unknown")
         if env["status"] == "ok":
-            shard.refined.append(record)
+            part.refined.append(record)
             return
         qid = record.get("query_id") if isinstance(record, dict) else None
         original = (
             {k: record.get(k) for k in INPUT_FIELDS if k in record} if isinstance(record, dict) and "llm" in record else record
         )
-        shard.rejected.append(
+        part.rejected.append(
             {
                 "query_id": qid if isinstance(qid, str) else None,
-                "source": shard.part.shard,
+                "source": part.part.shard,
                 "row_index": env["row_index"],
                 "field": env["field"],
                 "reason": env["reason"],
