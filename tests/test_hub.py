@@ -70,6 +70,9 @@ def test_refine_over_hf_equals_the_local_files_pins_the_commit_and_a_rerun_reads
         assert refined(out) == refined(tmp_path / "here") and len(refined(out)) == 12  # the same rows, whichever the store
         assert hub.throttled > 0, "the throttling never happened"
         requests, parts = sum(hub.requests.values()), len(list((out / "_parts").glob("*/*.json")))
+        # the readers ask the Hub's API nothing: the repository lookups and listings are the driver's planning alone
+        api = sum(n for route, n in hub.requests.items() if route != "resolve")
+        assert api <= 8, hub.requests
         saved = (out / "config.yaml").read_text()
         assert f"hf://datasets/{REPO}@{first}/data" in saved and f"hub_path: hf://datasets/{REPO}/data" in saved
         assert f"commit `{first}`" in (out / "README.md").read_text()

@@ -137,6 +137,34 @@ def be_patient() -> None:
 _PATIENT = False
 
 
+def open_pinned(uri: str, size: int, block: int, storage_options: dict | None = None):
+    """A file of a pinned ``hf://`` path, its size known from the driver's planning, read by range
+    GETs on its ``resolve`` URL (backed off on 429 by huggingface_hub's ``http_backoff``): the
+    reading process asks the Hub's API nothing, no repository lookup and no tree listing."""
+    import fsspec
+    from fsspec.spec import AbstractBufferedFile
+    from huggingface_hub import constants, hf_hub_url
+    from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_backoff, parse_hf_uri
+
+    options = storage_options or {}
+    where = parse_hf_uri(uri)
+    url = hf_hub_url(
+        where.id, where.path_in_repo, repo_type=where.type, revision=where.revision, endpoint=options.get("endpoint")
+    )
+    headers = build_hf_headers(token=options.get("token"))
+
+    class PinnedFile(AbstractBufferedFile):
+        def _fetch_range(self, start: int, end: int) -> bytes:
+            r = http_backoff(
+                "GET", url, headers={**headers, "range": f"bytes={start}-{end - 1}"}, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT
+            )
+            hf_raise_for_status(r)
+            return r.content
+
+    be_patient()
+    return PinnedFile(fsspec.filesystem("hf"), uri, mode="rb", block_size=block, size=size, cache_type="none")
+
+
 def _status(e: BaseException) -> int | None:
     response = getattr(e, "response", None)
     return response.status_code if response is not None else None

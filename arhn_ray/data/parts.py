@@ -13,12 +13,13 @@ same parts and can skip those already written.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import pyarrow.parquet as pq
 
+from arhn_ray.data.hub import open_pinned, revision
 from arhn_ray.data.readers import filesystem, shard_name
 
 SAMPLE_BYTES = 1 << 20  # what planning reads of a JSONL file to estimate its bytes per row
@@ -40,6 +41,9 @@ class Part:
     estimated_rows: int
     part_rows: int
     limit: int | None = None  # input.limit: stop after this many rows
+    file_size: int | None = (
+        None  # the file's bytes, as planning saw them: a reader of a pinned hf:// file asks the Hub nothing else
+    )
 
     @property
     def shard(self) -> str:
@@ -66,23 +70,26 @@ def plan_parts(uri: str, part_rows: int, storage_options: dict | None = None, li
     fs, path = filesystem(uri, storage_options)
     if path.endswith(".parquet"):
         with _open(fs, path, READ_BLOCK_BYTES) as f:
-            meta = pq.ParquetFile(f).metadata
+            meta, size = pq.ParquetFile(f).metadata, f.size
         sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
         total = sum(sizes) if limit is None else min(sum(sizes), limit)
-        return [Part(uri, "parquet", a, b, b - a, b - a, part_rows) for a, b in _row_ranges(sizes, part_rows, total)]
+        return [
+            Part(uri, "parquet", a, b, b - a, b - a, part_rows, file_size=size) for a, b in _row_ranges(sizes, part_rows, total)
+        ]
     with _open(fs, path, SAMPLE_BYTES) as f:
         size, sample = f.size, f.read(SAMPLE_BYTES)
     lines = [line for line in sample.split(b"\n") if line.strip()]
     if len(sample) == size and not lines:
-        return [Part(uri, "jsonl", 0, size, 0, 0, part_rows, limit)]
+        return [Part(uri, "jsonl", 0, size, 0, 0, part_rows, limit, size)]
     # a sample ending mid-line still gives a fair mean; a JSONL row is never empty
     per_row = max(1, len(sample) // max(1, len(lines)))
     if limit is not None:
-        return [Part(uri, "jsonl", 0, size, None, min(limit, max(1, size // per_row)), part_rows, limit)]
+        return [Part(uri, "jsonl", 0, size, None, min(limit, max(1, size // per_row)), part_rows, limit, size)]
     step = max(per_row, per_row * part_rows)
     starts = list(range(0, size, step)) or [0]
     return [
-        Part(uri, "jsonl", a, min(a + step, size), None, max(1, (min(a + step, size) - a) // per_row), part_rows) for a in starts
+        Part(uri, "jsonl", a, min(a + step, size), None, max(1, (min(a + step, size) - a) // per_row), part_rows, file_size=size)
+        for a in starts
     ]
 
 
@@ -113,12 +120,21 @@ def read_part(part: Part, storage_options: dict | None = None) -> Iterator[tuple
     """``(row_index, row, error)`` for each row of the part; error names what could not be decoded.
     ``row_index`` is the row's number in a parquet file and its first byte's offset in a JSONL
     file: either names the row in its file, and neither needs the parts before it."""
-    fs, path = filesystem(part.uri, storage_options)
+    if revision(part.uri) and part.file_size is not None:
+
+        def opener(block: int):
+            return open_pinned(part.uri, part.file_size, block, storage_options)
+    else:
+        fs, path = filesystem(part.uri, storage_options)
+
+        def opener(block: int):
+            return _open(fs, path, block)
+
     if part.kind == "parquet":
-        yield from _read_parquet(fs, path, part)
+        yield from _read_parquet(opener, part)
         return
     n = 0
-    for offset, line in _lines(fs, path, part.start, part.end):
+    for offset, line in _lines(opener, part.start, part.end):
         if part.limit is not None and n >= part.limit:
             return
         if not line.strip():
@@ -140,13 +156,13 @@ def _open(fs, path: str, block: int):
     return fs.open(path, "rb", block_size=block, **EXACT_READS)
 
 
-def _lines(fs, path: str, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+def _lines(opener: Callable[[int], Any], start: int, end: int) -> Iterator[tuple[int, bytes]]:
     """``(offset, line)`` for each line whose first byte is in ``[start, end)``, from sequential
     reads of a 32nd of the range (64 KiB to 4 MiB): the read passes ``end`` by one block at most."""
     block = min(READ_BLOCK_BYTES, max(1 << 16, (end - start) // 32))
     at = max(0, start - 1)  # the line holding byte start-1 belongs to the part before
     buffer, skip = b"", start > 0
-    with _open(fs, path, block) as f:
+    with opener(block) as f:
         f.seek(at)
         while True:
             chunk = f.read(block)
@@ -164,8 +180,8 @@ def _lines(fs, path: str, start: int, end: int) -> Iterator[tuple[int, bytes]]:
                 return
 
 
-def _read_parquet(fs, path: str, part: Part) -> Iterator[tuple[int, Any, None]]:
-    with _open(fs, path, READ_BLOCK_BYTES) as f:
+def _read_parquet(opener: Callable[[int], Any], part: Part) -> Iterator[tuple[int, Any, None]]:
+    with opener(READ_BLOCK_BYTES) as f:
         parquet = pq.ParquetFile(f)
         groups, first, row = [], None, 0
         for i in range(parquet.metadata.num_row_groups):
