@@ -135,6 +135,7 @@ def quietly(work: Callable[[], T], out: OutputLayout, command: str, banner: str)
         if not out.local:
             try:
                 out.put(path, f"logs/{name}")
+                os.remove(path)  # the output holds it now; nothing is left in the working directory
             except Exception as e:  # the log stays where it is
                 print(f"arhn-ray: log kept at {path} ({type(e).__name__} copying it to {out.path})", file=sys.stderr)
 
