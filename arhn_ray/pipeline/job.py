@@ -174,8 +174,14 @@ def _attempts(cfg: Config, todo: list[Part], sink: PartSink, progress: Progress,
         if attempt > 1:  # a static cluster that lost its last node must not wait forever for a replica
             ctx.wait_for_min_actors_s = cfg.pipeline.replica_wait_s
         try:
+            # prefetch_batches=0: with a prefetch, Ray Data (2.60, prefetch_batches_locally) hands a block
+            # over only once the next one exists, so a slow replica's rows reached the sink a batch late
+            # and a two-batch run showed no row until its end
             with progress.heartbeat(sink):
-                for batch in _dataset(cfg, open_parts, elastic=attempt > 1).iter_batches(batch_format="pyarrow", batch_size=None):
+                batches = _dataset(cfg, open_parts, elastic=attempt > 1).iter_batches(
+                    batch_format="pyarrow", batch_size=None, prefetch_batches=0
+                )
+                for batch in batches:
                     try:
                         sink.add(batch.to_pylist())
                     except OSError as e:  # s3fs gives up after its retries: a store down, not a bad row
