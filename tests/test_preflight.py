@@ -92,7 +92,9 @@ def test_offline_with_an_empty_cache_the_paper_config_stops_naming_what_to_stage
     print(f"stopped after {took:.1f} s")
     assert done.returncode == 4, done.stderr[-3000:]
     assert "intfloat/e5-base-v2 (truncation.tokenizer)" in done.stderr and "Qwen/Qwen3-32B (engine.model)" in done.stderr
-    assert "arhn-ray stage conf/qwen3-32b-a100x16.yaml" in done.stderr and "HF_HUB_OFFLINE=1" in done.stderr  # the user's own config
+    assert (
+        "arhn-ray stage conf/qwen3-32b-a100x16.yaml" in done.stderr and "HF_HUB_OFFLINE=1" in done.stderr
+    )  # the user's own config
     assert "Traceback" not in done.stderr
     shown = done.stdout + done.stderr
     assert "Started a local Ray instance" not in shown and "ray.init" not in shown and not (out / "refined").exists()
