@@ -16,7 +16,7 @@ import re
 log = logging.getLogger(__name__)
 PREFIX = "hf://"
 SHA = re.compile(r"^[0-9a-f]{40}$")
-ATTEMPTS = 6  # a throttled repository lookup is asked again this many times in all
+ATTEMPTS = 6  # a throttled request is asked this many times in all
 MAX_WAIT_S = 60.0
 
 
@@ -59,9 +59,9 @@ def pin(path: str, storage_options: dict | None = None) -> tuple[str, str]:
         raise FileNotFoundError(
             f"input.path {path}: the Hub is offline here (HF_HUB_OFFLINE=1): stage the files, read them locally"
         )
+    if sha := revision(path):
+        return path, sha
     uri = parse_hf_uri(path)
-    if uri.revision and SHA.match(uri.revision):
-        return path, uri.revision
     options = storage_options or {}
     api = HfApi(endpoint=options.get("endpoint"), token=options.get("token"))
     try:

@@ -41,9 +41,8 @@ class Part:
     estimated_rows: int
     part_rows: int
     limit: int | None = None  # input.limit: stop after this many rows
-    file_size: int | None = (
-        None  # the file's bytes, as planning saw them: a reader of a pinned hf:// file asks the Hub nothing else
-    )
+    # the file's bytes, as planning saw them: a reader of a pinned hf:// file asks the Hub nothing else
+    file_size: int | None = None
 
     @property
     def shard(self) -> str:
