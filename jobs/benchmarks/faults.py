@@ -67,14 +67,28 @@ def node_ports() -> dict[str, int]:
             "runtime_env_agent_port": free_port()}  # fmt: skip
 
 
-def start_cluster(workers: int = 2):
+def start_cluster(workers: int = 2, attempts: int = 3):
+    """Ray waits a fixed 30 s for a new raylet to register; on a loaded two-core machine (a CI run
+    with another Ray session up) a head has missed it once. Such a start is retried on fresh
+    ports, with what it spawned killed first."""
+    import psutil
     from ray.cluster_utils import Cluster
 
-    dashboard = free_port()
-    cluster = Cluster(initialize_head=True, connect=False,
-                      head_node_args={"num_cpus": 0, "include_dashboard": True, "dashboard_port": dashboard, **node_ports()})  # fmt: skip
-    nodes = [add_worker(cluster) for _ in range(workers)]
-    return cluster, nodes, f"http://127.0.0.1:{dashboard}"
+    for attempt in range(1, attempts + 1):
+        before = {p.pid for p in psutil.Process().children(recursive=True)}
+        dashboard, cluster = free_port(), Cluster(initialize_head=False, connect=False)
+        try:
+            cluster.add_node(num_cpus=0, include_dashboard=True, dashboard_port=dashboard, **node_ports())
+            nodes = [add_worker(cluster) for _ in range(workers)]
+            return cluster, nodes, f"http://127.0.0.1:{dashboard}"
+        except Exception as error:
+            if attempt == attempts or "timed out during startup" not in str(error):
+                raise
+            print(f"a node missed Ray's startup wait (attempt {attempt}); starting the cluster again", file=sys.stderr)
+            cluster.shutdown()
+            for child in psutil.Process().children(recursive=True):
+                if child.pid not in before:
+                    child.kill()
 
 
 def add_worker(cluster):
