@@ -81,7 +81,7 @@ def _stage(args: argparse.Namespace) -> int:
 
 
 def _prepare_model(args: argparse.Namespace) -> int:
-    from arhn_ray.engines.bundled import prepare_model
+    from arhn_ray.bundled import prepare_model
 
     print(f"arhn-ray: the bundled SmolLM2 model is ready in {prepare_model(args.target)}")
     return 0

@@ -14,10 +14,9 @@ from typing import Any
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from arhn_ray import bundled
 from arhn_ray.data.readers import FORMATS as READER_FORMATS
-from arhn_ray.data.truncation import resolve_tokenizer
 from arhn_ray.engines.options import ENGINE_KINDS, EngineConfig
-from arhn_ray.engines.teacher import KINDS as TEACHER_KINDS
 from arhn_ray.method.labeling import (
     POSITIVE_NO_ANSWER,
     STAGE1_CONSTRAINTS,
@@ -50,7 +49,9 @@ class OutputConfig:
     review_sample: int = 200  # queries on review.html, stratified by decision and subset (arhn-ray review --sample)
 
 
-METHODS = ("arhn", "topk_percpos")
+# method.name -> the pipeline.mode values it runs in (its refiner: arhn_ray/refiners/)
+METHOD_MODES = {"arhn": ("fused", "staged"), "topk_percpos": ("fused",)}
+TEACHER_KINDS = ("auto", "embedding", "cross-encoder")
 
 
 @dataclass
@@ -191,7 +192,7 @@ _CHOICES = {
     "engine.device": ("auto", "gpu", "cpu"),
     "engine.regex_param": ("structured_outputs", "guided_regex", "none"),
     "pipeline.mode": ("fused", "staged"),
-    "method.name": METHODS,
+    "method.name": tuple(METHOD_MODES),
     "baseline.kind": TEACHER_KINDS,
     "method.variant": VARIANTS,
     "method.positive_no_answer": POSITIVE_NO_ANSWER,
@@ -250,13 +251,14 @@ def check(cfg: Config) -> None:
         raise ConfigError(
             "config key 'engine.async_engine': the openai engine has no async mode (it already sends requests concurrently)"
         )
-    if cfg.method.name == "topk_percpos" and cfg.pipeline.mode != "fused":
-        raise ConfigError("config key 'pipeline.mode': method.name=topk_percpos has one step and runs in pipeline.mode=fused")
+    if cfg.pipeline.mode not in METHOD_MODES[cfg.method.name]:
+        modes = " or ".join(METHOD_MODES[cfg.method.name])
+        raise ConfigError(f"config key 'pipeline.mode': method.name={cfg.method.name} runs in pipeline.mode={modes}")
     if cfg.pipeline.max_concurrent_batches > 1 and not cfg.engine.async_engine:
         raise ConfigError("config key 'pipeline.max_concurrent_batches': more than 1 needs engine.async_engine=true")
     if cfg.truncation.tokenizer:
         try:
-            resolve_tokenizer(cfg.truncation.tokenizer)
+            bundled.resolve(cfg.truncation.tokenizer)
         except RuntimeError as e:
             raise ConfigError(
                 f"config key 'truncation.tokenizer': {cfg.truncation.tokenizer}: {e} (the cpu extra installs it)"
@@ -266,11 +268,6 @@ def check(cfg: Config) -> None:
     except ValueError as e:
         key = next((k for name, k in _METHOD_KEYS.items() if str(e).startswith(name)), "method")
         raise ConfigError(f"config key {key!r}: {e}") from None
-
-
-def uses_llm(cfg: Config) -> bool:
-    """ARHN runs the LLM engines; the TopK-PercPos baseline runs its teacher instead."""
-    return cfg.method.name == "arhn"
 
 
 def stage2_engine(cfg: Config) -> EngineConfig:

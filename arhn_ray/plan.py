@@ -13,10 +13,12 @@ import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from arhn_ray.config import Config, method_options, uses_llm
+from arhn_ray import bundled
+from arhn_ray.config import Config, method_options
 from arhn_ray.data.rows import read_rows
 from arhn_ray.method import labeling as lb
 from arhn_ray.method.prompts import PromptSet, chat
+from arhn_ray.refiners import method_for
 
 # Stage 1 output tokens a document. text: the paper's block markers (~19 tokens) around a snippet
 # (~30) for the 44% of documents that Table 4 implies have one (the positive and 3.8 of 10
@@ -167,7 +169,7 @@ def make_plan(cfg: Config, assume: Assumptions | None = None) -> RunEstimate:
     gpu_s = prompt / assume.prefill_tokens_per_gpu_s + output / assume.decode_tokens_per_gpu_s
     p.hours = gpu_s / p.gpus / 3600 if p.gpus else 0.0
     p.gpu_hours = p.hours * p.gpus
-    if not uses_llm(cfg):  # the teacher scores every positive and negative; no LLM call is made
+    if method_for(cfg).replica == "teacher":  # it scores every positive and negative; no LLM call is made
         p.teachers = (cfg.baseline.replicas or p.gpus) if p.gpus else 0
         pairs = p.negatives + p.rows
         p.teacher_hours = pairs / assume.teacher_pairs_per_gpu_s / p.teachers / 3600 if p.teachers else 0.0
@@ -245,10 +247,7 @@ def token_ids(cfg: Config):
 
     model = cfg.engine.tokenizer or cfg.engine.model
     try:
-        if model.startswith("bundled:"):
-            from arhn_ray.engines.bundled import resolve_model
-
-            model = resolve_model(model)
+        model = bundled.resolve(model)
         tok = AutoTokenizer.from_pretrained(model, local_files_only=True)
         kwargs = dict(cfg.engine.chat_template_kwargs)
 
@@ -261,9 +260,7 @@ def token_ids(cfg: Config):
         pass
     if cfg.truncation.tokenizer:
         try:
-            from arhn_ray.data.truncation import resolve_tokenizer
-
-            tok = AutoTokenizer.from_pretrained(resolve_tokenizer(cfg.truncation.tokenizer), local_files_only=True)
+            tok = AutoTokenizer.from_pretrained(bundled.resolve(cfg.truncation.tokenizer), local_files_only=True)
             return (lambda messages: list(tok("".join(m["content"] for m in messages))["input_ids"])), (
                 f"{cfg.truncation.tokenizer} (the truncation tokenizer: {cfg.engine.model}'s is not on this machine)"
             )

@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from arhn_ray.config import Config, stage2_engine, uses_llm
+from arhn_ray import bundled
+from arhn_ray.config import Config
+from arhn_ray.refiners import method_for
 
 # a tokenizer needs these files, not the model's weights
 TOKENIZER_FILES = ["*.json", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
@@ -26,7 +28,7 @@ class Repo:
 
 def _is_hub_name(name: str | None) -> bool:
     """A repository id, not a bundled model, a path on this machine or an empty setting."""
-    if not name or name.startswith("bundled:") or name.startswith(("/", ".", "~")) or os.path.exists(name):
+    if not name or bundled.is_bundled(name) or name.startswith(("/", ".", "~")) or os.path.exists(name):
         return False
     return name.count("/") == 1
 
@@ -45,17 +47,11 @@ def required_repos(cfg: Config, evaluate: bool = False) -> list[Repo]:
         if known is None or (known.tokenizer_only and not tokenizer_only):
             found[name] = Repo(name, use, tokenizer_only)
 
-    if not uses_llm(cfg) or evaluate:
-        need(cfg.baseline.model, "baseline.model", False)
-    engines = [("engine", cfg.engine)] if uses_llm(cfg) else []
-    if engines and cfg.pipeline.mode == "staged" and cfg.stage2.engine:
-        engines.append(("stage2.engine", stage2_engine(cfg)))
-    for key, engine in engines:
-        if engine.kind == "vllm":
-            need(engine.model, f"{key}.model", False)
-            need(engine.tokenizer, f"{key}.tokenizer", True)
+    for name, key, tokenizer_only in method_for(cfg).repos(cfg):
+        need(name, key, tokenizer_only)
     need(cfg.truncation.tokenizer, "truncation.tokenizer", True)
-    if evaluate:
+    if evaluate:  # evaluate runs the baseline too, whatever this output's method
+        need(cfg.baseline.model, "baseline.model", False)
         need(cfg.evaluate.model, "evaluate.model", False)
     return list(found.values())
 

@@ -7,6 +7,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from arhn_ray import bundled
 from arhn_ray.data.layout import OutputLayout
 
 COUNTERS = (
@@ -216,18 +217,15 @@ def render_markdown(stats: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-BUNDLED_PREFIX = "bundled:"
-
-
 def demo_labels(stats: dict[str, Any]) -> str | None:
     """The warning a run of the bundled model carries, or None for a real model (an endpoint, recorded
     outputs or a teacher made the labels: the bundled model did not)."""
     model = stats.get("model") or ""
-    if not model.startswith(BUNDLED_PREFIX) or stats.get("method", "arhn") != "arhn" or stats.get("engine", "vllm") != "vllm":
+    if not bundled.is_bundled(model) or stats.get("method", "arhn") != "arhn" or stats.get("engine", "vllm") != "vllm":
         return None
     o = stats["overall"]
     return (
-        f"These labels come from the bundled {model[len(BUNDLED_PREFIX) :]} model (135M parameters), far too small to judge "
+        f"These labels come from the bundled {bundled.short_name(model)} model (135M parameters), far too small to judge "
         f"answers: it filtered {o['filter']} of {o['negatives_in']} negatives. They show the pipeline working and are "
         "NOT fit for training. Refine with Qwen3-32B (conf/qwen3-32b-a100x16.yaml) for training data."
     )
@@ -270,7 +268,7 @@ def render_png(stats: dict[str, Any], path: Path) -> None:
         fig.text(
             0.5,
             0.015,
-            f"NOT FIT FOR TRAINING: labels from the bundled {stats['model'].removeprefix(BUNDLED_PREFIX)} model (135M), "
+            f"NOT FIT FOR TRAINING: labels from the bundled {bundled.short_name(stats['model'])} model (135M), "
             "which shows the pipeline working; refine with Qwen3-32B for training data",
             ha="center",
             color="#b00020",

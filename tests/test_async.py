@@ -16,7 +16,7 @@ from arhn_ray.method import labeling as lb
 from arhn_ray.method.prompts import PromptSet
 from arhn_ray.pipeline.job import run
 from arhn_ray.pipeline.stages import RefineStage
-from arhn_ray.refine import Outcome, Refiner
+from arhn_ray.refiners.arhn import ArhnRefiner, Outcome
 
 PROMPTS = PromptSet.load()
 ANCHOR = "X is a letter."
@@ -38,16 +38,16 @@ def rows():
 
 @pytest.mark.parametrize("options", [{}, {"variant": "relabel"}, {"paper_literal": True}])
 def test_arefine_gives_what_refine_gives(options):
-    sync = Refiner(ScriptedEngine(script), lb.MethodOptions(**options), PROMPTS, retries=1).refine(rows())
+    sync = ArhnRefiner(ScriptedEngine(script), lb.MethodOptions(**options), PROMPTS, retries=1).refine(rows())
     engine = ScriptedEngine(script)
-    asyn = asyncio.run(Refiner(engine, lb.MethodOptions(**options), PROMPTS, retries=1).arefine(rows()))
+    asyn = asyncio.run(ArhnRefiner(engine, lb.MethodOptions(**options), PROMPTS, retries=1).arefine(rows()))
     assert [(o.row, o.rejected, o.field) for o in asyn] == [(o.row, o.rejected, o.field) for o in sync]
     assert asyn[3].rejected.startswith("engine_error: stage 1 chunk 0")
     assert sum(r.key == ("broken", 1, 0) for r in engine.requests) == 2  # one try, one retry
 
 
 def test_astage1_then_astage2_gives_what_the_staged_pipeline_gives():
-    refiner = Refiner(ScriptedEngine(script), lb.MethodOptions(), PROMPTS)
+    refiner = ArhnRefiner(ScriptedEngine(script), lb.MethodOptions(), PROMPTS)
     want = refiner.stage2([o.row for o in refiner.stage1(rows()[:3])])
 
     async def staged():
@@ -71,7 +71,7 @@ def test_a_rows_stage2_goes_out_while_another_row_is_still_in_stage1():
             await fast_in_stage2.wait()
 
     engine.gate = gate
-    refiner = Refiner(engine, lb.MethodOptions(), PROMPTS)
+    refiner = ArhnRefiner(engine, lb.MethodOptions(), PROMPTS)
     outs = asyncio.run(asyncio.wait_for(refiner.arefine([make_row(1, qid="slow"), make_row(1, qid="fast")]), 30))
     assert [o.row["query_id"] for o in outs] == ["slow", "fast"] and all(o.rejected is None for o in outs)
     order = [r.key for r in engine.requests]

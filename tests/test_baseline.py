@@ -42,9 +42,9 @@ def test_the_margin_is_the_lowest_positives_and_the_kept_are_the_top_k_best_firs
 def test_the_baseline_runs_through_the_job_and_decides_as_the_rule_says(ray_cluster, tmp_path):
     from sentence_transformers import SentenceTransformer
 
+    from arhn_ray.bundled import minilm_path
     from arhn_ray.cli import main
     from arhn_ray.data.layout import OutputLayout
-    from arhn_ray.data.truncation import minilm_tokenizer_path
 
     rows = load_jsonl(SAMPLES / "rlhn_msmarco.jsonl")[:3]
     (tmp_path / "in").mkdir()
@@ -67,7 +67,7 @@ def test_the_baseline_runs_through_the_job_and_decides_as_the_rule_says(ray_clus
     stats = json.loads((out / "stats.json").read_text())
     assert (stats["method"], stats["variant"], stats["overall"]["stage1_calls"]) == ("topk_percpos", "topk_percpos", 0)
 
-    model = SentenceTransformer(minilm_tokenizer_path(), device="cpu")  # the same teacher, loaded here on its own
+    model = SentenceTransformer(minilm_path(), device="cpu")  # the same teacher, loaded here on its own
     checked = filtered = 0
     for row in rows:
         positives = model.encode([p["text"] for p in row["positive_passages"]], normalize_embeddings=True)

@@ -23,7 +23,7 @@ from arhn_ray.engines.options import EngineConfig
 from arhn_ray.engines.replay import ReplayEngine
 from arhn_ray.method import labeling as lb
 from arhn_ray.method.prompts import PromptSet, chat
-from arhn_ray.refine import Refiner
+from arhn_ray.refiners.arhn import ArhnRefiner
 
 
 class Flaky(BaseHTTPRequestHandler):
@@ -110,7 +110,7 @@ def test_replay_serves_recordings_and_errors_on_missing(tmp_path):
 @pytest.fixture(scope="module")
 def vllm_server():
     """``vllm serve`` of the CPU build with the bundled model, on loopback."""
-    from arhn_ray.engines.bundled import prepare_model
+    from arhn_ray.bundled import prepare_model
     from arhn_ray.engines.vllm_engine import cpu_dtype
 
     port = free_port()
@@ -165,7 +165,7 @@ def test_openai_engine_against_vllm_serve_with_verbatim_regex(vllm_server):
     rows[0]["negative_passages"] = rows[0]["negative_passages"][:4]
     eng = OpenAIEngine(EngineConfig(kind="openai", base_url=vllm_server, model="smollm2", max_concurrency=2, timeout_s=600))
     options = lb.MethodOptions(stage1_constraint="verbatim", stage2_constraint="format")
-    out = Refiner(eng, options, PromptSet.load(), stage1_max_tokens=800).refine(rows)[0]
+    out = ArhnRefiner(eng, options, PromptSet.load(), stage1_max_tokens=800).refine(rows)[0]
     assert out.rejected is None, out.rejected
     call = out.row["llm"][0]
     assert call["stage1_prompt_tokens"] > 0 and call["stage1_output_tokens"] > 0

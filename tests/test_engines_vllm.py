@@ -13,13 +13,14 @@ from dataclasses import replace
 import pytest
 from helpers import RLHN_STAGE1, ROOT, load_jsonl
 
+from arhn_ray.bundled import minilm_path
 from arhn_ray.data.records import validate_row
-from arhn_ray.data.truncation import Truncator, minilm_tokenizer_path
+from arhn_ray.data.truncation import Truncator
 from arhn_ray.engines.base import ChatRequest
 from arhn_ray.method import labeling as lb
 from arhn_ray.method.prompts import PromptSet, chat
 from arhn_ray.method.snippets import EXACT, OK
-from arhn_ray.refine import Refiner
+from arhn_ray.refiners.arhn import ArhnRefiner
 
 pytestmark = pytest.mark.vllm
 
@@ -43,7 +44,7 @@ def rows():
 
 @pytest.fixture(scope="module")
 def truncate():
-    return Truncator(minilm_tokenizer_path(), 512)
+    return Truncator(minilm_path(), 512)
 
 
 VERBATIM = lb.MethodOptions(stage1_constraint="verbatim", stage2_constraint="format")
@@ -52,7 +53,7 @@ VERBATIM = lb.MethodOptions(stage1_constraint="verbatim", stage2_constraint="for
 @pytest.fixture(scope="module")
 def verbatim_outs(engine, rows, truncate):
     """The blocking engine's refinement of the rows, shared by the tests that compare with it."""
-    return Refiner(engine, VERBATIM, PromptSet.load(), truncate).refine([dict(r) for r in rows])
+    return ArhnRefiner(engine, VERBATIM, PromptSet.load(), truncate).refine([dict(r) for r in rows])
 
 
 def test_verbatim_constraint_gives_exact_snippets(verbatim_outs):
@@ -74,7 +75,7 @@ def test_sentence_ids_give_exact_snippets_for_a_fraction_of_the_output(engine, r
     """Issue 12: the real engine answers sentence ids under the ids constraint; every snippet is
     cut from its passage (exact), and Stage 1 writes far fewer tokens than copying does."""
     options = lb.MethodOptions(stage1_constraint="verbatim", stage2_constraint="format", stage1_output="sentence_ids")
-    outs = Refiner(engine, options, PromptSet.load("ids-v2"), truncate).refine([dict(r) for r in rows])
+    outs = ArhnRefiner(engine, options, PromptSet.load("ids-v2"), truncate).refine([dict(r) for r in rows])
     assert all(o.rejected is None for o in outs)
     groundings = [d["grounding"] for o in outs for d in o.row["decisions"] if d["snippet"] is not None]
     assert groundings and set(groundings) == {EXACT}
@@ -92,7 +93,7 @@ def test_format_constraint_never_falls_back(engine, rows, truncate):
     block): a call cut by the length limit has its blocks well formed up to the cut, the last
     possibly unclosed, the rest missing; a call that ends by itself has every block ok."""
     options = lb.MethodOptions(stage1_constraint="format", stage2_constraint="format")
-    refiner = Refiner(engine, options, PromptSet.load(), truncate, stage1_max_tokens=1024)
+    refiner = ArhnRefiner(engine, options, PromptSet.load(), truncate, stage1_max_tokens=1024)
     staged = refiner.stage1([dict(r) for r in rows])
     oks = 0
     for o in staged:
@@ -106,7 +107,7 @@ def test_format_constraint_never_falls_back(engine, rows, truncate):
                 assert statuses == [OK] * len(statuses), call["stage1_text"][-300:]
     assert oks >= 1, "no block parsed at all"
     # paper_literal sends all N+1 to Stage 2 whatever Stage 1 found, so Stage 2's format constraint runs too
-    literal = Refiner(engine, replace(options, paper_literal=True), PromptSet.load(), truncate, stage2_max_tokens=64)
+    literal = ArhnRefiner(engine, replace(options, paper_literal=True), PromptSet.load(), truncate, stage2_max_tokens=64)
     ranked = literal.stage2([o.row for o in staged])
     stage2 = [call for o in ranked for call in o.row["llm"] if call["stage2_text"] is not None]
     assert stage2, "no Stage 2 call was made"
@@ -136,7 +137,7 @@ def test_truncation_cuts_at_512_minilm_tokens_and_keeps_a_prefix(truncate):
 def test_prepare_model_is_idempotent_and_safe_under_concurrency(tmp_path):
     import multiprocessing as mp
 
-    from arhn_ray.engines.bundled import prepare_model
+    from arhn_ray.bundled import prepare_model
 
     target = tmp_path / "model"
     ctx = mp.get_context("spawn")
@@ -162,7 +163,7 @@ def test_async_engine_refines_the_rows_the_blocking_engine_refines(engine, rows,
     engine.close()  # one engine at a time on this machine
     asyn = AsyncVLLMEngine(EngineConfig(**CPU))
     try:
-        refiner = Refiner(asyn, options, PromptSet.load(), truncate)
+        refiner = ArhnRefiner(asyn, options, PromptSet.load(), truncate)
         good = ChatRequest(chat("Say hello."), ("q", 1, 0), 8)
         huge = ChatRequest(chat("word " * 9000), ("q", 1, 1), 8)
 
@@ -194,7 +195,7 @@ def test_tiny_random_qwen3_runs_with_thinking_off(tmp_path, engine):
     import torch
     from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
-    from arhn_ray.engines.bundled import prepare_model
+    from arhn_ray.bundled import prepare_model
     from arhn_ray.engines.options import EngineConfig
     from arhn_ray.engines.vllm_engine import VLLMEngine
 
@@ -228,9 +229,7 @@ def test_tiny_random_qwen3_runs_with_thinking_off(tmp_path, engine):
         options = lb.MethodOptions(stage1_constraint="format", stage2_constraint="format")
         row = validate_row(load_jsonl(RLHN_STAGE1)[0])
         row["negative_passages"] = row["negative_passages"][:2]
-        out = Refiner(qwen, options, PromptSet.load(), Truncator(minilm_tokenizer_path(), 64), stage1_max_tokens=64).refine(
-            [row]
-        )[0]
+        out = ArhnRefiner(qwen, options, PromptSet.load(), Truncator(minilm_path(), 64), stage1_max_tokens=64).refine([row])[0]
         assert out.rejected is None and len(out.row["decisions"]) == 2
         assert out.row["llm"][0]["stage1_output_tokens"] > 0
         assert "<think>" not in out.row["llm"][0]["stage1_text"]
@@ -246,8 +245,8 @@ def test_both_engine_kinds_get_the_sizes_and_sampling_the_paper_config_sets():
     import vllm
     from vllm.usage.usage_lib import UsageContext
 
+    from arhn_ray.bundled import prepare_model
     from arhn_ray.config import load_config
-    from arhn_ray.engines.bundled import prepare_model
     from arhn_ray.engines.vllm_engine import _VLLMBase
 
     cfg = load_config(

@@ -48,9 +48,9 @@ def test_streamed_block_search_equals_exact_search_and_ndcg_by_hand(ray_cluster,
     import numpy as np
     from sentence_transformers import SentenceTransformer
 
+    from arhn_ray.bundled import minilm_path
     from arhn_ray.config import EvaluateConfig
     from arhn_ray.data.layout import OutputLayout
-    from arhn_ray.data.truncation import minilm_tokenizer_path
     from arhn_ray.evaluate.beir import read_corpus
     from arhn_ray.evaluate.metrics import mean, per_query
     from arhn_ray.evaluate.retrieve import encode_corpus, encode_queries, search
@@ -67,7 +67,7 @@ def test_streamed_block_search_equals_exact_search_and_ndcg_by_hand(ray_cluster,
         )
     beir = load_beir(folder)
     assert beir.corpus_size > 900
-    model = minilm_tokenizer_path()
+    model = minilm_path()
     ev = EvaluateConfig(encode_batch_size=200)
     out = OutputLayout(str(tmp_path / "out"))
     target = out.file("evaluate/embeddings/grown")
@@ -320,15 +320,15 @@ def test_an_arm_trains_with_its_examples_runs_and_checkpoint_on_the_shared_store
     import fsspec
     from conftest import create_bucket
 
+    from arhn_ray.bundled import resolve
     from arhn_ray.config import EvaluateConfig
     from arhn_ray.data.layout import OutputLayout
-    from arhn_ray.engines.teacher import resolve_teacher
     from arhn_ray.evaluate.run import SETTINGS, train_arms
 
     create_bucket(s3_server, "evaluate")
     rows = [r for r in load_jsonl(SAMPLES / "rlhn_msmarco.jsonl")[:8]]
     ev = EvaluateConfig(workers=2, batch_size=8, max_seq_len=32, negatives=1, worker_memory_gb=2)
-    settings = {k: getattr(ev, k) for k in SETTINGS} | {"model": resolve_teacher(ev.model)}
+    settings = {k: getattr(ev, k) for k in SETTINGS} | {"model": resolve(ev.model)}
     out = OutputLayout("s3://evaluate/out", s3_server)
     trained, _ = train_arms({"original": rows, "refined": [], "topk_percpos": []}, settings, ev, out)
     checkpoint, metrics = trained["original"]

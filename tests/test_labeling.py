@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from arhn_ray.data.records import validate_row
 from arhn_ray.method import labeling as lb
 from arhn_ray.method.prompts import PromptSet
-from arhn_ray.refine import Refiner
+from arhn_ray.refiners.arhn import ArhnRefiner
 
 PROMPTS = PromptSet.load()
 ANCHOR = "X is a letter."
@@ -29,7 +29,7 @@ def refine(row, stage1, stage2, **opts):
         return blocks(stage1(chunk)) if stage == 1 else stage2(chunk)
 
     engine = ScriptedEngine(script)
-    out = Refiner(engine, lb.MethodOptions(**opts), PROMPTS).refine([row])[0]
+    out = ArhnRefiner(engine, lb.MethodOptions(**opts), PROMPTS).refine([row])[0]
     return out, engine
 
 
@@ -237,7 +237,7 @@ def test_engine_error_rejects_only_that_row_after_retries():
             return RuntimeError("HTTP 500")
         return blocks([ANCHOR, None])
 
-    outs = Refiner(ScriptedEngine(script), lb.MethodOptions(), PROMPTS, retries=2).refine(rows)
+    outs = ArhnRefiner(ScriptedEngine(script), lb.MethodOptions(), PROMPTS, retries=2).refine(rows)
     assert outs[0].rejected is None
     assert outs[1].rejected.startswith("engine_error: stage 1 chunk 0") and "HTTP 500" in outs[1].rejected
     assert calls.count(("bad", 1, 0)) == 3
@@ -348,7 +348,7 @@ def test_method_imports_neither_ray_nor_vllm():
 
     code = (
         "import sys, arhn_ray.method.labeling, arhn_ray.method.prompts, arhn_ray.method.snippets, "
-        "arhn_ray.method.ranking, arhn_ray.method.constraints, arhn_ray.refine\n"
+        "arhn_ray.method.ranking, arhn_ray.method.constraints, arhn_ray.refiners.arhn, arhn_ray.refiners.topk_percpos\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('ray', 'vllm', 'torch')]\n"
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -103,17 +103,17 @@ def test_offline_with_an_empty_cache_the_paper_config_stops_naming_what_to_stage
 def test_a_staged_cache_passes_the_model_check(tmp_path):
     """The same check passes once the tokenizer is in the cache: the stage writes a snapshot the
     offline lookup finds (put there by hand, as `arhn-ray stage` would, without the network)."""
-    from arhn_ray.data.truncation import minilm_tokenizer_path
+    from arhn_ray.bundled import minilm_path
 
     env = offline_env(tmp_path)
     snapshot = tmp_path / "hf" / "hub" / "models--intfloat--e5-base-v2" / "snapshots" / ("0" * 40)
     snapshot.mkdir(parents=True)
-    shutil.copytree(minilm_tokenizer_path(), snapshot, dirs_exist_ok=True)
+    shutil.copytree(minilm_path(), snapshot, dirs_exist_ok=True)
     (snapshot.parent.parent / "refs").mkdir()
     (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
     done, _ = cli(["stage", "conf/qwen3-32b-a100x16.yaml", "--list"], env)
-    assert done.stdout.splitlines() == ["BAAI/bge-reranker-v2-m3\tbaseline.model\tmodel", "Qwen/Qwen3-32B\tengine.model\tmodel",
-                                        "intfloat/e5-base-v2\tevaluate.model\tmodel"]  # fmt: skip
+    assert done.stdout.splitlines() == ["Qwen/Qwen3-32B\tengine.model\tmodel", "intfloat/e5-base-v2\tevaluate.model\tmodel",
+                                        "BAAI/bge-reranker-v2-m3\tbaseline.model\tmodel"]  # fmt: skip
     code = (
         "from arhn_ray.config import load_config; from arhn_ray.staging import missing_repos; "
         "print([r.name for r in missing_repos(load_config('conf/qwen3-32b-a100x16.yaml'))])"
@@ -135,7 +135,7 @@ def test_an_output_that_cannot_be_written_stops_the_run_naming_it(tmp_path):
 def test_missing_gpus_are_named_at_once_and_again_while_waiting_then_the_run_stops(tmp_path):
     """The paper config on this machine (no GPU): the terminal says how many GPUs it needs and how
     many the cluster has, says it again while it waits, and stops after preflight.gpu_wait_s."""
-    from arhn_ray.engines.bundled import prepare_model
+    from arhn_ray.bundled import prepare_model
 
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"HF_HUB_OFFLINE": "1"}
     args = ["refine", "conf/qwen3-32b-a100x16.yaml", f"input.path={SAMPLES}", f"output.path={tmp_path / 'out'}",

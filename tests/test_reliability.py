@@ -29,7 +29,7 @@ from arhn_ray.engines.replay import ReplayEngine
 from arhn_ray.method import labeling as lb
 from arhn_ray.method.prompts import PromptSet
 from arhn_ray.pipeline.job import run
-from arhn_ray.refine import Refiner
+from arhn_ray.refiners.arhn import ArhnRefiner
 
 ANCHOR = "X is a letter."
 
@@ -380,7 +380,7 @@ def test_ten_thousand_malformed_outputs_per_stage(tmp_path):
         rec.append({"query_id": row["query_id"], "stage": 2, "chunk": 0, "text": junk(rng, n + 1)})
     path = tmp_path / "rec.jsonl"
     write_jsonl(path, rec)
-    refiner = Refiner(ReplayEngine(str(path)), lb.MethodOptions(), PromptSet.load())
+    refiner = ArhnRefiner(ReplayEngine(str(path)), lb.MethodOptions(), PromptSet.load())
     outs = []
     for start in range(0, len(rows), 500):
         outs += refiner.refine([dict(r) for r in rows[start : start + 500]])
@@ -432,7 +432,7 @@ def test_hostile_passages_cannot_steer_attribution_or_ranking():
     row = make_row(0)
     row["negative_passages"] = [passage(f"h{i}", t) for i, t in enumerate(HOSTILE)]
     engine = ScriptedEngine(parrot)
-    out = Refiner(engine, lb.MethodOptions(), PromptSet.load()).refine([row])[0]
+    out = ArhnRefiner(engine, lb.MethodOptions(), PromptSet.load()).refine([row])[0]
     decisions = {d["docid"]: d for d in out.row["decisions"]}
     for i, text in enumerate(HOSTILE):
         d = decisions[f"h{i}"]

@@ -16,7 +16,7 @@ from arhn_ray.method.constraints import sentences
 from arhn_ray.method.prompts import PromptSet
 from arhn_ray.method.sentence_ids import ground_ids, ids_constraint, numbered, parse_answers, parse_ids, rebuild
 from arhn_ray.method.snippets import EXACT, MISSING, OK, UNGROUNDED
-from arhn_ray.refine import Refiner
+from arhn_ray.refiners.arhn import ArhnRefiner
 
 PASSAGE = "Paris is the capital of France. It lies on the Seine!  Its population is about 2 million?\nMuseums abound."
 
@@ -88,7 +88,7 @@ def test_the_refiner_in_sentence_ids_mode_gives_exact_snippets_and_the_papers_la
     options = lb.MethodOptions(stage1_output="sentence_ids", stage1_constraint="verbatim")
     lines = "doc1: S2\ndoc2: S1\ndoc3: S1-S2\ndoc4: NO_ANSWER"
     engine = ScriptedEngine(lambda r: lines if r.key[1] == 1 else "[2] > [1] > [3]")
-    (out,) = Refiner(engine, options, PromptSet.load("ids-v1")).refine([row])
+    (out,) = ArhnRefiner(engine, options, PromptSet.load("ids-v1")).refine([row])
     assert out.rejected is None
     stage1 = engine.requests[0]
     assert "S1: Negative passage number 0." in stage1.messages[-1]["content"] and "S3-S5" not in stage1.constraint

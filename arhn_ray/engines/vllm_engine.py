@@ -18,8 +18,8 @@ import logging
 import threading
 from typing import Any
 
+from arhn_ray import bundled
 from arhn_ray.engines.base import ChatRequest, ChatResult
-from arhn_ray.engines.bundled import resolve_model
 from arhn_ray.engines.options import EngineConfig
 from arhn_ray.engines.watchdog import EngineDead, Watchdog, is_engine_death
 from arhn_ray.method.snippets import strip_thinking
@@ -37,7 +37,7 @@ class _VLLMBase:
     def __init__(self, options: EngineConfig):
         self.options = options
         self.model = options.model
-        self.path = resolve_model(options.model)
+        self.path = bundled.resolve(options.model)
         self.watchdog: Watchdog | None = None
 
     def _watch(self) -> None:

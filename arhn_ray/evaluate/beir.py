@@ -59,8 +59,8 @@ def fetch_beir(uri: str, split: str = "test", cache: Path | None = None) -> Path
     from huggingface_hub import HfFileSystem
     from huggingface_hub.utils import parse_hf_uri
 
+    from arhn_ray.bundled import cache_dir
     from arhn_ray.data.hub import pin
-    from arhn_ray.engines.bundled import cache_dir
 
     at, sha = pin(uri)
     repo = parse_hf_uri(uri).id

@@ -21,9 +21,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from arhn_ray import bundled
 from arhn_ray.config import Config, EvaluateConfig, load_config
 from arhn_ray.data.layout import OutputLayout
-from arhn_ray.engines.teacher import resolve_teacher
 from arhn_ray.evaluate.beir import OOD, BeirSet, load_beir
 from arhn_ray.evaluate.examples import write_examples
 from arhn_ray.evaluate.metrics import bootstrap_mean, mean, paired_bootstrap_sets, per_query
@@ -165,7 +165,7 @@ def evaluate(output: str, eval_dirs: str | list[str], overrides: list[str] | Non
     sets = [load_beir(d, ev.split) for d in ([eval_dirs] if isinstance(eval_dirs, str) else eval_dirs)]
     if len({s.name for s in sets}) < len(sets):
         raise ValueError(f"--eval: two folders share a name ({', '.join(s.name for s in sets)}): the table names sets by folder")
-    settings = {k: getattr(ev, k) for k in SETTINGS} | {"model": resolve_teacher(ev.model)}
+    settings = {k: getattr(ev, k) for k in SETTINGS} | {"model": bundled.resolve(ev.model)}
     topk = baseline_output(cfg, out, baseline)
     init_ray(cfg.pipeline.ray_address)
     sources = {"original": original_rows(cfg), "refined": out.read_rows("refined"), "topk_percpos": topk.read_rows("refined")}

@@ -16,19 +16,20 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from arhn_ray.config import Config, ConfigError, EngineConfig, mask_secrets_in_logs, stage2_engine, to_yaml, uses_llm
+from arhn_ray.config import Config, ConfigError, EngineConfig, mask_secrets_in_logs, stage2_engine, to_yaml
 from arhn_ray.data.hub import is_hub, pin
 from arhn_ray.data.hub import revision as hub_revision
 from arhn_ray.data.layout import OutputLayout
 from arhn_ray.data.parts import Part, parts_to_run
 from arhn_ray.pipeline.faults import ClusterFault, StoreFailed, fault_name, is_cluster_fault
 from arhn_ray.pipeline.metrics import RunMetrics
-from arhn_ray.pipeline.placement import init_ray, remove_placement_groups, replica_resources, teacher_layout
+from arhn_ray.pipeline.placement import init_ray, pool_layout, remove_placement_groups
 from arhn_ray.pipeline.preflight import check_models, check_output, wait_for_gpus
 from arhn_ray.pipeline.progress import Progress
 from arhn_ray.pipeline.report import write_report
 from arhn_ray.pipeline.sink import PartSink
 from arhn_ray.pipeline.stages import AsyncRefineStage, RefineStage, read_parts
+from arhn_ray.refiners import method_for
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +41,10 @@ def _pool(ds, cfg: Config, step: str, engine: EngineConfig, elastic: bool = Fals
 
     cfg = replace(cfg, engine=engine)
     # an async replica takes several batches at once and its engine overlaps them (as ray.data.llm does)
-    async_llm = engine.async_engine and uses_llm(cfg)  # the baseline's teacher is called batch by batch
-    stage, calls = (AsyncRefineStage, cfg.pipeline.max_concurrent_batches) if async_llm else (RefineStage, 1)
-    if uses_llm(cfg):
-        size, resources = engine.replicas, replica_resources(engine, cfg.pipeline.max_replica_restarts)
-    else:
-        size, resources = teacher_layout(cfg, ray.cluster_resources(), cfg.pipeline.max_replica_restarts)
+    method = method_for(cfg)
+    concurrent = engine.async_engine and method.has_async  # a teacher is called batch by batch
+    stage, calls = (AsyncRefineStage, cfg.pipeline.max_concurrent_batches) if concurrent else (RefineStage, 1)
+    size, resources = pool_layout(method.replica, cfg, engine, ray.cluster_resources())
     return ds.map_batches(
         stage,
         fn_constructor_kwargs={"cfg": cfg, "step": step},

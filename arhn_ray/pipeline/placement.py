@@ -78,3 +78,12 @@ def teacher_layout(cfg: Config, cluster: dict[str, float], restarts: int = 3) ->
     if gpus:
         return cfg.baseline.replicas or gpus, {**args, "num_gpus": 1}
     return cfg.baseline.replicas or cfg.engine.replicas, {**args, "num_cpus": cfg.engine.num_cpus}
+
+
+def pool_layout(replica: str, cfg: Config, engine: EngineConfig, cluster: dict[str, float]) -> tuple[int, dict[str, Any]]:
+    """The pool's size and ``map_batches`` arguments for replicas that hold ``replica`` (a method's
+    ``Method.replica``): LLM engines as ``engine.*`` says, or teachers (``teacher_layout``)."""
+    restarts = cfg.pipeline.max_replica_restarts
+    if replica == "teacher":
+        return teacher_layout(cfg, cluster, restarts)
+    return engine.replicas, replica_resources(engine, restarts)

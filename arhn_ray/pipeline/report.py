@@ -9,28 +9,14 @@ import tempfile
 from typing import Any
 
 from arhn_ray.card import render_card
-from arhn_ray.config import Config, config_digest, uses_llm
+from arhn_ray.config import Config, config_digest
 from arhn_ray.data.hub import revision as hub_revision
 from arhn_ray.data.layout import OutputLayout
-from arhn_ray.method.prompts import PromptSet
+from arhn_ray.refiners import method_for
 from arhn_ray.review import write_review
-from arhn_ray.stats import BUNDLED_PREFIX, RunStats, render_files, to_json
+from arhn_ray.stats import RunStats, render_files, to_json
 
 log = logging.getLogger(__name__)
-
-
-def labels_from(cfg: Config) -> str:
-    """Who made the labels, in words: what the card and the summary say."""
-    e = cfg.engine
-    if not uses_llm(cfg):
-        return f"the TopK-PercPos teacher {cfg.baseline.model}"
-    if e.kind == "replay":
-        return f"recorded LLM outputs ({e.replay_path}); no model ran"
-    if e.kind == "openai":
-        return f"{e.model} over the OpenAI-compatible endpoint {e.base_url}"
-    if e.model.startswith(BUNDLED_PREFIX):
-        return f"the bundled {e.model.removeprefix(BUNDLED_PREFIX)} model (135M parameters) on vLLM"
-    return f"{e.model} on vLLM"
 
 
 def write_report(cfg: Config, out: OutputLayout, wall_s: float, unreadable: dict[str, str] | None = None,
@@ -42,19 +28,14 @@ def write_report(cfg: Config, out: OutputLayout, wall_s: float, unreadable: dict
     stats = RunStats()
     for manifest in out.manifests():
         stats.merge(RunStats.from_dict(manifest["stats"]))
-    prompts = PromptSet.load(cfg.prompts.version, cfg.prompts.dir)
-    llm = uses_llm(cfg)
+    described = method_for(cfg).describe(cfg)
     stats.meta = {
         "method": cfg.method.name,
-        "model": cfg.engine.model if llm else cfg.baseline.model,
-        "engine": cfg.engine.kind if llm else "teacher",
-        "variant": cfg.method.variant if llm else cfg.method.name,
-        "prompt_version": prompts.version,
-        "prompt_sha256": prompts.sha256,
+        **{k: described[k] for k in ("model", "engine", "variant", "prompt_version", "prompt_sha256")},
         "config_digest": config_digest(cfg),
         "pipeline_mode": cfg.pipeline.mode,
         "unreadable_shards": unreadable or {},
-        "labels_from": labels_from(cfg),
+        "labels_from": described["labels_from"],
         "input": cfg.input.hub_path or cfg.input.path,
         "input_revision": hub_revision(cfg.input.path),
     }

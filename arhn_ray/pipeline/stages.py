@@ -18,18 +18,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from arhn_ray.baseline import TopKPercPos
-from arhn_ray.config import Config, method_options, uses_llm
+from arhn_ray.config import Config
 from arhn_ray.data.parts import Part
 from arhn_ray.data.rows import read_rows
-from arhn_ray.data.truncation import make_truncator
-from arhn_ray.engines.base import AsyncEngine, Engine
-from arhn_ray.engines.factory import start_engine
 from arhn_ray.engines.lifecycle import prepare_replica
-from arhn_ray.engines.teacher import Teacher
 from arhn_ray.engines.watchdog import is_engine_death, leave
-from arhn_ray.method.prompts import PromptSet
-from arhn_ray.refine import Outcome, Refiner
+from arhn_ray.refiners import Outcome, method_for
 
 log = logging.getLogger(__name__)
 
@@ -82,32 +76,17 @@ def read_parts(batch: dict, fmt: str, max_passage_chars: int, storage_options: d
         yield pa.Table.from_pylist(out, schema=ENVELOPE)
 
 
-def make_refiner(cfg: Config, engine: Engine | AsyncEngine | None = None) -> Refiner | TopKPercPos:
-    """ARHN's Refiner over an LLM engine, or the TopK-PercPos baseline over its teacher (``method.name``)."""
-    if not uses_llm(cfg):
-        b = cfg.baseline
-        return TopKPercPos(Teacher(b.model, b.kind, b.batch_size, b.query_prefix, b.passage_prefix), b.relative_margin, b.keep)
-    return Refiner(
-        engine or start_engine(cfg.engine),
-        method_options(cfg),
-        PromptSet.load(cfg.prompts.version, cfg.prompts.dir),
-        truncate=make_truncator(cfg.truncation.tokenizer, cfg.truncation.max_seq_len),
-        stage1_max_tokens=cfg.stage1.max_tokens,
-        stage2_max_tokens=cfg.stage2.max_tokens,
-        retries=cfg.pipeline.retries,
-    )
-
-
 class RefineStage:
-    """A replica: owns one engine; ``step`` is ``fused`` (both stages), ``stage1`` or ``stage2``."""
+    """A replica: owns one refiner (and so one engine or teacher); ``step`` is ``fused`` (the whole
+    method), ``stage1`` or ``stage2`` (ARHN's stages, ``pipeline.mode=staged``)."""
 
-    STEPS = {"fused": "refine", "stage1": "stage1", "stage2": "stage2"}  # step -> Refiner method
+    STEPS = {"fused": "refine", "stage1": "stage1", "stage2": "stage2"}  # step -> the refiner's method
 
     def __init__(self, cfg: Config, step: str = "fused"):
         started = time.perf_counter()
         prepare_replica()  # a restarted replica first ends what its dead predecessor's engine left
         self.step = step
-        self.refiner = make_refiner(cfg)
+        self.refiner = method_for(cfg).build(cfg, None)
         self.run = getattr(self.refiner, self.STEPS[step])
         self.start_s: float | None = time.perf_counter() - started
         self._preemptions = self._engine_preemptions()
@@ -134,7 +113,7 @@ class RefineStage:
         # Ray Data drops the UDF when the pool shuts down: stop the engine's processes with it
         refiner = self.__dict__.get("refiner")
         if refiner is not None:
-            refiner.engine.close()
+            refiner.close()
 
     def _engine_preemptions(self) -> int | None:
         counter = getattr(getattr(self.refiner, "engine", None), "preemptions", None)

@@ -21,22 +21,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=4)
     args = ap.parse_args()
+    from arhn_ray.bundled import minilm_path
     from arhn_ray.data.records import validate_row
-    from arhn_ray.data.truncation import Truncator, minilm_tokenizer_path
+    from arhn_ray.data.truncation import Truncator
     from arhn_ray.engines.options import EngineConfig
     from arhn_ray.engines.vllm_engine import VLLMEngine
     from arhn_ray.method import labeling as lb
     from arhn_ray.method.prompts import PromptSet
-    from arhn_ray.refine import Refiner
+    from arhn_ray.refiners.arhn import ArhnRefiner
 
     rows = [validate_row(json.loads(line)) for line in open(ROOT / "arhn_ray" / "samples" / "rlhn_msmarco.jsonl")][: args.rows]
     t0 = time.perf_counter()
     engine = VLLMEngine(EngineConfig(enforce_eager=True, gpu_memory_utilization=0.25, max_model_len=8192))
     print(f"engine start: {time.perf_counter() - t0:.1f} s; {args.rows} queries x 25 negatives (3 chunks each)")
-    truncate = Truncator(minilm_tokenizer_path(), 512)
+    truncate = Truncator(minilm_path(), 512)
     for stage1, stage2 in (("none", "none"), ("format", "format"), ("verbatim", "format")):
         options = lb.MethodOptions(stage1_constraint=stage1, stage2_constraint=stage2)
-        refiner = Refiner(engine, options, PromptSet.load(), truncate, stage1_max_tokens=2048, stage2_max_tokens=64)
+        refiner = ArhnRefiner(engine, options, PromptSet.load(), truncate, stage1_max_tokens=2048, stage2_max_tokens=64)
         t = time.perf_counter()
         outs = refiner.refine([dict(r) for r in rows])
         wall = time.perf_counter() - t

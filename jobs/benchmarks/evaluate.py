@@ -40,9 +40,9 @@ def main() -> None:
 
     import ray
 
+    from arhn_ray.bundled import resolve
     from arhn_ray.config import load_config
     from arhn_ray.data.layout import OutputLayout
-    from arhn_ray.engines.teacher import resolve_teacher
     from arhn_ray.evaluate.beir import load_beir
     from arhn_ray.evaluate.run import SETTINGS, score_set, train_arms
     from arhn_ray.evaluate.train import arm_layout
@@ -52,7 +52,7 @@ def main() -> None:
     sample = [json.loads(line) for line in open(ROOT / "arhn_ray" / "samples" / "rlhn_msmarco.jsonl")]
     rows = [copy(sample[i % len(sample)], i) for i in range(args.queries)]
     arms = lambda: {"original": iter(rows), "refined": iter(rows), "topk_percpos": iter(rows)}  # noqa: E731
-    settings = {k: getattr(ev, k) for k in SETTINGS} | {"model": resolve_teacher(ev.model)}
+    settings = {k: getattr(ev, k) for k in SETTINGS} | {"model": resolve(ev.model)}
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     print(f"cluster: {ray.cluster_resources().get('CPU', 0):g} CPUs; {args.queries} training queries an arm, {ev.negatives} negatives, "
           f"batch {ev.batch_size}, max_seq_len {ev.max_seq_len}, {ev.epochs} epoch(s), model {ev.model}", flush=True)  # fmt: skip

@@ -41,13 +41,13 @@ def plain_loop(cfg, out: Path, rows: list[dict]) -> dict:
     from arhn_ray.engines.vllm_engine import VLLMEngine
     from arhn_ray.method import labeling as lb
     from arhn_ray.method.prompts import chat
-    from arhn_ray.pipeline.stages import make_refiner
+    from arhn_ray.refiners import method_for
 
     e = cfg.engine
     t0 = time.perf_counter()
     engine = VLLMEngine(e)
     start = time.perf_counter() - t0
-    refiner = make_refiner(cfg, engine)
+    refiner = method_for(cfg).build(cfg, engine)
     llm, options, prompts = engine.llm, refiner.options, refiner.prompts
 
     def params(constraint, max_tokens):

@@ -31,9 +31,9 @@ def main() -> None:
     import ray
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
+    from arhn_ray.bundled import prepare_model
     from arhn_ray.config import load_config, method_options
     from arhn_ray.data.truncation import make_truncator
-    from arhn_ray.engines.bundled import prepare_model
     from arhn_ray.engines.vllm_engine import cpu_dtype
     from arhn_ray.method import labeling as lb
     from arhn_ray.method.prompts import PromptSet, chat

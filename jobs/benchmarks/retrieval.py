@@ -54,9 +54,9 @@ def one(folder: str, block: int, exact: bool) -> None:
     import numpy as np
     import ray
 
+    from arhn_ray.bundled import minilm_path
     from arhn_ray.config import EvaluateConfig
     from arhn_ray.data.layout import OutputLayout
-    from arhn_ray.data.truncation import minilm_tokenizer_path
     from arhn_ray.evaluate.beir import load_beir, read_corpus
     from arhn_ray.evaluate.metrics import mean, per_query
     from arhn_ray.evaluate.retrieve import encode_corpus, encode_queries, search
@@ -65,7 +65,7 @@ def one(folder: str, block: int, exact: bool) -> None:
     beir = load_beir(folder)
     ev = EvaluateConfig(max_seq_len=64, search_block=block)
     out = OutputLayout(str(Path(folder).parent / f"out-{beir.name}"))
-    fs, target, model = out.arrow_filesystem(), out.file("evaluate/embeddings/x"), minilm_tokenizer_path()
+    fs, target, model = out.arrow_filesystem(), out.file("evaluate/embeddings/x"), minilm_path()
     t = time.perf_counter()
     encode_corpus(beir.corpus_path, {"m": model}, ev, 1, target, fs)
     qids, queries = encode_queries(beir.queries, {"m": model}, ev, 1)["m"]

@@ -18,14 +18,14 @@ import json
 import random
 from pathlib import Path
 
+from arhn_ray.bundled import prepare_model
 from arhn_ray.data.readers import from_flagembedding
 from arhn_ray.data.records import validate_row
 from arhn_ray.engines.base import ChatRequest, ChatResult
-from arhn_ray.engines.bundled import prepare_model
 from arhn_ray.engines.replay import load_recordings
 from arhn_ray.method import labeling as lb
 from arhn_ray.method.prompts import PromptSet
-from arhn_ray.refine import Refiner
+from arhn_ray.refiners.arhn import ArhnRefiner
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,7 +86,7 @@ def synthetic_recordings(rows: list[dict], truncate) -> dict:
 def count(recordings: dict, rows: list[dict], literal: bool, tokenizer, truncate) -> dict:
     engine = CountingReplay(recordings, tokenizer)
     options = lb.MethodOptions(paper_literal=literal, stage1_constraint="verbatim", stage2_constraint="format")
-    outs = Refiner(engine, options, PromptSet.load(), truncate).refine([dict(r) for r in rows])
+    outs = ArhnRefiner(engine, options, PromptSet.load(), truncate).refine([dict(r) for r in rows])
     stage2_calls = sum(1 for o in outs for c in o.row.get("llm", []) if c["stage2_text"] is not None)
     s1p = sum(c["stage1_prompt_tokens"] for o in outs for c in o.row["llm"])
     s1o = sum(c["stage1_output_tokens"] for o in outs for c in o.row["llm"])
@@ -101,10 +101,11 @@ def main() -> None:
     args = ap.parse_args()
     from transformers import AutoTokenizer
 
-    from arhn_ray.data.truncation import Truncator, minilm_tokenizer_path
+    from arhn_ray.bundled import minilm_path
+    from arhn_ray.data.truncation import Truncator
 
     tokenizer = AutoTokenizer.from_pretrained(str(prepare_model()))
-    truncate = Truncator(minilm_tokenizer_path(), 512)
+    truncate = Truncator(minilm_path(), 512)
     rows = sample_rows()
     for name, rec in (
         ("bundled model's run", load_recordings(args.output)),

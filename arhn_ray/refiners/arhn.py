@@ -1,4 +1,5 @@
-"""Drive the method through an engine: Stage 1 for a batch of rows, then Stage 2, then labels.
+"""ARHN's refiner: the method driven through an LLM engine, Stage 1 for a batch of rows, then
+Stage 2, then labels.
 
 This is what a Ray actor calls (``fused`` runs both stages, ``staged`` one each), what
 ``arhn-ray relabel`` calls with stored outputs, and what tests call with a scripted engine.
@@ -11,36 +12,19 @@ rejected with the reason, the other rows of the batch go on.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 from collections.abc import Callable, Generator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
-from arhn_ray import __version__
 from arhn_ray.engines.base import ChatRequest, ChatResult, Engine
 from arhn_ray.method import labeling as lb
 from arhn_ray.method.prompts import PromptSet, chat
 from arhn_ray.method.ranking import parse_ranking
-
-
-@dataclass
-class Outcome:
-    """A refined row (``row``) or a rejection (``rejected`` with ``field``)."""
-
-    row: dict
-    rejected: str | None = None
-    field: str | None = None
-
+from arhn_ray.refiners.base import Outcome, provenance
 
 Steps = Generator[list[ChatRequest], list[ChatResult], list[Outcome]]
 
 
-def method_hash(options: lb.MethodOptions, prompts: PromptSet, model: str) -> str:
-    blob = json.dumps([asdict(options), prompts.sha256, model], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-class Refiner:
+class ArhnRefiner:
     def __init__(
         self,
         engine: Engine,
@@ -58,14 +42,10 @@ class Refiner:
         self.stage1_max_tokens = stage1_max_tokens
         self.stage2_max_tokens = stage2_max_tokens
         self.retries = retries
-        self.provenance = {
-            "model": engine.model,
-            "prompt_version": prompts.version,
-            "prompt_sha256": prompts.sha256,
-            "variant": options.variant,
-            "method_hash": method_hash(options, prompts, engine.model),
-            "arhn_ray_version": __version__,
-        }
+        self.provenance = provenance(options.variant, engine.model, asdict(options), prompts)
+
+    def close(self) -> None:
+        self.engine.close()
 
     def _generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
         """The engine's results, resending failed requests up to ``retries`` times."""

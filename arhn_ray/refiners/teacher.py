@@ -1,4 +1,5 @@
 """The TopK-PercPos teacher: a model that scores (query, passage) pairs, through sentence-transformers.
+Not an LLM engine (it has ``score``, not ``generate``): it belongs to the baseline's refiner.
 
 ``embedding``: a bi-encoder (cosine of normalized embeddings, as NV-Retriever's teacher);
 ``cross-encoder``: a reranker's score (the ARHN paper's baseline used a BGE reranker). ``auto``
@@ -11,15 +12,7 @@ from __future__ import annotations
 import json
 import os
 
-KINDS = ("auto", "embedding", "cross-encoder")
-
-
-def resolve_teacher(name: str) -> str:
-    if name == "bundled:minilm":
-        from arhn_ray.data.truncation import minilm_tokenizer_path
-
-        return minilm_tokenizer_path()  # the package's model folder holds the tokenizer and the model
-    return name
+from arhn_ray import bundled
 
 
 def teacher_kind(path: str, kind: str = "auto") -> str:
@@ -41,7 +34,7 @@ class Teacher:
         import torch
 
         self.model = model
-        path = resolve_teacher(model)
+        path = bundled.resolve(model)  # the package's MiniLM folder holds its tokenizer and its model
         self.kind = teacher_kind(path, kind)
         self.batch_size = batch_size
         self.query_prefix, self.passage_prefix = query_prefix, passage_prefix
