@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from omegaconf import MISSING, OmegaConf
@@ -17,15 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 from arhn_ray import bundled
 from arhn_ray.data.readers import FORMATS as READER_FORMATS
 from arhn_ray.engines.options import ENGINE_KINDS, EngineConfig
-from arhn_ray.method.labeling import (
-    POSITIVE_NO_ANSWER,
-    STAGE1_CONSTRAINTS,
-    STAGE1_OUTPUTS,
-    STAGE2_CONSTRAINTS,
-    STAGE2_INPUTS,
-    VARIANTS,
-    MethodOptions,
-)
+from arhn_ray.method.labeling import LabelRules, MethodOptions, OptionError
 from arhn_ray.secrets import mask_in_logs, redact, secret_values
 
 
@@ -55,30 +47,26 @@ TEACHER_KINDS = ("auto", "embedding", "cross-encoder")
 
 
 @dataclass
-class MethodConfig:
+class MethodConfig(LabelRules):
+    """``method.*``: the rules that decide the labels (method/labeling.py's LabelRules) and the method."""
+
     name: str = "arhn"  # arhn (the two LLM stages) | topk_percpos (the teacher-score baseline, `baseline`)
-    variant: str = "rf"
-    max_negatives_per_chunk: int = 10
-    positive_no_answer: str = "paper"
-    max_relabeled: int | None = None
-    paper_literal: bool = False
-    fuzzy_threshold: float = 90.0
-    ungrounded_as_no_answer: bool = True
 
 
 @dataclass
 class Stage1Config:
-    constraint: str = "none"  # none | format | verbatim (with sentence_ids: any but none allows only existing ids)
+    # none | format | verbatim (with sentence_ids: any but none allows only existing ids)
+    constraint: str = MethodOptions.stage1_constraint
     max_tokens: int = 1024
     # text: the model copies each snippet (the paper); sentence_ids: it answers ids of the passage's
     # numbered sentences and the snippet is cut from the passage (prompts ids-v2 unless prompts.dir is set)
-    output: str = "text"
+    output: str = MethodOptions.stage1_output
 
 
 @dataclass
 class Stage2Config:
-    input: str = "snippet"  # snippet | passage (PRHN)
-    constraint: str = "none"  # none | format
+    input: str = MethodOptions.stage2_input  # snippet | passage (PRHN)
+    constraint: str = MethodOptions.stage2_constraint  # none | format
     max_tokens: int = 128
     engine: dict[str, Any] | None = None  # staged mode: overrides of `engine` for the Stage 2 pool
 
@@ -194,14 +182,10 @@ _CHOICES = {
     "pipeline.mode": ("fused", "staged"),
     "method.name": tuple(METHOD_MODES),
     "baseline.kind": TEACHER_KINDS,
-    "method.variant": VARIANTS,
-    "method.positive_no_answer": POSITIVE_NO_ANSWER,
-    "stage1.output": STAGE1_OUTPUTS,
-    "stage1.constraint": STAGE1_CONSTRAINTS,
-    "stage2.input": STAGE2_INPUTS,
-    "stage2.constraint": STAGE2_CONSTRAINTS,
-}
-_METHOD_KEYS = {"max_negatives_per_chunk": "method.max_negatives_per_chunk", "max_relabeled": "method.max_relabeled"}
+}  # the method's options check their own values (MethodOptions), named by their keys here:
+OPTION_KEYS = {f.name: f"method.{f.name}" for f in fields(LabelRules)} | {
+    "stage2_input": "stage2.input", "stage1_constraint": "stage1.constraint", "stage2_constraint": "stage2.constraint",
+    "stage1_output": "stage1.output"}  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -265,9 +249,8 @@ def check(cfg: Config) -> None:
             ) from None
     try:
         method_options(cfg)
-    except ValueError as e:
-        key = next((k for name, k in _METHOD_KEYS.items() if str(e).startswith(name)), "method")
-        raise ConfigError(f"config key {key!r}: {e}") from None
+    except OptionError as e:
+        raise ConfigError(f"config key {OPTION_KEYS[e.option]!r}: {e}") from None
 
 
 def stage2_engine(cfg: Config) -> EngineConfig:
@@ -279,19 +262,9 @@ def stage2_engine(cfg: Config) -> EngineConfig:
 
 
 def method_options(cfg: Config) -> MethodOptions:
-    m = cfg.method
+    """The options ``method/`` reads, each from its config key (OPTION_KEYS)."""
     return MethodOptions(
-        variant=m.variant,
-        max_negatives_per_chunk=m.max_negatives_per_chunk,
-        stage2_input=cfg.stage2.input,
-        positive_no_answer=m.positive_no_answer,
-        max_relabeled=m.max_relabeled,
-        paper_literal=m.paper_literal,
-        fuzzy_threshold=m.fuzzy_threshold,
-        ungrounded_as_no_answer=m.ungrounded_as_no_answer,
-        stage1_constraint=cfg.stage1.constraint,
-        stage2_constraint=cfg.stage2.constraint,
-        stage1_output=cfg.stage1.output,
+        **{name: getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1]) for name, key in OPTION_KEYS.items()}
     )
 
 

@@ -48,18 +48,34 @@ _WORDS = re.compile(r"\w+")
 _FIRST_WORD = re.compile(r"[^\W_]+")
 
 
-@dataclass(frozen=True)
-class MethodOptions:
-    """What decides the labels; every field is a config key under ``method``."""
+class OptionError(ValueError):
+    """A method option out of its range; ``option`` names the field (the config maps it to its key)."""
+
+    def __init__(self, option: str, message: str):
+        super().__init__(message)
+        self.option = option
+
+
+@dataclass
+class LabelRules:
+    """The ``method.*`` config keys that decide the labels (the config's ``method`` section is these
+    and ``name``: defined here once)."""
 
     variant: str = "rf"
     max_negatives_per_chunk: int = 10
-    stage2_input: str = "snippet"
     positive_no_answer: str = "paper"
     max_relabeled: int | None = None
     paper_literal: bool = False
     fuzzy_threshold: float = 90.0
     ungrounded_as_no_answer: bool = True
+
+
+@dataclass
+class MethodOptions(LabelRules):
+    """Everything that decides the labels: the rules, and how the stages ask and read (the config's
+    ``stage1.*`` and ``stage2.*`` keys of the same names take their defaults from here)."""
+
+    stage2_input: str = "snippet"
     stage1_constraint: str = "none"
     stage2_constraint: str = "none"
     stage1_output: str = "text"
@@ -74,11 +90,11 @@ class MethodOptions:
             ("stage2_constraint", STAGE2_CONSTRAINTS),
         ):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
+                raise OptionError(name, f"{getattr(self, name)!r} is not one of {', '.join(allowed)}")
         if self.max_negatives_per_chunk < 1:
-            raise ValueError("max_negatives_per_chunk must be at least 1")
+            raise OptionError("max_negatives_per_chunk", "must be at least 1")
         if self.max_relabeled is not None and self.max_relabeled < 0:
-            raise ValueError("max_relabeled must be at least 0")
+            raise OptionError("max_relabeled", "must be at least 0")
 
 
 def duplicate_key(text: str) -> str:
