@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from arhn_ray.data.layout import KINDS, data_files
-from arhn_ray.stats import demo_labels, render_markdown
+from arhn_ray.stats import demo_labels, table4_markdown
 
 
 def render_card(stats: dict[str, Any]) -> str:
@@ -57,6 +57,6 @@ def render_card(stats: dict[str, Any]) -> str:
     if stats.get("input_revision"):  # an hf:// input: the commit every part was read at
         lines.append(f"| input | `{stats['input']}` (commit `{stats['input_revision']}`) |")
     lines += ["", "The resolved configuration is `config.yaml`; secrets are left out.", "", "## Statistics", ""]
-    body = render_markdown(stats).split("\n", 2)[-1]  # without the report's own title
+    body = table4_markdown(stats).split("\n", 2)[-1]  # without the report's own title
     lines.append(body)
     return "\n".join(lines)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from arhn_ray import bundled
+from arhn_ray.data import layout
 from arhn_ray.data.layout import OutputLayout
 
 COUNTERS = (
@@ -158,8 +159,8 @@ def _summary(c: Counter) -> dict[str, Any]:
 def render_files(stats: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
     """``report.md`` and ``report.png`` written into a local folder."""
     out = Path(out_dir)
-    md, png = out / "report.md", out / "report.png"
-    md.write_text(render_markdown(stats), encoding="utf-8")
+    md, png = out / layout.REPORT_MD, out / layout.REPORT_PNG
+    md.write_text(table4_markdown(stats), encoding="utf-8")
     render_png(stats, png)
     return md, png
 
@@ -168,7 +169,7 @@ def to_json(stats: dict[str, Any]) -> str:
     return json.dumps(stats, indent=2)
 
 
-def render_markdown(stats: dict[str, Any]) -> str:
+def table4_markdown(stats: dict[str, Any]) -> str:
     lines = ["# ARHN refinement report", ""]
     if stats.get("model"):
         lines += [f"Model: `{stats['model']}`, variant `{stats.get('variant')}`, prompts `{stats.get('prompt_version')}`.", ""]
@@ -280,4 +281,4 @@ def render_png(stats: dict[str, Any], path: Path) -> None:
 
 def load_stats(out: OutputLayout) -> dict[str, Any]:
     """``stats.json`` of an output folder."""
-    return json.loads(out.read_text("stats.json"))
+    return json.loads(out.read_text(layout.STATS))

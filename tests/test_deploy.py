@@ -15,7 +15,7 @@ from conftest import free_port
 from helpers import ROOT, SAMPLES, blocks, load_jsonl
 
 from arhn_ray.config import load_config
-from arhn_ray.staging import required_repos
+from arhn_ray.model_cache import required_repos
 
 RAYJOB = ROOT / "jobs" / "kuberay" / "rayjob.yaml"
 STAGE_MODEL = ROOT / "jobs" / "kuberay" / "stage-model.yaml"

@@ -52,8 +52,8 @@ def test_streamed_block_search_equals_exact_search_and_ndcg_by_hand(ray_cluster,
     from arhn_ray.config import EvaluateConfig
     from arhn_ray.data.layout import OutputLayout
     from arhn_ray.evaluate.beir import read_corpus
-    from arhn_ray.evaluate.metrics import mean, per_query
     from arhn_ray.evaluate.retrieve import encode_corpus, encode_queries, search
+    from arhn_ray.evaluate.scoring import mean, per_query
 
     folder = tmp_path / "grown"
     shutil.copytree(EVAL, folder)
@@ -195,7 +195,7 @@ def test_evaluate_runs_the_loop_and_writes_every_field(ray_cluster, tmp_path):
 @pytest.mark.ray
 def test_an_arm_with_no_example_is_reported_not_trained_and_the_report_says_so(ray_cluster, tmp_path):
     from arhn_ray.config import EvaluateConfig
-    from arhn_ray.evaluate.report import render_markdown
+    from arhn_ray.evaluate.report import table1_markdown
     from arhn_ray.evaluate.run import train_arms
 
     no_negatives = [{"query_id": "q", "query": "q?", "positive_passages": [{"docid": "p", "title": "", "text": "p"}],
@@ -210,7 +210,7 @@ def test_an_arm_with_no_example_is_reported_not_trained_and_the_report_says_so(r
     results = {"eval": {"queries": 13, "metrics": "m", "search": "s"}, "arms": arms, "paired": paired,
                "sets": {"x": {"queries": 13, "corpus": 650, "ood": False, "detectable_ndcg@10_difference": 0.05, "arms": arms, "paired": paired}},
                "train": {"hyperparameters": {"model": "m", "batch_size": 16, "workers": 2}, "arms": {a: m for a, (_, m) in trained.items()}}}  # fmt: skip
-    text = render_markdown(results)
+    text = table1_markdown(results)
     assert "| refined | 0 | 1 | not trained: fewer queries than workers" in text and "refined - original: not computed" in text
     assert "| x | 13 | 650 | 0.5000 | - | - | - |" in text
 
@@ -230,7 +230,7 @@ def test_the_paired_bootstrap_is_paired():
     paired resampling makes this narrow (the two arms vary a lot, their difference hardly at all)."""
     import numpy as np
 
-    from arhn_ray.evaluate.metrics import paired_bootstrap
+    from arhn_ray.evaluate.scoring import paired_bootstrap
 
     rng = np.random.default_rng(1)
     base = rng.uniform(0, 1, 200)

@@ -15,7 +15,7 @@ import yaml
 from helpers import ROOT, SAMPLES
 
 from arhn_ray.config import load_config
-from arhn_ray.staging import required_repos
+from arhn_ray.model_cache import required_repos
 
 CLUSTER_CONFIGS = sorted(
     p.name for p in (ROOT / "conf").glob("*.yaml") if yaml.safe_load(p.read_text())["engine"].get("device") == "gpu"
@@ -115,7 +115,7 @@ def test_a_staged_cache_passes_the_model_check(tmp_path):
     assert done.stdout.splitlines() == ["Qwen/Qwen3-32B\tengine.model\tmodel", "intfloat/e5-base-v2\tevaluate.model\tmodel",
                                         "BAAI/bge-reranker-v2-m3\tbaseline.model\tmodel"]  # fmt: skip
     code = (
-        "from arhn_ray.config import load_config; from arhn_ray.staging import missing_repos; "
+        "from arhn_ray.config import load_config; from arhn_ray.model_cache import missing_repos; "
         "print([r.name for r in missing_repos(load_config('conf/qwen3-32b-a100x16.yaml'))])"
     )
     missing = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, check=True).stdout

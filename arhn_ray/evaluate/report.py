@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from arhn_ray.data import layout
 from arhn_ray.data.layout import OutputLayout
 
 CARD_MARK = "## Retrieval evaluation"
@@ -24,7 +25,7 @@ def _paired(name: str, p: dict[str, Any]) -> str:
     return f"{name.replace('_vs_', ' - ')}: {p['delta']:+.4f}, 95% CI [{p['ci95'][0]:+.4f}, {p['ci95'][1]:+.4f}] over {p['queries']} queries: {verdict}"
 
 
-def render_markdown(r: dict[str, Any]) -> str:
+def table1_markdown(r: dict[str, Any]) -> str:
     train, hp = r["train"], r["train"]["hyperparameters"]
     lines = [CARD_MARK, "",
              f"The same retriever (`{hp['model']}`) trained per arm with identical hyperparameters and seed "
@@ -95,7 +96,7 @@ def render_png(r: dict[str, Any], path: Path) -> None:
 
 def write_card_section(out: OutputLayout, section: str) -> None:
     """The card's evaluation section, replaced if an earlier evaluate wrote one."""
-    card = out.read_text("README.md") if out.exists("README.md") else ""
+    card = out.read_text(layout.CARD) if out.exists(layout.CARD) else ""
     if CARD_MARK in card:
         card = card[: card.index(CARD_MARK)].rstrip() + "\n"
-    out.write_text("README.md", card.rstrip() + "\n\n" + section)
+    out.write_text(layout.CARD, card.rstrip() + "\n\n" + section)

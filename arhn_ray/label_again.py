@@ -13,7 +13,7 @@ from arhn_ray.data.layout import OutputLayout
 from arhn_ray.saved import saved_config
 
 
-def relabel(output: str, out: str, overrides: list[str] | None = None, storage_options: dict | None = None) -> dict[str, Any]:
+def label_again(output: str, out: str, overrides: list[str] | None = None, storage_options: dict | None = None) -> dict[str, Any]:
     """``output``'s rows relabeled into ``out``; ``storage_options`` reach the input, both outputs and the replay."""
     from arhn_ray.pipeline.job import run
 

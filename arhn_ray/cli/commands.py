@@ -1,0 +1,175 @@
+"""What each ``arhn-ray`` command does, a function a command (arguments.py defines their options)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from arhn_ray.config import load_config
+from arhn_ray.console import counts, quietly, summary
+from arhn_ray.data import layout
+from arhn_ray.data.layout import OutputLayout
+from arhn_ray.plan import Assumptions
+
+
+def refine(args: argparse.Namespace) -> int:
+    from arhn_ray.pipeline.faults import ClusterFault, StoreFailed
+    from arhn_ray.pipeline.job import TooManyRejected, run
+    from arhn_ray.pipeline.preflight import PreflightError, check_output
+
+    cfg = load_config(args.config, args.overrides)
+    out = OutputLayout(cfg.output.path, cfg.output.storage_options)
+    try:
+        check_output(out)  # before the log file, which goes under the output
+        banner = f"refining {cfg.input.path} -> {cfg.output.path}"
+        work = lambda: run(cfg, args.config, out)  # noqa: E731
+        stats = work() if args.verbose else quietly(work, out, "refine", banner)
+    except TooManyRejected as e:
+        print(f"arhn-ray: stopped: {e}", file=sys.stderr)
+        return 3
+    except (ClusterFault, StoreFailed) as e:
+        print(f"arhn-ray: stopped: {e}", file=sys.stderr)
+        return 5
+    except PreflightError as e:
+        print(f"arhn-ray: preflight: {e}", file=sys.stderr)
+        return 4
+    print(summary(stats, cfg.output.path))
+    return 0
+
+
+def plan(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from arhn_ray.plan import make_plan, render
+
+    cfg = load_config(args.config, args.overrides)
+    assume = replace(Assumptions(), sample_rows=args.sample_rows, prefill_tokens_per_gpu_s=args.prefill_tokens_per_gpu_s,
+                     decode_tokens_per_gpu_s=args.decode_tokens_per_gpu_s, train_queries_per_gpu_s=args.train_queries_per_gpu_s)  # fmt: skip
+    result = make_plan(cfg, assume)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else render(result))
+    return 0
+
+
+def stage(args: argparse.Namespace) -> int:
+    from arhn_ray.model_cache import required_repos, stage
+
+    cfg = load_config(args.config, args.overrides)
+    if args.list:
+        for repo in required_repos(cfg, evaluate=True):
+            print(f"{repo.name}\t{repo.use}\t{'tokenizer' if repo.tokenizer_only else 'model'}")
+        return 0
+    staged = stage(cfg)
+    for repo, path in staged:
+        print(f"staged {repo.name} ({repo.use}) -> {path}")
+    if not staged:
+        print("nothing to stage: this config loads no model from the Hugging Face hub")
+    return 0
+
+
+def prepare_model(args: argparse.Namespace) -> int:
+    from arhn_ray.bundled import prepare_model
+
+    print(f"arhn-ray: the bundled SmolLM2 model is ready in {prepare_model(args.target)}")
+    return 0
+
+
+def stats(args: argparse.Namespace) -> int:
+    from arhn_ray.data.layout import OutputLayout
+    from arhn_ray.pipeline.report import render_report
+    from arhn_ray.stats import load_stats
+
+    out = OutputLayout(args.output, args.storage_options)
+    render_report(out, load_stats(out))
+    print(out.read_text(layout.REPORT_MD))
+    print(f"picture: {out.file(layout.REPORT_PNG)}")
+    return 0
+
+
+def relabel(args: argparse.Namespace) -> int:
+    from arhn_ray.label_again import label_again
+
+    overrides = [f"method.variant={args.variant}"]
+    if args.positive_no_answer:
+        overrides.append(f"method.positive_no_answer={args.positive_no_answer}")
+    if args.max_relabeled is not None:
+        overrides.append(f"method.max_relabeled={args.max_relabeled}")
+    work = lambda: label_again(args.output, args.out, overrides, args.storage_options)  # noqa: E731
+    out = OutputLayout(args.out, args.storage_options)
+    stats = (
+        work()
+        if args.verbose
+        else quietly(work, out, "relabel", f"relabeling {args.output} -> {args.out} (variant {args.variant}, no LLM)")
+    )
+    print(summary(stats, args.out))
+    return 0
+
+
+def agreement(args: argparse.Namespace) -> int:
+    from arhn_ray.agreement import agreement, decision_agreement, is_output, render
+
+    if is_output(args.reference, args.storage_options):
+        result = decision_agreement(args.output, args.reference, args.storage_options)
+    else:
+        result = agreement(args.output, args.reference, stage2=args.stage2_reference, positive_actions=args.count_as,
+                           storage_options=args.storage_options)  # fmt: skip
+    print(render(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+def review(args: argparse.Namespace) -> int:
+    from arhn_ray.review import write_review
+    from arhn_ray.saved import saved_config
+
+    out = OutputLayout(args.output, args.storage_options)
+    written = write_review(out, saved_config(out), args.sample, args.seed, args.subset or None)
+    print(f"arhn-ray: wrote {written.path}\n  {written.queries} queries, {written.negatives} negatives, "
+          f"{written.bytes / 1e6:.1f} MB in {written.seconds:.1f} s; open it in a browser, mark negatives, download the verdicts,\n"
+          f"  then: arhn-ray agreement {args.output} --reference verdicts.jsonl")  # fmt: skip
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from arhn_ray.evaluate.beir import BeirError
+    from arhn_ray.evaluate.report import table1_markdown
+    from arhn_ray.evaluate.run import evaluate
+
+    out = OutputLayout(args.output, args.storage_options)
+    work = lambda: evaluate(args.output, args.eval, args.overrides, baseline=args.baseline, storage_options=args.storage_options)  # noqa: E731
+    try:
+        result = work() if args.verbose else quietly(work, out, "evaluate", f"evaluating {args.output} on {', '.join(args.eval)}")
+    except BeirError as e:
+        print(f"arhn-ray: {e}", file=sys.stderr)
+        return 2
+    print(table1_markdown(result))
+    print(f"wrote {args.output.rstrip('/')}/evaluate/evaluate.json, evaluate.md, evaluate.png and the card's section")
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    from arhn_ray.data.export import export, file_type
+
+    try:
+        kind = file_type(args.out)
+        written = export(args.output, args.format, args.out, negatives=args.negatives, seed=args.seed, prefixes=args.e5_prefixes, short=args.short,
+                   storage_options=args.storage_options)  # fmt: skip
+    except ValueError as e:  # a bad --out, --format or --short: named, no traceback
+        print(f"arhn-ray: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"arhn-ray: wrote {written.rows} training rows ({args.format}) to {args.out} as {kind}, "
+        f"from {written.queries - sum(written.dropped.values())} of {written.queries} queries"
+    )
+    if written.dropped:
+        print(
+            f"  left out     {counts(written.dropped)}"
+            + (
+                "; --short keep writes the queries with fewer negatives"
+                if args.short != "keep" and args.format != "sentence-transformers"
+                else ""
+            )
+        )
+    return 0
