@@ -22,6 +22,7 @@ import re
 from collections import defaultdict
 from typing import Any
 
+from arhn_ray.data import layout
 from arhn_ray.data.layout import OutputLayout
 
 FALSE_NEGATIVE, NEGATIVE = "false_negative", "negative"
@@ -108,7 +109,7 @@ def decision_agreement(output: str, reference: str, storage_options: dict | None
 
 def is_output(path: str, storage_options: dict | None = None) -> bool:
     out = OutputLayout(path, storage_options)
-    return out.fs.isdir(out.root) and out.exists("_parts")
+    return out.fs.isdir(out.root) and out.exists(layout.PARTS)
 
 
 def _kappa(pairs: list[tuple[str, str]], labels: list[str] = LABELS) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TextIO, TypeVar
 
+from arhn_ray.data import layout
 from arhn_ray.data.layout import OutputLayout
 from arhn_ray.stats import demo_labels
 
@@ -115,7 +116,7 @@ def quietly(work: Callable[[], T], out: OutputLayout, command: str, banner: str)
     import ray
 
     name = f"{command}-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    path = out.file(f"logs/{name}") if out.local else f"arhn-ray-logs/{name}"
+    path = out.file(layout.log_file(name)) if out.local else f"arhn-ray-logs/{name}"
     ours = not ray.is_initialized()
     try:
         with quiet(path) as console:
@@ -134,7 +135,7 @@ def quietly(work: Callable[[], T], out: OutputLayout, command: str, banner: str)
     finally:
         if not out.local:
             try:
-                out.put(path, f"logs/{name}")
+                out.put(path, layout.log_file(name))
                 os.remove(path)  # the output holds it now; nothing is left in the working directory
             except Exception as e:  # the log stays where it is
                 print(f"arhn-ray: log kept at {path} ({type(e).__name__} copying it to {out.path})", file=sys.stderr)

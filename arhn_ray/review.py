@@ -23,6 +23,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from arhn_ray.data import layout
 from arhn_ray.data.layout import OutputLayout
 from arhn_ray.data.parts import Part
 
@@ -157,7 +158,7 @@ def review_data(out: OutputLayout, cfg: Any, sample: int = DEFAULT_SAMPLE, seed:
             rows = pq.read_table(f).to_pylist()
         queries += [query_view(r, originals.get(r["query_id"])) for r in rows if r["query_id"] in ids]
     try:
-        stats = json.loads(out.read_text("stats.json"))
+        stats = json.loads(out.read_text(layout.STATS))
     except FileNotFoundError:
         stats = {}
     return {"output": out.path, "sample": sample, "seed": seed, "queries": queries,
@@ -181,6 +182,6 @@ def write_review(out: OutputLayout, cfg: Any = None, sample: int = DEFAULT_SAMPL
     started = time.perf_counter()
     data = review_data(out, cfg, sample, seed, subsets)
     html = render(data)
-    out.write_text("review.html", html)
+    out.write_text(layout.REVIEW, html)
     negatives = sum(len(q["negatives"]) for q in data["queries"])
-    return Written(out.file("review.html"), len(data["queries"]), negatives, len(html.encode()), time.perf_counter() - started)
+    return Written(out.file(layout.REVIEW), len(data["queries"]), negatives, len(html.encode()), time.perf_counter() - started)

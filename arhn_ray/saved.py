@@ -7,9 +7,10 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterator
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from arhn_ray.config import Config, load_config
+from arhn_ray.data import layout
 from arhn_ray.data.layout import OutputLayout
 from arhn_ray.data.parts import Part, parts_to_run
 from arhn_ray.data.rows import read_rows
@@ -17,9 +18,16 @@ from arhn_ray.data.rows import read_rows
 REDACTED = ("input.storage_options", "output.storage_options", "engine.replay_storage_options")
 
 
+def saved_yaml(out: OutputLayout) -> DictConfig | None:
+    """``out``'s ``config.yaml`` as written (None: the output has none yet)."""
+    return OmegaConf.create(out.read_text(layout.CONFIG)) if out.exists(layout.CONFIG) else None  # type: ignore[return-value]
+
+
 def saved_config(out: OutputLayout, overrides: list[str] | None = None) -> Config:
     """The config ``out`` was refined with, ``overrides`` applied; its storage options are ``out``'s."""
-    saved = OmegaConf.create(out.read_text("config.yaml"))
+    saved = saved_yaml(out)
+    if saved is None:
+        raise FileNotFoundError(f"{out.file(layout.CONFIG)}: not an arhn-ray output (it has no {layout.CONFIG})")
     for key in REDACTED:
         OmegaConf.update(saved, key, OmegaConf.create(out.storage_options), merge=False)
     with tempfile.TemporaryDirectory() as tmp:

@@ -34,6 +34,7 @@ def test_only_the_clusters_faults_count_as_the_clusters():
 
 
 def test_a_part_in_flight_when_the_pipeline_fails_is_emptied_and_written_once_on_the_retry(tmp_path):
+    from arhn_ray.data.layout import OutputLayout
     from arhn_ray.data.parts import plan_parts
     from arhn_ray.pipeline.sink import PartSink
     from arhn_ray.pipeline.stages import _envelope
@@ -43,7 +44,7 @@ def test_a_part_in_flight_when_the_pipeline_fails_is_emptied_and_written_once_on
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     (part,) = plan_parts(str(data), 100)
     envelopes = [_envelope(part, i, r, "rejected", "query", f"boom {i}") for i, r in enumerate(rows)]
-    sink = PartSink(str(tmp_path / "out"), [part], flush_rows=2)
+    sink = PartSink(OutputLayout(str(tmp_path / "out")), [part], flush_rows=2)
     sink.add(envelopes[:4])
     assert sink.rows_done == 4 and any((tmp_path / "out" / "rejected").rglob(".*.tmp"))  # streamed to a temporary file
     assert sink.reopen() == [part]

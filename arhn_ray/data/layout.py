@@ -22,6 +22,19 @@ from typing import Any
 from arhn_ray.data.readers import filesystem
 
 KINDS = ("refined", "rejected")
+# every name in the output folder, here once (the tree above)
+CONFIG, STATS, CARD, REVIEW = "config.yaml", "stats.json", "README.md", "review.html"
+REPORT_MD, REPORT_PNG = "report.md", "report.png"
+PARTS, LOGS, EVALUATE = "_parts", "logs", "evaluate"
+
+
+def evaluate_file(name: str) -> str:
+    """``evaluate/<name>``: what ``arhn-ray evaluate`` writes into an output."""
+    return f"{EVALUATE}/{name}"
+
+
+def log_file(name: str) -> str:
+    return f"{LOGS}/{name}"
 
 
 def data_files(kind: str) -> str:
@@ -45,7 +58,7 @@ class OutputLayout:
         return LocalFileSystem() if self.local else PyFileSystem(FSSpecHandler(self.fs))
 
     def file(self, name: str) -> str:
-        """``stats.json``, ``report.md``, ``report.png``, ``README.md``, ``config.yaml``, ``logs/...``."""
+        """A name of the folder (``STATS``, ``CARD``, ``evaluate_file(...)``, ...) as a path on its store."""
         return f"{self.root}/{name}"
 
     def shard_dir(self, kind: str, shard: str) -> str:
@@ -56,7 +69,7 @@ class OutputLayout:
         return f"{self.root}/{kind}/{part_key}.parquet"
 
     def manifest_file(self, part_key: str) -> str:
-        return f"{self.root}/_parts/{part_key}.json"
+        return f"{self.root}/{PARTS}/{part_key}.json"
 
     def files(self, kind: str) -> list[str]:
         return sorted(self.fs.glob(f"{self.root}/{data_files(kind)}"))
@@ -70,7 +83,7 @@ class OutputLayout:
 
     def manifests(self) -> list[dict[str, Any]]:
         out = []
-        for path in sorted(self.fs.glob(f"{self.root}/_parts/*/*.json")):
+        for path in sorted(self.fs.glob(f"{self.root}/{PARTS}/*/*.json")):
             with self.fs.open(path, "rt") as f:
                 out.append(json.load(f))
         return out
@@ -99,6 +112,6 @@ class OutputLayout:
 
     def clear_parts(self) -> None:
         """What ``output.overwrite`` removes: every part and its manifest."""
-        for sub in ("_parts", *KINDS):
+        for sub in (PARTS, *KINDS):
             if self.fs.exists(f"{self.root}/{sub}"):
                 self.fs.rm(f"{self.root}/{sub}", recursive=True)

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from arhn_ray.data import layout
 from arhn_ray.data.export import training_examples
 from arhn_ray.data.layout import OutputLayout
 
@@ -23,20 +24,20 @@ def write_examples(rows: Iterable[dict], out: OutputLayout, arm: str, negatives:
     layout's filesystem), the examples written, the rows that gave some and the rows that gave
     none (no positive, or no kept negative)."""
     folder = f"examples/{arm}"
-    if out.exists(f"evaluate/{folder}"):
-        out.fs.rm(out.file(f"evaluate/{folder}"), recursive=True)
-    out.fs.makedirs(out.file(f"evaluate/{folder}"), exist_ok=True)
+    if out.exists(layout.evaluate_file(folder)):
+        out.fs.rm(out.file(layout.evaluate_file(folder)), recursive=True)
+    out.fs.makedirs(out.file(layout.evaluate_file(folder)), exist_ok=True)
     written = skipped = queries = 0
     for n, batch in enumerate(_chunks(rows, negatives, seed, query_prefix, passage_prefix, chunk)):
         examples, some, none = batch
         skipped += none
         queries += some
         if examples:
-            with out.fs.open(out.file(f"evaluate/{folder}/part-{n:05d}.parquet"), "wb") as f:
+            with out.fs.open(out.file(layout.evaluate_file(f"{folder}/part-{n:05d}.parquet")), "wb") as f:
                 table = pa.Table.from_pylist(examples)
                 pq.write_table(table.append_column(ORDER, pa.array(range(written, written + len(examples)), pa.int64())), f)
             written += len(examples)
-    return out.file(f"evaluate/{folder}"), written, queries, skipped
+    return out.file(layout.evaluate_file(folder)), written, queries, skipped
 
 
 def _chunks(

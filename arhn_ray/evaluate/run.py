@@ -23,12 +23,13 @@ from omegaconf import OmegaConf
 
 from arhn_ray import bundled
 from arhn_ray.config import Config, EvaluateConfig, load_config
+from arhn_ray.data import layout
 from arhn_ray.data.layout import OutputLayout
 from arhn_ray.evaluate.beir import OOD, BeirSet, load_beir
 from arhn_ray.evaluate.examples import write_examples
-from arhn_ray.evaluate.metrics import bootstrap_mean, mean, paired_bootstrap_sets, per_query
-from arhn_ray.evaluate.report import render_markdown, render_png, write_card_section
+from arhn_ray.evaluate.report import render_png, table1_markdown, write_card_section
 from arhn_ray.evaluate.retrieve import encode_corpus, encode_queries, search
+from arhn_ray.evaluate.scoring import bootstrap_mean, mean, paired_bootstrap_sets, per_query
 from arhn_ray.evaluate.train import arm_layout, global_batch, train_arm
 from arhn_ray.pipeline.placement import init_ray
 from arhn_ray.saved import original_rows, saved_config
@@ -50,7 +51,7 @@ def baseline_output(cfg: Config, out: OutputLayout, baseline: str | None) -> Out
 
     path = f"{out.path.rstrip('/')}/evaluate/topk_percpos"  # with its protocol: out.file() is the store's bare path
     target = OutputLayout(path, out.storage_options)
-    if not target.exists("stats.json"):
+    if not target.exists(layout.STATS):
         with tempfile.TemporaryDirectory() as tmp:
             OmegaConf.save(OmegaConf.structured(cfg), f"{tmp}/config.yaml")
             run(load_config(f"{tmp}/config.yaml", ["method.name=topk_percpos", "pipeline.mode=fused", f"output.path={path}",
@@ -121,7 +122,7 @@ def score_set(
     import ray
 
     encoders = ev.encoders or (int(ray.cluster_resources().get("GPU", 0)) if ev.use_gpu else 1) or 1
-    fs, target = out.arrow_filesystem(), out.file(f"evaluate/embeddings/{beir.name}")
+    fs, target = out.arrow_filesystem(), out.file(layout.evaluate_file(f"embeddings/{beir.name}"))
     if out.fs.exists(target):
         out.fs.rm(target, recursive=True)
     started = time.perf_counter()
@@ -195,10 +196,10 @@ def evaluate(output: str, eval_dirs: str | list[str], overrides: list[str] | Non
     results["eval"] = {"sets": list(per_set), "queries": sum(s["queries"] for s in results["sets"].values()),
                        "metrics": "pytrec_eval (trec_eval): ndcg_cut.10 with graded relevance as gains, recall.100",
                        "search": f"exact inner product of normalized embeddings (FAISS, {ev.search_block} passages at a time), top {ev.top_k}"}  # fmt: skip
-    out.write_text("evaluate/evaluate.json", json.dumps(results, indent=2, default=str))
-    out.write_text("evaluate/evaluate.md", render_markdown(results))
+    out.write_text(layout.evaluate_file("evaluate.json"), json.dumps(results, indent=2, default=str))
+    out.write_text(layout.evaluate_file("evaluate.md"), table1_markdown(results))
     with tempfile.TemporaryDirectory() as tmp:
         render_png(results, Path(tmp) / "evaluate.png")
-        out.put(str(Path(tmp) / "evaluate.png"), "evaluate/evaluate.png")
-    write_card_section(out, render_markdown(results))
+        out.put(str(Path(tmp) / "evaluate.png"), layout.evaluate_file("evaluate.png"))
+    write_card_section(out, table1_markdown(results))
     return results

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from arhn_ray.data import layout
 from arhn_ray.evaluate.examples import ORDER
 
 if TYPE_CHECKING:
@@ -149,7 +150,9 @@ def train_arm(name: str, folder: str, batch: int, settings: dict[str, Any], per_
         # every worker reads all the examples: accelerate splits each batch (a shard each would split twice)
         datasets={"train": ray.data.read_parquet(folder, filesystem=fs)},
         dataset_config=DataConfig(datasets_to_split=[]),
-        run_config=RunConfig(name=f"arhn-evaluate-{name}", storage_path=out.file("evaluate/train"), storage_filesystem=fs),
+        run_config=RunConfig(
+            name=f"arhn-evaluate-{name}", storage_path=out.file(layout.evaluate_file("train")), storage_filesystem=fs
+        ),
     )
     started = time.perf_counter()
     result = trainer.fit()

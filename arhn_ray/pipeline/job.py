@@ -14,15 +14,14 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from arhn_ray.config import Config, ConfigError, EngineConfig, mask_secrets_in_logs, stage2_engine, to_yaml
+from arhn_ray.data import layout
 from arhn_ray.data.hub import is_hub, pin
 from arhn_ray.data.hub import revision as hub_revision
 from arhn_ray.data.layout import OutputLayout
 from arhn_ray.data.parts import Part, parts_to_run
+from arhn_ray.pipeline.counters import RunMetrics
 from arhn_ray.pipeline.faults import ClusterFault, StoreFailed, fault_name, is_cluster_fault
-from arhn_ray.pipeline.metrics import RunMetrics
 from arhn_ray.pipeline.placement import init_ray, pool_layout, remove_placement_groups
 from arhn_ray.pipeline.preflight import check_models, check_output, wait_for_gpus
 from arhn_ray.pipeline.progress import Progress
@@ -30,6 +29,7 @@ from arhn_ray.pipeline.report import write_report
 from arhn_ray.pipeline.sink import PartSink
 from arhn_ray.pipeline.stages import AsyncRefineStage, RefineStage, read_parts
 from arhn_ray.refiners import method_for
+from arhn_ray.saved import saved_yaml
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +107,8 @@ def pin_input(cfg: Config, out: OutputLayout) -> None:
     if not is_hub(cfg.input.path) or hub_revision(cfg.input.path):
         return
     asked = cfg.input.path
-    saved = (
-        OmegaConf.create(out.read_text("config.yaml")).input if out.exists("config.yaml") and not cfg.output.overwrite else None
-    )
+    earlier = None if cfg.output.overwrite else saved_yaml(out)
+    saved = earlier.input if earlier is not None else None
     if saved is not None and saved.get("hub_path") == asked and hub_revision(saved.path):
         cfg.input.path = saved.path
         how = "the commit this output's earlier run read"
@@ -120,7 +119,7 @@ def pin_input(cfg: Config, out: OutputLayout) -> None:
     log.info("reading %s at commit %s (%s)", asked, hub_revision(cfg.input.path), how, extra={"notice": True})
 
 
-def run(cfg: Config, config_path: str | None = None) -> dict[str, Any]:
+def run(cfg: Config, config_path: str | None = None, out: OutputLayout | None = None) -> dict[str, Any]:
     """Refine ``cfg.input.path`` into ``cfg.output.path``; returns the run's statistics.
     ``config_path`` (the file the user gave) goes into the fix a missing model's message names."""
     import ray
@@ -128,17 +127,18 @@ def run(cfg: Config, config_path: str | None = None) -> dict[str, Any]:
     started = time.time()
     mask_secrets_in_logs(cfg)
     check_models(cfg, config_path)
-    out = OutputLayout(cfg.output.path, cfg.output.storage_options)
+    if out is None:  # the CLI hands down the layout it has checked (its log goes there)
+        out = OutputLayout(cfg.output.path, cfg.output.storage_options)
+        check_output(out)
     if cfg.output.overwrite:
         out.clear_parts()
     pin_input(cfg, out)
     todo, done, unreadable = parts(cfg, out)
-    check_output(cfg)
-    out.write_text("config.yaml", to_yaml(cfg))
+    out.write_text(layout.CONFIG, to_yaml(cfg))
     progress = Progress(todo, done)
     progress.announce(unreadable)
 
-    sink = PartSink(cfg.output.path, todo, cfg.output.storage_options)
+    sink = PartSink(out, todo)
     if todo:
         init_ray(cfg.pipeline.ray_address)
         wait_for_gpus(cfg)

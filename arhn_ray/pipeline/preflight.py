@@ -18,9 +18,9 @@ import time
 import uuid
 
 from arhn_ray.config import Config, stage2_engine
-from arhn_ray.data.readers import filesystem
+from arhn_ray.data.layout import OutputLayout
+from arhn_ray.model_cache import missing_repos
 from arhn_ray.pipeline.placement import gpus_per_replica, use_gpus
-from arhn_ray.staging import missing_repos
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +56,16 @@ def _cache() -> str:
     return str(constants.HF_HUB_CACHE)
 
 
-def check_output(cfg: Config) -> None:
+def check_output(out: OutputLayout) -> None:
     """A small file written and removed where the output goes."""
-    fs, root = filesystem(cfg.output.path, cfg.output.storage_options)
-    probe = f"{root}/.arhn-preflight-{uuid.uuid4().hex[:8]}"
+    probe = f"{out.root}/.arhn-preflight-{uuid.uuid4().hex[:8]}"
     try:
-        fs.makedirs(root, exist_ok=True)
-        with fs.open(probe, "wb") as f:
+        out.fs.makedirs(out.root, exist_ok=True)
+        with out.fs.open(probe, "wb") as f:
             f.write(b"ok")
-        fs.rm(probe)
+        out.fs.rm(probe)
     except Exception as e:
-        raise PreflightError(f"output.path {cfg.output.path} is not writable: {type(e).__name__}: {e}") from None
+        raise PreflightError(f"output.path {out.path} is not writable: {type(e).__name__}: {e}") from None
 
 
 def gpus_needed(cfg: Config) -> tuple[int, str]:

@@ -10,6 +10,7 @@ from typing import Any
 
 from arhn_ray.card import render_card
 from arhn_ray.config import Config, config_digest
+from arhn_ray.data import layout
 from arhn_ray.data.hub import revision as hub_revision
 from arhn_ray.data.layout import OutputLayout
 from arhn_ray.refiners import method_for
@@ -46,8 +47,8 @@ def write_report(cfg: Config, out: OutputLayout, wall_s: float, unreadable: dict
     data["throughput"] = {"wall_s": worked, "runs": runs,
                           "queries_per_s": data["overall"]["queries"] / worked if worked else 0.0}  # fmt: skip
     data["this_run"] = {"wall_s": round(wall_s, 2), "refined": refined_now}
-    out.write_text("stats.json", to_json(data))
-    out.write_text("README.md", render_card(data))
+    out.write_text(layout.STATS, to_json(data))
+    out.write_text(layout.CARD, render_card(data))
     render_report(out, data)
     if write_page(cfg, out):
         data["review"] = f"{out.path.rstrip('/')}/review.html"  # for the summary; not in stats.json
@@ -68,7 +69,7 @@ def _previous_throughput(out: OutputLayout) -> dict[str, Any]:
     import json
 
     try:
-        return json.loads(out.read_text("stats.json")).get("throughput") or {}
+        return json.loads(out.read_text(layout.STATS)).get("throughput") or {}
     except Exception:  # a first run, or an unreadable file: nothing to add to
         return {}
 

@@ -16,6 +16,7 @@ from collections import Counter, defaultdict
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from arhn_ray.data import layout
 from arhn_ray.data.layout import OutputLayout
 from arhn_ray.data.parts import Part
 from arhn_ray.data.records import INPUT_SCHEMA, OUTPUT_SCHEMA, REJECTED_SCHEMA
@@ -95,9 +96,9 @@ class PartSink:
     """Takes the pipeline's envelopes at the driver and writes each part's two files as soon as
     its last row is in."""
 
-    def __init__(self, output: str, parts: list[Part], storage_options: dict | None = None, flush_rows: int = 256):
-        self.out = OutputLayout(output, storage_options)
-        for sub in ("refined", "rejected", "_parts"):
+    def __init__(self, out: OutputLayout, parts: list[Part], flush_rows: int = 256):
+        self.out = out
+        for sub in (*layout.KINDS, layout.PARTS):
             for shard in {p.shard for p in parts}:
                 self.out.fs.makedirs(self.out.shard_dir(sub, shard), exist_ok=True)
         self.flush_rows = flush_rows
