@@ -88,6 +88,32 @@ def test_the_progress_line_moves_while_no_batch_arrives():
     assert "5 / ~" in lines[quiet_start] and "left" in lines[quiet_start], lines
 
 
+def test_time_left_is_the_replicas_pace_not_the_engines_start_spread_over_the_rows():
+    """The embedded default: one replica, 8 rows in batches of 4; the engine took ~100 s to start
+    and the first batch 20 s. With 4 rows back at 120 s, the 4 left take one batch: ~20 s, not
+    the 120 s that dividing by the elapsed time gives; with two replicas and two batches left,
+    both work at once."""
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from arhn_ray.data.parts import plan_parts
+    from arhn_ray.pipeline.progress import Progress
+
+    parts = plan_parts("arhn_ray/samples/rlhn_msmarco.jsonl", 100)
+    progress = Progress(parts, [], replicas=1, batch_size=4)
+    progress.sizes = {key: 8 for key in progress.sizes}
+    progress.exact = set(progress.sizes)
+    progress.started -= 120
+    sink = SimpleNamespace(finished=[], rows_done=4, engine_s=20.0, counts=Counter(relabel=0, filter=4, keep=0, rejected=0))
+    line = progress.line(sink)
+    assert "0.2 rows/s, 20 s left" in line, line
+    sink.engine_s = 0.0  # a sink that does not say how busy its replicas were: the elapsed pace
+    assert "120 s left" in progress.line(sink) or "2 min left" in progress.line(sink), progress.line(sink)
+    progress.replicas, progress.sizes = 2, {key: 12 for key in progress.sizes}
+    sink.engine_s = 20.0
+    assert "0.4 rows/s, 20 s left" in progress.line(sink), progress.line(sink)
+
+
 def test_the_log_path_on_the_start_line_is_the_one_the_user_can_type(tmp_path, monkeypatch):
     from arhn_ray.console import shown
 

@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 
 
 def _pool(ds, cfg: Config, step: str, engine: EngineConfig, elastic: bool = False):
-    """The replicas' actor pool; ``elastic`` (a retry after a lost node) starts with the replicas the
-    nodes left can hold and grows back to the configured size as nodes join."""
+    """The replicas' actor pool and its size; ``elastic`` (a retry after a lost node) starts with the
+    replicas the nodes left can hold and grows back to the configured size as nodes join."""
     import ray
 
     cfg = replace(cfg, engine=engine)
@@ -45,7 +45,7 @@ def _pool(ds, cfg: Config, step: str, engine: EngineConfig, elastic: bool = Fals
     concurrent = engine.async_engine and method.has_async  # a teacher is called batch by batch
     stage, calls = (AsyncRefineStage, cfg.pipeline.max_concurrent_batches) if concurrent else (RefineStage, 1)
     size, resources = pool_layout(method.replica, cfg, engine, ray.cluster_resources())
-    return ds.map_batches(
+    return size, ds.map_batches(
         stage,
         fn_constructor_kwargs={"cfg": cfg, "step": step},
         batch_size=cfg.pipeline.batch_size,
@@ -56,7 +56,8 @@ def _pool(ds, cfg: Config, step: str, engine: EngineConfig, elastic: bool = Fals
 
 
 def _dataset(cfg: Config, todo: list[Part], elastic: bool = False):
-    """Parts -> read + validate -> the replicas' pool(s), as one streamed Ray Dataset."""
+    """Parts -> read + validate -> the replicas' pool(s), as one streamed Ray Dataset; and how many
+    replicas its pools hold."""
     import ray
 
     ds = ray.data.from_items([{"part": p.to_json()} for p in todo], override_num_blocks=len(todo))
@@ -77,9 +78,11 @@ def _dataset(cfg: Config, todo: list[Part], elastic: bool = False):
         },
     )
     if cfg.pipeline.mode == "fused":
-        return _pool(ds, cfg, "fused", cfg.engine, elastic)
-    ds = _pool(ds, cfg, "stage1", cfg.engine, elastic)
-    return _pool(ds, cfg, "stage2", stage2_engine(cfg), elastic)
+        replicas, ds = _pool(ds, cfg, "fused", cfg.engine, elastic)
+        return ds, replicas
+    first, ds = _pool(ds, cfg, "stage1", cfg.engine, elastic)
+    second, ds = _pool(ds, cfg, "stage2", stage2_engine(cfg), elastic)
+    return ds, first + second
 
 
 class TooManyRejected(RuntimeError):
@@ -135,7 +138,7 @@ def run(cfg: Config, config_path: str | None = None, out: OutputLayout | None = 
     pin_input(cfg, out)
     todo, done, unreadable = parts(cfg, out)
     out.write_text(layout.CONFIG, to_yaml(cfg))
-    progress = Progress(todo, done)
+    progress = Progress(todo, done, batch_size=cfg.pipeline.batch_size)
     progress.announce(unreadable)
 
     sink = PartSink(out, todo)
@@ -177,9 +180,8 @@ def _attempts(cfg: Config, todo: list[Part], sink: PartSink, progress: Progress,
             # over only once the next one exists, so a slow replica's rows reached the sink a batch late
             # and a two-batch run showed no row until its end
             with progress.heartbeat(sink):
-                batches = _dataset(cfg, open_parts, elastic=attempt > 1).iter_batches(
-                    batch_format="pyarrow", batch_size=None, prefetch_batches=0
-                )
+                ds, progress.replicas = _dataset(cfg, open_parts, elastic=attempt > 1)
+                batches = ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0)
                 for batch in batches:
                     try:
                         sink.add(batch.to_pylist())

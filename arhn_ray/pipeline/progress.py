@@ -18,13 +18,14 @@ log = logging.getLogger("arhn_ray.progress")
 
 
 class Progress:
-    def __init__(self, todo: list[Part], done: list[dict], every_s: float = 10.0):
+    def __init__(self, todo: list[Part], done: list[dict], every_s: float = 10.0, replicas: int = 1, batch_size: int = 16):
         self.before = sum(m["rows"] for m in done)
         self.parts_before = len(done)
         self.sizes = {p.key: p.rows if p.rows is not None else p.estimated_rows for p in todo}
         self.exact = {p.key for p in todo if p.rows is not None}
         self.files = len({p.uri for p in todo})
         self.every_s = every_s
+        self.replicas, self.batch_size = max(1, replicas), max(1, batch_size)
         self.started = time.monotonic()
         self.last = self.started
         self.lock = threading.Lock()  # the writer's thread and the heartbeat's
@@ -56,8 +57,8 @@ class Progress:
                 self.exact.add(key)
         done = sink.rows_done
         elapsed = time.monotonic() - self.started
-        rate = done / elapsed if elapsed > 0 else 0.0
         left = max(0, self.total - self.before - done)
+        rate = self._rate(done, elapsed, getattr(sink, "engine_s", 0.0), left)
         if not left:
             eta = "done"
         elif rate > 0:
@@ -77,6 +78,15 @@ class Progress:
             f"relab {a['relabel']:,} filt {a['filter']:,} kept {a['keep']:,}; parts {parts}"
         )
         return full, short
+
+    def _rate(self, done: int, elapsed: float, busy_s: float, left: int) -> float:
+        """Rows a second from here on. Once rows are back it is the replicas' own pace (their busy
+        seconds a row, ``busy_s`` summed over replicas), as many at once as the rows left fill
+        batches: the engines' start is behind the run, so it is not spread over the rows ahead."""
+        if done and busy_s > 0:
+            working = min(self.replicas, -(-left // self.batch_size)) if left else self.replicas
+            return done * max(1, working) / busy_s
+        return done / elapsed if elapsed > 0 else 0.0
 
     def update(self, sink, force: bool = False) -> None:
         with self.lock:

@@ -160,6 +160,11 @@ class PartSink:
         return self.total.overall()
 
     @property
+    def engine_s(self) -> float:
+        """The replicas' busy seconds over the rows written so far (summed over replicas)."""
+        return self.total.timing["engine_s"]
+
+    @property
     def rows_done(self) -> int:
         c = self.counts
         return c["queries"] + c["rejected"]
