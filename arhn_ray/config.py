@@ -253,6 +253,14 @@ def check(cfg: Config) -> None:
         raise ConfigError(f"config key {OPTION_KEYS[e.option]!r}: {e}") from None
 
 
+def pools(cfg: Config) -> list[tuple[str, EngineConfig]]:
+    """The replicas' pools, a (step, engine) each: ``fused`` runs the whole method in one pool,
+    ``staged`` runs Stage 1 and Stage 2 in a pool each (Stage 2's engine: ``stage2.engine``)."""
+    if cfg.pipeline.mode == "fused":
+        return [("fused", cfg.engine)]
+    return [("stage1", cfg.engine), ("stage2", stage2_engine(cfg))]
+
+
 def stage2_engine(cfg: Config) -> EngineConfig:
     """The Stage 2 pool's engine in ``staged`` mode: ``engine`` with ``stage2.engine``'s overrides."""
     if not cfg.stage2.engine:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 log = logging.getLogger(__name__)
 PREFIX = "hf://"
@@ -45,6 +46,22 @@ def pinned(path: str, sha: str) -> str:
     uri = parse_hf_uri(path)
     tail = f"/{uri.path_in_repo}" if uri.path_in_repo else ""
     return f"{PREFIX}{uri.type}s/{uri.id}@{sha}{tail}"
+
+
+def pin_input(inp: Any, saved: Any | None = None) -> None:
+    """An ``hf://`` ``inp.path`` (an ``input`` config section) is read at one commit: the one the
+    output's earlier run of the same path read (``saved``, that run's ``input`` section; a
+    resumed run never mixes two), else the one its revision names now. ``inp.hub_path`` keeps
+    the path as given."""
+    if not is_hub(inp.path) or revision(inp.path):
+        return
+    asked = inp.path
+    if saved is not None and saved.get("hub_path") == asked and revision(saved.path):
+        inp.path, how = saved.path, "the commit this output's earlier run read"
+    else:
+        inp.path, how = pin(asked, inp.storage_options)[0], "its head now"
+    inp.hub_path = asked
+    log.info("reading %s at commit %s (%s)", asked, revision(inp.path), how, extra={"notice": True})
 
 
 def pin(path: str, storage_options: dict | None = None) -> tuple[str, str]:

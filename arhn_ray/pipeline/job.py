@@ -14,10 +14,9 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from arhn_ray.config import Config, ConfigError, EngineConfig, mask_secrets_in_logs, stage2_engine, to_yaml
+from arhn_ray.config import Config, ConfigError, EngineConfig, mask_secrets_in_logs, pools, to_yaml
 from arhn_ray.data import layout
-from arhn_ray.data.hub import is_hub, pin
-from arhn_ray.data.hub import revision as hub_revision
+from arhn_ray.data.hub import pin_input as pin_input_at
 from arhn_ray.data.layout import OutputLayout
 from arhn_ray.data.parts import Part, parts_to_run
 from arhn_ray.pipeline.counters import RunMetrics
@@ -77,12 +76,11 @@ def _dataset(cfg: Config, todo: list[Part], elastic: bool = False):
             "block_rows": cfg.pipeline.batch_size,
         },
     )
-    if cfg.pipeline.mode == "fused":
-        replicas, ds = _pool(ds, cfg, "fused", cfg.engine, elastic)
-        return ds, replicas
-    first, ds = _pool(ds, cfg, "stage1", cfg.engine, elastic)
-    second, ds = _pool(ds, cfg, "stage2", stage2_engine(cfg), elastic)
-    return ds, first + second
+    replicas = 0
+    for step, engine in pools(cfg):
+        size, ds = _pool(ds, cfg, step, engine, elastic)
+        replicas += size
+    return ds, replicas
 
 
 class TooManyRejected(RuntimeError):
@@ -105,21 +103,10 @@ def parts(cfg: Config, out: OutputLayout) -> tuple[list[Part], list[dict], dict[
 
 
 def pin_input(cfg: Config, out: OutputLayout) -> None:
-    """An ``hf://`` input is read at one commit: the one this output's earlier run of the same
-    ``input.path`` read (a resumed run never mixes two), else the one its revision names now."""
-    if not is_hub(cfg.input.path) or hub_revision(cfg.input.path):
-        return
-    asked = cfg.input.path
+    """An ``hf://`` input is read at one commit (data/hub.py's pin_input), the one this output's
+    earlier run read if it has one."""
     earlier = None if cfg.output.overwrite else saved_yaml(out)
-    saved = earlier.input if earlier is not None else None
-    if saved is not None and saved.get("hub_path") == asked and hub_revision(saved.path):
-        cfg.input.path = saved.path
-        how = "the commit this output's earlier run read"
-    else:
-        cfg.input.path, _ = pin(asked, cfg.input.storage_options)
-        how = "its head now"
-    cfg.input.hub_path = asked
-    log.info("reading %s at commit %s (%s)", asked, hub_revision(cfg.input.path), how, extra={"notice": True})
+    pin_input_at(cfg.input, earlier.input if earlier is not None else None)
 
 
 def run(cfg: Config, config_path: str | None = None, out: OutputLayout | None = None) -> dict[str, Any]:

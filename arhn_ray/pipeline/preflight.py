@@ -17,7 +17,7 @@ import os
 import time
 import uuid
 
-from arhn_ray.config import Config, stage2_engine
+from arhn_ray.config import Config, pools
 from arhn_ray.data.layout import OutputLayout
 from arhn_ray.model_cache import missing_repos
 from arhn_ray.pipeline.placement import gpus_per_replica, use_gpus
@@ -70,9 +70,8 @@ def check_output(out: OutputLayout) -> None:
 
 def gpus_needed(cfg: Config) -> tuple[int, str]:
     """GPUs the replicas ask for, and the arithmetic behind it."""
-    pools = [cfg.engine] if cfg.pipeline.mode == "fused" else [cfg.engine, stage2_engine(cfg)]
     total, parts = 0, []
-    for engine in pools:
+    for _, engine in pools(cfg):
         if not use_gpus(engine):
             continue
         total += engine.replicas * gpus_per_replica(engine)

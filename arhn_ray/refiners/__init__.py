@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from arhn_ray import bundled
-from arhn_ray.config import METHOD_MODES, Config, method_options, stage2_engine
+from arhn_ray.config import METHOD_MODES, Config, method_options, pools
 from arhn_ray.method.prompts import PromptSet
 from arhn_ray.refiners.base import Outcome, Refiner, provenance
 
@@ -68,9 +68,7 @@ def _describe_arhn(cfg: Config) -> dict[str, Any]:
 
 
 def _repos_arhn(cfg: Config) -> list[tuple[str, str, bool]]:
-    engines = [("engine", cfg.engine)]
-    if cfg.pipeline.mode == "staged" and cfg.stage2.engine:
-        engines.append(("stage2.engine", stage2_engine(cfg)))
+    engines = [("engine" if step != "stage2" or not cfg.stage2.engine else "stage2.engine", e) for step, e in pools(cfg)]
     return [repo for key, e in engines if e.kind == "vllm" for repo in ((e.model, f"{key}.model", False), (e.tokenizer, f"{key}.tokenizer", True))]  # fmt: skip
 
 
