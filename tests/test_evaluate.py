@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 import shutil
 
 import pytest
-from helpers import ROOT, SAMPLES, load_jsonl
+from helpers import ROOT, SAMPLES, load_jsonl, run_in_terminal, terminal_lines
 
 from arhn_ray.evaluate.beir import BeirError, load_beir
 
@@ -137,6 +139,7 @@ def test_evaluate_runs_the_loop_and_writes_every_field(ray_cluster, tmp_path):
     """An ARHN output of the shipped sample (replayed), evaluated on the shipped set: the baseline is
     run on the fly, three arms are trained (small settings: the loop, not the method), and the
     JSON, table, picture and card section are written."""
+    import ray
     from test_deploy import _recordings
 
     from arhn_ray.cli import main
@@ -146,8 +149,21 @@ def test_evaluate_runs_the_loop_and_writes_every_field(ray_cluster, tmp_path):
     assert main(["refine", str(ROOT / "conf" / "replay.yaml"), f"engine.replay_path={rec}", f"output.path={out}"]) == 0
     # a batch larger than every arm (the bundled model's refined arm had 6 examples for a batch of 16): each trains on what it has;
     # one worker an arm here (three arms side by side on two cores): the two-worker split batch is the shared-store test's
-    assert main(["evaluate", str(out), "--eval", str(EVAL), "max_seq_len=64", "negatives=3", "batch_size=64", "bootstrap_samples=200",
-                 "worker_memory_gb=2", "workers=1"]) == 0  # fmt: skip
+    # evaluate as a person runs it, at an 80-column terminal (joining this session's cluster, as RAY_ADDRESS says)
+    env = os.environ | {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    code, screen = run_in_terminal([shutil.which("arhn-ray"), "evaluate", str(out), "--eval", str(EVAL), "max_seq_len=64", "negatives=3",
+                                    "batch_size=64", "bootstrap_samples=200", "worker_memory_gb=2", "workers=1"], env, timeout=1200)  # fmt: skip
+    lines = [line for line in terminal_lines(screen) if line.strip()]
+    assert code == 0 and "Traceback" not in screen, screen[-3000:]
+    # only its own lines: the banner, its notices, progress, the table and what it wrote; Ray's, Ray Train's,
+    # transformers' and the baseline's libraries' lines go to the output's log
+    ours = re.compile(r"^(arhn-ray: |  \S|\s{4,}\S|progress: |[\d,]+ ?/ ?~?[\d,]+ rows|\||#|wrote |Retrieval |Table |\w[^:]*: )")
+    theirs = re.compile(r"\d{4}-\d\d-\d\d[ T]\d\d:|\(pid=|INFO|WARNING(?!:)|RayDeprecationWarning|core_worker|UserWarning")
+    assert all(ours.match(line) and not theirs.search(line) for line in lines), [
+        line for line in lines if not ours.match(line) or theirs.search(line)
+    ]
+    assert lines[0].startswith("arhn-ray: evaluating ") and lines[-1].startswith("wrote "), lines
+    assert list((out / "logs").glob("evaluate-*.log")), "the libraries' output has no log"
     result = json.loads((out / "evaluate" / "evaluate.json").read_text())
     assert set(result["arms"]) == {"zero_shot", "original", "refined", "topk_percpos"}
     for arm in result["arms"].values():
