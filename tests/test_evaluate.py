@@ -155,14 +155,16 @@ def test_evaluate_runs_the_loop_and_writes_every_field(ray_cluster, tmp_path):
                                     "batch_size=64", "bootstrap_samples=200", "worker_memory_gb=2", "workers=1"], env, timeout=1200)  # fmt: skip
     lines = [line for line in terminal_lines(screen) if line.strip()]
     assert code == 0 and "Traceback" not in screen, screen[-3000:]
-    # only its own lines: the banner, its notices, progress, the table and what it wrote; Ray's, Ray Train's,
-    # transformers' and the baseline's libraries' lines go to the output's log
-    ours = re.compile(r"^(arhn-ray: |  \S|\s{4,}\S|progress: |[\d,]+ ?/ ?~?[\d,]+ rows|\||#|wrote |Retrieval |Table |\w[^:]*: )")
+    # only its own lines: the banner, its notices, progress, then the table (evaluate.md) and what it wrote;
+    # Ray's, Ray Train's, transformers' and the libraries' lines go to the output's log
+    table = set((out / "evaluate" / "evaluate.md").read_text().splitlines())
+    ours = re.compile(r"^(arhn-ray: |  \S|progress: |[\d,]+ ?/ ?~?[\d,]+ rows|wrote )")
     theirs = re.compile(r"\d{4}-\d\d-\d\d[ T]\d\d:|\(pid=|INFO|WARNING(?!:)|RayDeprecationWarning|core_worker|UserWarning")
-    assert all(ours.match(line) and not theirs.search(line) for line in lines), [
-        line for line in lines if not ours.match(line) or theirs.search(line)
+    assert all((line in table or ours.match(line)) and not theirs.search(line) for line in lines), [
+        line for line in lines if not (line in table or ours.match(line)) or theirs.search(line)
     ]
     assert lines[0].startswith("arhn-ray: evaluating ") and lines[-1].startswith("wrote "), lines
+    assert sum(line in table for line in lines) >= 5, lines  # the table is on the screen
     assert list((out / "logs").glob("evaluate-*.log")), "the libraries' output has no log"
     result = json.loads((out / "evaluate" / "evaluate.json").read_text())
     assert set(result["arms"]) == {"zero_shot", "original", "refined", "topk_percpos"}
