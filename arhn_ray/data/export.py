@@ -32,17 +32,20 @@ FORMATS = ("sentence-transformers", "flagembedding", "tevatron")
 SHORT_POLICIES = ("repeat", "drop", "keep")  # a query with fewer kept negatives than asked
 
 
-def sample_negatives(row: dict, k: int, seed: int, short: str) -> list[dict] | None:
+def sample_negatives(row: dict, k: int, seed: int, short: str) -> tuple[list[dict] | None, str | None]:
+    """The query's ``k`` negatives under the policy; or None and why the query gives no training row."""
+    if not row["positive_passages"]:
+        return None, "no positive"
     negatives = list(row["negative_passages"] or [])
+    if not negatives and short != "keep":
+        return None, "no kept negative"
     rng = random.Random(int(hashlib.sha1(f"{seed}:{row['query_id']}".encode()).hexdigest()[:12], 16))
     rng.shuffle(negatives)
-    if len(negatives) >= k:
-        return negatives[:k]
-    if short == "keep":
-        return negatives
-    if short == "drop" or not negatives:
-        return None
-    return [negatives[i % len(negatives)] for i in range(k)]
+    if len(negatives) >= k or short == "keep":
+        return negatives[:k], None
+    if short == "drop":
+        return None, f"fewer than {k} kept negatives (--short drop)"
+    return [negatives[i % len(negatives)] for i in range(k)], None
 
 
 def training_examples(row: dict, negatives: int, seed: int = 0, short: str = "repeat", query_prefix: str = "",
@@ -50,8 +53,8 @@ def training_examples(row: dict, negatives: int, seed: int = 0, short: str = "re
     """A refined row's training examples in sentence-transformers' shape (``anchor``, ``positive``,
     ``negative_1..k``): one per positive, all with the query's sampled negatives; none when the
     row has no positive or (``repeat``/``drop``) too few negatives."""
-    negs = sample_negatives(row, negatives, seed, short)
-    if not negs or not row["positive_passages"]:
+    negs, _ = sample_negatives(row, negatives, seed, short)
+    if not negs:
         return []
     shared = {f"negative_{i}": passage_prefix + passage_text(n) for i, n in enumerate(negs, 1)}
     return [{"anchor": query_prefix + row["query"], "positive": passage_prefix + passage_text(pos), **shared}
@@ -65,18 +68,6 @@ class Written:
     rows: int = 0
     queries: int = 0
     dropped: Counter = field(default_factory=Counter)
-
-
-def why_dropped(row: dict, negatives: int, short: str) -> str | None:
-    """The policy's reason a query gives no training row, or None when it gives some."""
-    if not row["positive_passages"]:
-        return "no positive"
-    kept = len(row["negative_passages"] or [])
-    if kept == 0 and short != "keep":
-        return "no kept negative"
-    if kept < negatives and short == "drop":
-        return f"fewer than {negatives} kept negatives (--short drop)"
-    return None
 
 
 def export(
@@ -100,14 +91,12 @@ def export(
     written = Written()
     for row in OutputLayout(output, storage_options).read_rows("refined"):
         written.queries += 1
-        if reason := why_dropped(row, negatives, short):
-            written.dropped[reason] += 1
+        negs, reason = sample_negatives(row, negatives, seed, short)
+        if negs is None:
+            written.dropped[reason] += 1  # type: ignore[index]
             continue
         if fmt == "sentence-transformers":
             records += training_examples(row, negatives, seed, short, qp, pp)
-            continue
-        negs = sample_negatives(row, negatives, seed, short)
-        if negs is None:
             continue
         if fmt == "flagembedding":
             records.append(
