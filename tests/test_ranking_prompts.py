@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from arhn_ray.method import labeling as lb
-from arhn_ray.method.constraints import regex_escape, stage1_format, stage1_verbatim, stage2_format, verbatim_spans
+from arhn_ray.method.constraints import regex_escape, stage1_format, stage1_verbatim, stage2_format
 from arhn_ray.method.prompts import PromptSet, fill, neutralize
 from arhn_ray.method.ranking import OK, PARSE_FALLBACK, REPAIRED, parse_ranking
 from arhn_ray.method.snippets import parse_stage1
@@ -106,13 +106,6 @@ def test_regex_escape_and_constraints_match_what_they_should():
     assert re.fullmatch(stage2_format(11), "[11] > [1] > [2] > [3] > [4] > [5] > [6] > [7] > [8] > [9] > [10]")
     assert not re.fullmatch(stage2_format(3), "[1] > [4] > [2]")
     assert regex_escape("a.b\n") == "a\\.b\\n"
-
-
-def test_verbatim_spans_are_substrings():
-    text = "One. Two!  Three? Four"
-    spans = verbatim_spans(text)
-    assert "One. Two!" in spans and "Two!  Three? Four" in spans
-    assert all(s in text for s in spans)
 
 
 def _common(a: list[int], b: list[int]) -> int:

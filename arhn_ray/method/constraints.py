@@ -33,20 +33,6 @@ def sentences(text: str) -> list[str]:
     return [p for p in parts if p.strip()]
 
 
-def verbatim_spans(text: str, max_sentences: int = 3) -> list[str]:
-    """Every span of 1..max_sentences consecutive sentences, as it stands in the text."""
-    sents = sentences(text)
-    spans = []
-    starts = sentence_starts(text, sents)
-    for i in range(len(sents)):
-        for k in range(1, max_sentences + 1):
-            j = i + k - 1
-            if j >= len(sents):
-                break
-            spans.append(text[starts[i] : starts[j] + len(sents[j])])
-    return spans
-
-
 def sentence_starts(text: str, sents: list[str]) -> list[int]:
     starts, at = [], 0
     for s in sents:
