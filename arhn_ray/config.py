@@ -17,7 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 from arhn_ray import bundled
 from arhn_ray.data.readers import FORMATS as READER_FORMATS
 from arhn_ray.engines.options import ENGINE_KINDS, EngineConfig
-from arhn_ray.method.labeling import LabelRules, MethodOptions, OptionError
+from arhn_ray.method.options import LabelRules, MethodOptions, OptionError
 from arhn_ray.secrets import mask_in_logs, redact, secret_values
 
 

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from arhn_ray.data.records import validate_row
 from arhn_ray.method import labeling as lb
+from arhn_ray.method.options import VARIANTS
 from arhn_ray.method.prompts import PromptSet
 from arhn_ray.refiners.arhn import ArhnRefiner
 
@@ -143,7 +144,7 @@ def test_paper_literal_ranks_a_no_answer_anchor_and_its_ranking_decides():
     assert actions(out) == [("n0", "relabel", "ranked_above_positive"), ("n1", "filter", "answer_below_positive")]
 
 
-@pytest.mark.parametrize("variant", lb.VARIANTS)
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_a_duplicate_of_the_positive_is_filtered_in_every_variant(variant):
     row = make_row(1)
     row["negative_passages"].append(passage("dup", "Positive passage zero. X is a letter."))
@@ -254,7 +255,7 @@ snippet_choice = st.sampled_from(["anchor", "neg", "none", "fake"])
     n_dup=st.integers(0, 2),
     choices=st.lists(snippet_choice, min_size=30, max_size=30),
     stage2_text=st.text(alphabet=st.sampled_from(list("[]0123456789> x")), max_size=40),
-    variant=st.sampled_from(lb.VARIANTS),
+    variant=st.sampled_from(VARIANTS),
     policy=st.sampled_from(["paper", "keep"]),
     chunk=st.integers(1, 10),
     literal=st.booleans(),
