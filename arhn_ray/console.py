@@ -17,11 +17,14 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TextIO, TypeVar
+from typing import TYPE_CHECKING, TextIO, TypeVar
 
 from arhn_ray.data import layout
 from arhn_ray.data.layout import OutputLayout
 from arhn_ray.stats import demo_labels
+
+if TYPE_CHECKING:
+    from arhn_ray.plan import RunEstimate
 
 T = TypeVar("T")
 
@@ -200,3 +203,53 @@ def fit_80(line: str) -> list[str]:
 def counts(counter: dict) -> str:
     """``{'no kept negative': 14}`` as a person reads it: ``14 no kept negative``, most first."""
     return ", ".join(f"{n} {reason}" for reason, n in sorted(counter.items(), key=lambda kv: -kv[1]))
+
+
+def render_plan(p: RunEstimate) -> str:
+    """``arhn-ray plan``'s report: what a run would do and cost, a fact a line."""
+    a = p.assumptions
+    about = " (scaled from the rows read)" if p.scaled else ""
+    return "\n".join(
+        [
+            f"arhn-ray plan: {p.files} files, {p.parts} parts to refine, {p.rows:,} rows ({p.rows_sampled:,} read{', the rest scaled' if p.scaled else ''})"
+            + (f"; {p.parts_written} parts already written" if p.parts_written else ""),
+            f"  output            {p.output}",
+            f"  rows invalid      {p.rows_invalid:,}{about}",
+            f"  negatives         {p.negatives:,} ({p.duplicates_of_positive:,} duplicates of the positive, filtered without a call)",
+            f"  chunks            {p.chunks:,}",
+            f"  stage 1 calls     {p.stage1_calls:,}, {p.stage1_prompt_tokens:,} prompt tokens (counted with {p.tokenizer})",
+            f"                    ~{p.stage1_output_tokens:,} output tokens (assumed {a['stage1_output_tokens_per_doc']:g} per document)",
+            f"  stage 2 calls     at most {p.stage2_calls_at_most:,} (none for a chunk whose negatives are all NO_ANSWER)",
+            f"                    at most ~{p.stage2_prompt_tokens_at_most:,} prompt + ~{p.stage2_output_tokens_at_most:,} output tokens "
+            f"(assumed {a['stage2_item_tokens']:g} tokens a snippet, {a['stage2_output_tokens_per_item']:g} per ranked item)",
+            f"  prefix cache      every Stage 1 prompt shares its first {p.stage1_shared_prefix_tokens:,} tokens, Stage 2 its first "
+            f"{p.stage2_shared_prefix_tokens:,}: ~{p.cached_prompt_tokens:,} prompt tokens served from the cache, no prefill "
+            f"(whole blocks of {a['prefix_block_tokens']:g}; enable_prefix_caching)",
+            f"  time              ~{p.hours:.3g} h on {p.gpus} GPUs = ~{p.gpu_hours:.3g} GPU-hours "
+            f"(assumed per A100, Qwen3-32B: {a['prefill_tokens_per_gpu_s']:,.0f} prompt and {a['decode_tokens_per_gpu_s']:,.0f} output tokens/s)"
+            if p.gpus and not p.teachers
+            else "  time              see teachers"
+            if p.teachers
+            else "  time              no GPU estimate: this config runs on CPU or an external server",
+            f"  evaluate          ~{p.evaluate_hours:.3g} h to train 3 arms, {p.evaluate_arms_at_once} at a time "
+            f"(~{p.evaluate_device_hours:.3g} {p.evaluate_device}-hours; assumed "
+            f"{a['train_queries_per_' + p.evaluate_device.lower() + '_s']:g} training queries/s a worker; "
+            "encoding the evaluation corpus not included)",
+            *(
+                [
+                    f"  evaluate encoding ~{p.evaluate_encode_hours:.3g} h: 4 models x {a['eval_passages']:,} passages (the paper's 16 BEIR sets) "
+                    f"on {p.evaluate_encoders} GPUs (assumed {a['encode_passages_per_gpu_s']:g} passages/s an A100); FAISS searches them block by block"
+                ]
+                if p.evaluate_encode_hours
+                else []
+            ),
+            *(
+                [
+                    f"  teachers          {p.teachers} TopK-PercPos teachers, one GPU each, no LLM call: ~{p.teacher_hours:.3g} h "
+                    f"(assumed {a['teacher_pairs_per_gpu_s']:g} scored pairs/s a GPU)"
+                ]
+                if p.teachers
+                else []
+            ),
+        ]
+    )

@@ -41,13 +41,14 @@ def refine(args: argparse.Namespace) -> int:
 def plan(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from arhn_ray.plan import make_plan, render
+    from arhn_ray.console import render_plan
+    from arhn_ray.plan import make_plan
 
     cfg = load_config(args.config, args.overrides)
     assume = replace(Assumptions(), sample_rows=args.sample_rows, prefill_tokens_per_gpu_s=args.prefill_tokens_per_gpu_s,
                      decode_tokens_per_gpu_s=args.decode_tokens_per_gpu_s, train_queries_per_gpu_s=args.train_queries_per_gpu_s)  # fmt: skip
     result = make_plan(cfg, assume)
-    print(json.dumps(result.to_dict(), indent=2) if args.json else render(result))
+    print(json.dumps(result.to_dict(), indent=2) if args.json else render_plan(result))
     return 0
 
 
