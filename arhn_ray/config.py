@@ -48,7 +48,7 @@ TEACHER_KINDS = ("auto", "embedding", "cross-encoder")
 
 @dataclass
 class MethodConfig(LabelRules):
-    """``method.*``: the rules that decide the labels (method/labeling.py's LabelRules) and the method."""
+    """``method.*``: the rules that decide the labels (method/options.py's LabelRules) and the method."""
 
     name: str = "arhn"  # arhn (the two LLM stages) | topk_percpos (the teacher-score baseline, `baseline`)
 

@@ -68,8 +68,12 @@ def _describe_arhn(cfg: Config) -> dict[str, Any]:
 
 
 def _repos_arhn(cfg: Config) -> list[tuple[str, str, bool]]:
-    engines = [("engine" if step != "stage2" or not cfg.stage2.engine else "stage2.engine", e) for step, e in pools(cfg)]
-    return [repo for key, e in engines if e.kind == "vllm" for repo in ((e.model, f"{key}.model", False), (e.tokenizer, f"{key}.tokenizer", True))]  # fmt: skip
+    repos = []
+    for step, e in pools(cfg):
+        key = "stage2.engine" if step == "stage2" and cfg.stage2.engine else "engine"
+        if e.kind == "vllm":
+            repos += [(e.model, f"{key}.model", False), (e.tokenizer, f"{key}.tokenizer", True)]
+    return repos
 
 
 def _build_topk_percpos(cfg: Config, engine: Any = None) -> Refiner:
@@ -94,7 +98,7 @@ METHODS: dict[str, Method] = {
         _describe_topk_percpos,
         lambda cfg: [(cfg.baseline.model, "baseline.model", False)],
         has_async=False,
-    ),  # fmt: skip
+    ),
 }
 
 if set(METHODS) != set(METHOD_MODES):  # config.py names the methods a config may choose
