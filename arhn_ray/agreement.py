@@ -24,6 +24,7 @@ from typing import Any
 
 from arhn_ray.data import layout
 from arhn_ray.data.layout import OutputLayout
+from arhn_ray.method.labeling import UNJUDGED
 
 FALSE_NEGATIVE, NEGATIVE = "false_negative", "negative"
 ACTIONS = ["relabel", "filter", "keep"]
@@ -81,7 +82,7 @@ def agreement(
         subset = row.get("subset") or ref_subsets.get(row["query_id"], "default")
         for d in row["decisions"]:
             key = (row["query_id"], d["docid"])
-            if key in ref:
+            if key in ref and d["action"] != UNJUDGED:  # past N: no label of ARHN's to compare
                 is_fn = d["action"] in positive or d["reason"] == "duplicate_of_positive"
                 ours = FALSE_NEGATIVE if is_fn else NEGATIVE
                 pairs[subset].append((ref[key], ours))
@@ -100,7 +101,7 @@ def decision_agreement(output: str, reference: str, storage_options: dict | None
     pairs: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for row in OutputLayout(output, storage_options).read_rows("refined"):
         for d in row["decisions"]:
-            if (row["query_id"], d["docid"]) in ref:
+            if (row["query_id"], d["docid"]) in ref and UNJUDGED not in (d["action"], ref[(row["query_id"], d["docid"])]):
                 pairs[row.get("subset") or "default"].append((ref[(row["query_id"], d["docid"])], d["action"]))
     everything = [p for ps in pairs.values() for p in ps]
     return {"compared": "decisions", "reference": reference, "subsets": {n: _kappa(ps, ACTIONS) for n, ps in sorted(pairs.items())},

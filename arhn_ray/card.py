@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from arhn_ray.data.layout import KINDS, data_files
-from arhn_ray.stats import demo_labels, table4_markdown
+from arhn_ray.stats import demo_labels, table4_markdown, unjudged_words
 
 
 def render_card(stats: dict[str, Any]) -> str:
@@ -31,7 +31,8 @@ def render_card(stats: dict[str, Any]) -> str:
     lines += [
         f"{o['queries']} queries refined with ARHN (Answer-centric Relabeling of Hard Negatives), {o['rejected']} rejected: "
         f"of {o['negatives_in']} hard negatives, {o['relabel']} were relabeled as positives (false negatives), "
-        f"{o['filter']} filtered out (they carry an answer but rank below the positive) and {o['keep']} kept.",
+        f"{o['filter']} filtered out (they carry an answer but rank below the positive) and {o['keep']} kept"
+        f"{unjudged_words(o)}.",
         "",
         "## How to load it",
         "",
@@ -52,7 +53,8 @@ def render_card(stats: dict[str, Any]) -> str:
     ]
     if stats.get("labels_from"):
         lines.insert(lines.index("| | |") + 2, f"| labels from | {stats['labels_from']} |")
-    for key in ("model", "engine", "variant", "prompt_version", "prompt_sha256", "config_digest", "pipeline_mode"):
+    for key in ("model", "engine", "variant", "prompt_version", "prompt_sha256", "negatives_per_query", "screen", "config_digest",
+                "pipeline_mode"):  # fmt: skip
         lines.append(f"| {key} | `{stats.get(key)}` |")
     if stats.get("input_revision"):  # an hf:// input: the commit every part was read at
         lines.append(f"| input | `{stats['input']}` (commit `{stats['input_revision']}`) |")

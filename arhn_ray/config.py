@@ -121,6 +121,21 @@ class BaselineConfig:
 
 
 @dataclass
+class ScreenConfig:
+    """A teacher in front of Stage 1 (off while ``model`` is None): it scores each judged negative
+    against the query, on the replica beside the engine (its GPU, fp16), and only the ``top_k``
+    best-scored go to the LLM; the rest are kept with reason ``screened``. ``top_k: null`` scores
+    and judges them all: the calibration run that ``arhn-ray calibrate`` reads to choose k."""
+
+    model: str | None = None  # a teacher as baseline.model names one (bundled:minilm on CPU)
+    top_k: int | None = MethodOptions.screen_top_k
+    kind: str = "auto"  # auto | embedding | cross-encoder
+    batch_size: int = 64
+    query_prefix: str = ""
+    passage_prefix: str = ""
+
+
+@dataclass
 class EvaluateConfig:
     """``arhn-ray evaluate``: the retriever each arm trains. Defaults: the bundled MiniLM on one CPU
     worker; the cluster config follows the paper (E5-base, prefixes, batch 128, lr 2e-5, 7 negatives)."""
@@ -171,6 +186,7 @@ class Config:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     preflight: PreflightConfig = field(default_factory=PreflightConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    screen: ScreenConfig = field(default_factory=ScreenConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
@@ -182,10 +198,11 @@ _CHOICES = {
     "pipeline.mode": ("fused", "staged"),
     "method.name": tuple(METHOD_MODES),
     "baseline.kind": TEACHER_KINDS,
+    "screen.kind": TEACHER_KINDS,
 }  # the method's options check their own values (MethodOptions), named by their keys here:
 OPTION_KEYS = {f.name: f"method.{f.name}" for f in fields(LabelRules)} | {
     "stage2_input": "stage2.input", "stage1_constraint": "stage1.constraint", "stage2_constraint": "stage2.constraint",
-    "stage1_output": "stage1.output"}  # fmt: skip
+    "stage1_output": "stage1.output", "screen_top_k": "screen.top_k"}  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -238,6 +255,12 @@ def check(cfg: Config) -> None:
     if cfg.pipeline.mode not in METHOD_MODES[cfg.method.name]:
         modes = " or ".join(METHOD_MODES[cfg.method.name])
         raise ConfigError(f"config key 'pipeline.mode': method.name={cfg.method.name} runs in pipeline.mode={modes}")
+    if cfg.screen.top_k is not None and not cfg.screen.model:
+        raise ConfigError("config key 'screen.top_k': a screen needs a teacher (screen.model), e.g. screen.model=bundled:minilm")
+    if cfg.screen.model and cfg.method.name != "arhn":
+        raise ConfigError(
+            f"config key 'screen.model': the screen sits in front of ARHN's LLM; method.name={cfg.method.name} has none"
+        )
     if cfg.pipeline.max_concurrent_batches > 1 and not cfg.engine.async_engine:
         raise ConfigError("config key 'pipeline.max_concurrent_batches': more than 1 needs engine.async_engine=true")
     if cfg.truncation.tokenizer:

@@ -168,6 +168,12 @@ def summary(stats: dict, output: str) -> str:
         f"  rejected      {o['rejected']}" + (f" ({counts(stats['rejected_reasons'])})" if stats["rejected_reasons"] else ""),
         f"  negatives     {o['negatives_in']}: relabeled {o['relabel']}, filtered {o['filter']}, kept {o['keep']}",
         *(
+            [f"  not judged    {o['unjudged']} past the first {stats.get('negatives_per_query')} a query (not kept)"]
+            if o.get("unjudged")
+            else []
+        ),
+        *([f"  screened      {o['screened']} kept without a Stage 1 call ({stats.get('screen')})"] if o.get("screened") else []),
+        *(
             [
                 f"  stage 1       {o['stage1_calls']} calls ({o.get('stage1_cut', 0)} cut by max_tokens), "
                 f"{o['stage1_prompt_tokens']} prompt + {o['stage1_output_tokens']} output tokens",
@@ -205,6 +211,23 @@ def counts(counter: dict) -> str:
     return ", ".join(f"{n} {reason}" for reason, n in sorted(counter.items(), key=lambda kv: -kv[1]))
 
 
+def _plan_time(p: RunEstimate) -> list[str]:
+    """The LLM's hours and the assumptions they rest on (arhn_ray/gpu_rates.py), a line each."""
+    r = p.assumptions["rates"]
+    return [
+        f"  time              ~{p.hours:.3g} h on {p.gpus} GPUs = ~{p.gpu_hours:.3g} GPU-hours"
+        + (f" (the screen's teacher: {p.screen_hours:.2g} h of it)" if p.screen_pairs else ""),
+        f"    rates           {p.prefill_tokens_per_gpu_s:,.0f} prompt, {p.decode_tokens_per_gpu_s:,.0f} output tokens/s a GPU "
+        f"({r['model']} on {r['gpu']})",
+        f"    assumed         {r['fraction_of_peak']:g} of {r['peak_tflops']:g} TFLOP/s peak, {r['fraction_of_bandwidth']:g} of "
+        f"{r['hbm_tb_s']:g} TB/s, KV {r['kv_bytes_per_token'] // 1024} KiB a token",
+        f"    checked         {p.rates_check}",
+        f"    floor           ~{p.floor_hours:.3g} h: the same tokens at 100% of peak",
+        *([f"    screen          {p.screen_pairs:,} pairs scored on the replicas' GPUs "
+           f"(assumed {p.assumptions['teacher_pairs_per_gpu_s']:g} pairs/s a GPU)"] if p.screen_pairs else []),
+    ]  # fmt: skip
+
+
 def render_plan(p: RunEstimate) -> str:
     """``arhn-ray plan``'s report: what a run would do and cost, a fact a line."""
     a = p.assumptions
@@ -215,7 +238,9 @@ def render_plan(p: RunEstimate) -> str:
             + (f"; {p.parts_written} parts already written" if p.parts_written else ""),
             f"  output            {p.output}",
             f"  rows invalid      {p.rows_invalid:,}{about}",
-            f"  negatives         {p.negatives:,} ({p.duplicates_of_positive:,} duplicates of the positive, filtered without a call)",
+            f"  negatives         {p.negatives:,}: {p.duplicates_of_positive:,} duplicates of the positive (filtered without a call), "
+            f"{p.unjudged:,} past the first {p.negatives_per_query or 'all'} a query (not judged, not kept)"
+            + (f", {p.screened:,} screened (no Stage 1 call)" if p.screen_pairs else ""),
             f"  chunks            {p.chunks:,}",
             f"  stage 1 calls     {p.stage1_calls:,}, {p.stage1_prompt_tokens:,} prompt tokens (counted with {p.tokenizer})",
             f"                    ~{p.stage1_output_tokens:,} output tokens (assumed {a['stage1_output_tokens_per_doc']:g} per document)",
@@ -225,12 +250,9 @@ def render_plan(p: RunEstimate) -> str:
             f"  prefix cache      every Stage 1 prompt shares its first {p.stage1_shared_prefix_tokens:,} tokens, Stage 2 its first "
             f"{p.stage2_shared_prefix_tokens:,}: ~{p.cached_prompt_tokens:,} prompt tokens served from the cache, no prefill "
             f"(whole blocks of {a['prefix_block_tokens']:g}; enable_prefix_caching)",
-            f"  time              ~{p.hours:.3g} h on {p.gpus} GPUs = ~{p.gpu_hours:.3g} GPU-hours "
-            f"(assumed per A100, Qwen3-32B: {a['prefill_tokens_per_gpu_s']:,.0f} prompt and {a['decode_tokens_per_gpu_s']:,.0f} output tokens/s)"
-            if p.gpus and not p.teachers
-            else "  time              see teachers"
-            if p.teachers
-            else "  time              no GPU estimate: this config runs on CPU or an external server",
+            *(_plan_time(p) if p.gpus and not p.teachers else []),
+            *(["  time              see teachers"] if p.teachers else []),
+            *([] if p.gpus else ["  time              no GPU estimate: this config runs on CPU or an external server"]),
             f"  evaluate          ~{p.evaluate_hours:.3g} h to train 3 arms, {p.evaluate_arms_at_once} at a time "
             f"(~{p.evaluate_device_hours:.3g} {p.evaluate_device}-hours; assumed "
             f"{a['train_queries_per_' + p.evaluate_device.lower() + '_s']:g} training queries/s a worker; "

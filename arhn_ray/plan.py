@@ -16,6 +16,7 @@ from typing import Any
 from arhn_ray import bundled
 from arhn_ray.config import Config, method_options
 from arhn_ray.data.rows import read_rows
+from arhn_ray.gpu_rates import Rates
 from arhn_ray.method import labeling as lb
 from arhn_ray.method.prompts import PromptSet, chat
 from arhn_ray.refiners import method_for
@@ -29,18 +30,14 @@ OUTPUT_TOKENS_PER_DOC = {"text": 34.0, "sentence_ids": 8.5}
 
 @dataclass
 class Assumptions:
-    """What the plan cannot count; each figure it prints says which of these it rests on.
-
-    The two rates are a fit of GPUStack's vLLM v0.11 baseline for Qwen3-32B on one A100-80GB
-    (2,000 prompt + 100 output tokens a request at 2,521 tokens/s; 128 + 4 at 2,657): a request
-    costs prompt/prefill + output/decode GPU-seconds. The fit underestimates 4,000 + 200 token
-    requests by 27% (attention grows with the context); Stage 1 prompts are ~1,200-1,500 tokens."""
+    """What the plan cannot count; each figure it prints says which of these it rests on. The LLM's
+    GPU time comes from ``rates`` (arhn_ray/gpu_rates.py: prefill and decode derived from the GPU's
+    peak, its bandwidth, the model's size and KV bytes a token, and two efficiencies)."""
 
     stage1_output_tokens_per_doc: float | None = None  # None: OUTPUT_TOKENS_PER_DOC of stage1.output
     stage2_item_tokens: float = 40.0  # a ranked snippet in the Stage 2 prompt (about one sentence)
     stage2_output_tokens_per_item: float = 4.0  # "[3] > "
-    prefill_tokens_per_gpu_s: float = 2930.0  # prompt tokens per A100-second, Qwen3-32B bf16, engine full
-    decode_tokens_per_gpu_s: float = 665.0  # output tokens per A100-second, same fit
+    rates: Rates = field(default_factory=Rates)
     sample_rows: int = 2000  # rows read per file; the rest of a file is scaled from them
     # evaluate: training queries a second per worker, one example (query, 1 positive, evaluate.negatives
     # negatives) a query and epoch. GPU: E5-base at 512 tokens, batch 128, 1 + 1 + 7 passages, on one A100,
@@ -53,8 +50,8 @@ class Assumptions:
     # in fp16 on one A100 at BEIR's ~100-token passages, not measured (no GPU here)
     eval_passages: int = 42_900_000
     encode_passages_per_gpu_s: float = 3000.0
-    # TopK-PercPos: (query, passage) pairs a teacher scores per A100-second, a BGE-m3-sized reranker in
-    # fp16 at ~200 tokens a pair, not measured
+    # TopK-PercPos and the screen: (query, passage) pairs a teacher scores per A100-second, a
+    # BGE-m3-sized reranker in fp16 at ~200 tokens a pair, not measured
     teacher_pairs_per_gpu_s: float = 1500.0
     # vLLM's prefix cache serves whole KV blocks (16 tokens on a GPU): a prompt's shared head, cut
     # to whole blocks, costs no prefill after a replica's first call
@@ -71,6 +68,11 @@ class RunEstimate:
     rows_invalid: int = 0
     negatives: int = 0
     duplicates_of_positive: int = 0
+    negatives_per_query: int | None = None  # method.negatives_per_query (None: every negative judged)
+    unjudged: int = 0  # past method.negatives_per_query: no call, not kept
+    screened: int = 0  # below screen.top_k: no Stage 1 call, kept (the plan screens the first k as a stand-in)
+    screen_pairs: int = 0  # (query, negative) pairs the screen's teacher scores
+    screen_hours: float = 0.0  # the replicas' time the teacher takes, on their GPUs beside the engines
     chunks: int = 0
     stage1_calls: int = 0
     stage2_calls_at_most: int = 0
@@ -84,6 +86,10 @@ class RunEstimate:
     gpus: int = 0
     hours: float = 0.0
     gpu_hours: float = 0.0
+    floor_hours: float = 0.0  # the LLM's FLOPs at 100% of peak on the same GPUs: no run is faster
+    prefill_tokens_per_gpu_s: float = 0.0  # from assumptions.rates
+    decode_tokens_per_gpu_s: float = 0.0  # from assumptions.rates, at this run's mean context
+    rates_check: str = ""  # the rate model against a published vLLM measurement
     evaluate_arms_at_once: int = 0
     evaluate_hours: float = 0.0  # training the three arms on the config's cluster (encoding the eval corpus not included)
     evaluate_device: str = ""  # GPU (evaluate.use_gpu) or CPU
@@ -131,6 +137,7 @@ def make_plan(cfg: Config, assume: Assumptions | None = None) -> RunEstimate:
         assumptions=asdict(assume),
         output=output_note,
         parts_written=len(written),
+        negatives_per_query=options.negatives_per_query,
     )
     totals = {"rows": 0, "sampled": 0}
     by_file: dict[str, list] = {}
@@ -144,12 +151,12 @@ def make_plan(cfg: Config, assume: Assumptions | None = None) -> RunEstimate:
                 if sample.rows_sampled >= assume.sample_rows:
                     break
                 sample.rows_sampled += 1
-                _count_row(sample, r.row, options, prompts, truncate, ids, assume, heads)
+                _count_row(sample, r.row, options, prompts, truncate, ids, assume, heads, bool(cfg.screen.model))
             if sample.rows_sampled >= assume.sample_rows:
                 break
         scale = rows_in_file / sample.rows_sampled if sample.rows_sampled else 0.0
         p.scaled = p.scaled or scale > 1.0
-        for key in ("rows_invalid", "negatives", "duplicates_of_positive", "chunks", "stage1_calls", "stage2_calls_at_most",
+        for key in ("rows_invalid", "negatives", "duplicates_of_positive", "unjudged", "screened", "screen_pairs", "chunks", "stage1_calls", "stage2_calls_at_most",
                     "stage1_prompt_tokens", "stage1_output_tokens", "stage2_prompt_tokens_at_most", "stage2_output_tokens_at_most"):  # fmt: skip
             setattr(p, key, getattr(p, key) + round(getattr(sample, key) * scale))
         totals["rows"] += rows_in_file
@@ -164,11 +171,11 @@ def make_plan(cfg: Config, assume: Assumptions | None = None) -> RunEstimate:
         p.cached_prompt_tokens = (p.stage1_shared_prefix_tokens // block * block) * max(0, p.stage1_calls - replicas) + (
             p.stage2_shared_prefix_tokens // block * block
         ) * max(0, p.stage2_calls_at_most - replicas)
-    prompt = p.stage1_prompt_tokens + p.stage2_prompt_tokens_at_most - p.cached_prompt_tokens
-    output = p.stage1_output_tokens + p.stage2_output_tokens_at_most
-    gpu_s = prompt / assume.prefill_tokens_per_gpu_s + output / assume.decode_tokens_per_gpu_s
-    p.hours = gpu_s / p.gpus / 3600 if p.gpus else 0.0
-    p.gpu_hours = p.hours * p.gpus
+    _price_llm(p, cfg, assume.rates, replicas)
+    if cfg.screen.model and p.gpus:  # the teacher blocks its replica (both of a TP 2 replica's GPUs) while it scores
+        p.screen_hours = p.screen_pairs / assume.teacher_pairs_per_gpu_s / replicas / 3600
+        p.hours += p.screen_hours
+        p.gpu_hours = p.hours * p.gpus
     if method_for(cfg).replica == "teacher":  # it scores every positive and negative; no LLM call is made
         p.teachers = (cfg.baseline.replicas or p.gpus) if p.gpus else 0
         pairs = p.negatives + p.rows
@@ -179,6 +186,26 @@ def make_plan(cfg: Config, assume: Assumptions | None = None) -> RunEstimate:
             setattr(p, key, 0)
     _price_evaluate(p, cfg, assume)
     return p
+
+
+def _price_llm(p: RunEstimate, cfg: Config, rates: Rates, replicas: int) -> None:
+    """Hours on the config's GPUs: prefill of the prompt tokens the cache does not serve, decode of
+    the output tokens at each stage's mean context (prompt + half the output), from ``rates``."""
+    prompt = p.stage1_prompt_tokens + p.stage2_prompt_tokens_at_most - p.cached_prompt_tokens
+    decode_s, output = 0.0, 0
+    for calls, prompt_s, output_s in ((p.stage1_calls, p.stage1_prompt_tokens, p.stage1_output_tokens),
+                                      (p.stage2_calls_at_most, p.stage2_prompt_tokens_at_most, p.stage2_output_tokens_at_most)):  # fmt: skip
+        if calls and output_s:
+            decode_s += output_s / rates.decode_tokens_per_gpu_s(prompt_s / calls + output_s / calls / 2)
+            output += output_s
+    gpu_s = prompt / rates.prefill_tokens_per_gpu_s() + decode_s
+    p.prefill_tokens_per_gpu_s = rates.prefill_tokens_per_gpu_s()
+    p.decode_tokens_per_gpu_s = output / decode_s if decode_s else 0.0
+    modelled, measured, source = rates.check()
+    p.rates_check = f"{modelled:,.0f} total tokens/s modelled vs {measured:,.0f} measured by {source}"
+    p.hours = gpu_s / p.gpus / 3600 if p.gpus else 0.0
+    p.gpu_hours = p.hours * p.gpus
+    p.floor_hours = rates.floor_s(prompt + output) / p.gpus / 3600 if p.gpus else 0.0
 
 
 def _price_evaluate(p: RunEstimate, cfg: Config, assume: Assumptions) -> None:
@@ -216,13 +243,20 @@ class SharedPrefix:
         self.tokens = len(os.path.commonprefix([self.first[: self.tokens], ids]))
 
 
-def _count_row(p: RunEstimate, row: dict | None, options, prompts, truncate, ids, assume: Assumptions, heads) -> None:
+def _count_row(
+    p: RunEstimate, row: dict | None, options, prompts, truncate, ids, assume: Assumptions, heads, screen: bool
+) -> None:
     if row is None:
         p.rows_invalid += 1
         return
     plan = lb.plan_row(row, options, truncate)
     p.negatives += len(row["negative_passages"])
-    p.duplicates_of_positive += len(row["negative_passages"]) - sum(len(c) for c in plan.chunks)
+    p.duplicates_of_positive += len(plan.duplicates)
+    p.unjudged += len(plan.unjudged)
+    if screen:  # the teacher scores every judged negative; the plan screens the first k as a stand-in for its top k
+        p.screen_pairs += len(plan.judged)
+        plan = lb.screen_plan(plan, [-float(i) for i in range(len(plan.judged))], options)
+        p.screened += len(plan.screened)
     for c, members in enumerate(plan.chunks):
         prompt, _ = lb.stage1_request(plan, c, prompts, options)
         p.chunks += 1

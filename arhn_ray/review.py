@@ -48,7 +48,7 @@ def decision_of(d: dict) -> str:
 
 def stratum(decisions: list[dict]) -> str:
     """What happened to a query, its most telling decision first."""
-    shown = {decision_of(d) for d in decisions}
+    shown = {decision_of(d) for d in decisions if d["action"] in SHOWN}
     return next((s for s in ("relabeled", "filtered", "duplicate") if s in shown), "kept")
 
 
@@ -127,6 +127,8 @@ def query_view(row: dict, original: dict | None) -> dict[str, Any]:
     passages.update({p["docid"]: p for p in row["positive_passages"][len(positives) :] + row["negative_passages"]})
     negatives = []
     for d in row["decisions"]:
+        if d["action"] == "unjudged":  # past the first N: no LLM judged it, nothing to review
+            continue
         p = passages.get(d["docid"]) or {}
         negatives.append({"docid": d["docid"], "title": p.get("title") or "", "text": p.get("text"),
                           "decision": decision_of(d), "reason": d["reason"], "snippet": d["snippet"],

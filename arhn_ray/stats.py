@@ -10,6 +10,7 @@ from typing import Any
 from arhn_ray import bundled
 from arhn_ray.data import layout
 from arhn_ray.data.layout import OutputLayout
+from arhn_ray.method.labeling import NOT_JUDGED, SCREENED
 
 COUNTERS = (
     "queries",
@@ -18,9 +19,12 @@ COUNTERS = (
     "relabel",
     "filter",
     "keep",
+    "unjudged",  # past method.negatives_per_query: no LLM judged them, so they are not in the refined row
+    "screened",  # kept without a Stage 1 call: below the teacher screen's top k
     "no_answer",
     "positive_no_answer",
     "positive_ungrounded",  # anchor snippets not found in their passage, ranked as the model wrote them
+    "judged",  # negatives an LLM read (Stage 1): no_answer_rate is of these
     "stage1_calls",
     "stage2_calls",
     "stage2_skipped",
@@ -55,9 +59,13 @@ class RunStats:
         for d in decisions:
             c[d["action"]] += 1
             self.reasons[s][f"{d['action']}:{d['reason']}"] += 1
-            if d["reason"] not in ("duplicate_of_positive",):
-                self.grounding[s][d["grounding"] or "no_answer"] += 1
-            if d["snippet"] is None and d["reason"] != "duplicate_of_positive":
+            if d["reason"] == SCREENED:
+                c["screened"] += 1
+            if d["reason"] in NOT_JUDGED:  # no LLM read these: no answer to count
+                continue
+            c["judged"] += 1
+            self.grounding[s][d["grounding"] or "no_answer"] += 1
+            if d["snippet"] is None:
                 c["no_answer"] += 1
         if decisions and row.get("positive_snippet") is None:
             c["positive_no_answer"] += 1
@@ -151,7 +159,7 @@ def _summary(c: Counter) -> dict[str, Any]:
     out = {k: c.get(k, 0) for k in COUNTERS}
     q = max(c.get("queries", 0), 1)
     out["per_query"] = {k: round(c.get(k, 0) / q, 3) for k in ("negatives_in", "relabel", "filter", "keep")}
-    n = max(c.get("negatives_in", 0), 1)
+    n = max(c.get("judged", 0), 1)
     out["no_answer_rate"] = round(c.get("no_answer", 0) / n, 4)
     return out
 
@@ -190,7 +198,7 @@ def table4_markdown(stats: dict[str, Any]) -> str:
     o = stats["overall"]
     lines += [
         "",
-        f"Totals: {o['relabel']} relabeled, {o['filter']} filtered, {o['keep']} kept.",
+        f"Totals: {o['relabel']} relabeled, {o['filter']} filtered, {o['keep']} kept{unjudged_words(o)}.",
         "",
         "| tokens | prompt | output | calls | cut by max_tokens |",
         "|---|---:|---:|---:|---:|",
@@ -216,6 +224,16 @@ def table4_markdown(stats: dict[str, Any]) -> str:
         )
         lines.append("")
     return "\n".join(lines)
+
+
+def unjudged_words(o: dict[str, Any]) -> str:
+    """What no LLM judged, as the summary, the report and the card say it ('' when nothing)."""
+    words = ""
+    if o.get("screened"):
+        words += f" ({o['screened']} of them screened: kept below the teacher's top k, no Stage 1 call)"
+    if o.get("unjudged"):
+        words += f"; {o['unjudged']} past the first N negatives a query not judged and not kept"
+    return words
 
 
 def demo_labels(stats: dict[str, Any]) -> str | None:

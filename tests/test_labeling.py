@@ -85,7 +85,9 @@ def test_paper_literal_sends_all_n_plus_1():
 
 def test_chunks_of_n_share_the_anchor_and_leave_no_negative_unrefined():
     row = make_row(25)
-    out, engine = refine(row, lambda c: [ANCHOR] + [None] * 10, lambda c: "", max_negatives_per_chunk=10)
+    out, engine = refine(
+        row, lambda c: [ANCHOR] + [None] * 10, lambda c: "", max_negatives_per_chunk=10, negatives_per_query=None
+    )
     stage1 = [r for r in engine.requests if r.key[1] == 1]
     assert [r.key[2] for r in stage1] == [0, 1, 2]
     for r in stage1:
@@ -102,6 +104,7 @@ def test_later_chunks_rank_the_first_chunks_anchor_snippet():
         row,
         lambda c: [ANCHOR if c == 0 else other] + [neg_snippet(c * 10 + i) for i in range(10 if c == 0 else 2)],
         lambda c: "[1] > [2] > [3]",
+        negatives_per_query=None,
     )
     stage2 = {r.key[2]: r.messages[0]["content"] for r in engine.requests if r.key[1] == 2}
     assert set(stage2) == {0, 1}
@@ -283,6 +286,7 @@ def test_every_negative_gets_exactly_one_decision_and_lists_partition(
         variant=variant,
         positive_no_answer=policy,
         max_negatives_per_chunk=chunk,
+        negatives_per_query=None,
         paper_literal=literal,
     )
     decisions = out.row["decisions"]
@@ -330,16 +334,16 @@ def rlhn_rows():
 def test_real_rlhn_rows_make_three_chunks():
     for row in rlhn_rows():
         assert len(row["negative_passages"]) == 25
-        plan = lb.plan_row(row, lb.MethodOptions())
+        plan = lb.plan_row(row, lb.MethodOptions(negatives_per_query=None))
         assert [len(c) for c in plan.chunks] in ([10, 10, 5], [10, 10, 4])
 
 
 def test_real_pendejo_row_repeats_the_positive():
     row = next(r for r in rlhn_rows() if r["query"] == "pendejo definition")
-    plan = lb.plan_row(row, lb.MethodOptions())
+    plan = lb.plan_row(row, lb.MethodOptions(negatives_per_query=None))
     assert [row["negative_passages"][i]["docid"] for i in plan.duplicates] == ["bd572a5bd7769cf1c205a6052f754a05"]
     assert [len(c) for c in plan.chunks] == [10, 10, 4]
-    out, _ = refine(row, lambda c: [None] * (len(plan.chunks[c]) + 1), lambda c: "")
+    out, _ = refine(row, lambda c: [None] * (len(plan.chunks[c]) + 1), lambda c: "", negatives_per_query=None)
     dup = next(d for d in out.row["decisions"] if d["docid"] == "bd572a5bd7769cf1c205a6052f754a05")
     assert (dup["action"], dup["reason"]) == ("filter", "duplicate_of_positive")
 

@@ -287,7 +287,7 @@ def test_the_card_warns_when_the_bundled_model_labeled_the_data():
 def test_help_reads_as_plain_text_with_an_example_for_each_command(capsys):
     import pytest
 
-    for argv in ([], ["refine"], ["plan"], ["stage"], ["stats"], ["relabel"], ["agreement"], ["review"], ["evaluate"], ["export"],
+    for argv in ([], ["refine"], ["plan"], ["stage"], ["stats"], ["relabel"], ["agreement"], ["review"], ["evaluate"], ["export"], ["calibrate"],
                  ["prepare-model"]):  # fmt: skip
         with pytest.raises(SystemExit) as exit_:
             main([*argv, "--help"])
@@ -299,8 +299,10 @@ def test_help_reads_as_plain_text_with_an_example_for_each_command(capsys):
 def test_plan_reports_the_shipped_sample_without_calling_an_llm(capsys):
     assert main(["plan", str(ROOT / "conf" / "local.yaml"), "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
-    assert (plan["rows"], plan["stage1_calls"], plan["chunks"], plan["negatives"]) == (8, 24, 24, 200)  # input.limit: 4 a file
-    assert plan["stage2_calls_at_most"] == 24 and plan["stage1_prompt_tokens"] > 0
+    # input.limit: 4 a file; the paper's N = 10: one Stage 1 call a query, the rest of the 25 not judged
+    assert (plan["rows"], plan["stage1_calls"], plan["chunks"], plan["negatives"]) == (8, 8, 8, 200)
+    assert plan["unjudged"] + plan["duplicates_of_positive"] == 200 - 8 * 10
+    assert plan["stage2_calls_at_most"] == 8 and plan["stage1_prompt_tokens"] > 0
     assert plan["tokenizer"].startswith("bundled:smollm2 (the model's own tokenizer")
     assert main(["plan", str(ROOT / "conf" / "qwen3-32b-a100x16.yaml"), "input.path=arhn_ray/samples"]) == 0
     text = capsys.readouterr().out
@@ -324,7 +326,7 @@ def test_plan_asks_the_hub_nothing_even_where_the_hub_library_is_already_loaded(
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(fd, "get_hf_file_metadata", no_network)
     assert main(["plan", str(ROOT / "conf" / "qwen3-32b-a100x16.yaml"), "input.path=arhn_ray/samples", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["stage1_calls"] == 60
+    assert json.loads(capsys.readouterr().out)["stage1_calls"] == 20
     assert asked == [] and "HF_HUB_OFFLINE" not in os.environ
 
 

@@ -128,7 +128,11 @@ def test_stage1_prompts_of_different_n_share_the_rules_and_plan_counts_that_pref
     from arhn_ray.plan import make_plan, token_ids
 
     output = "sentence_ids" if version.startswith("ids") else "text"
-    cfg = load_config(str(ROOT / "conf" / "local.yaml"), [f"output.path={tmp_path}", f"stage1.output={output}"])
+    # every negative in chunks of 10 (the shipped rows carry 25): prompts of different n
+    cfg = load_config(
+        str(ROOT / "conf" / "local.yaml"),
+        [f"output.path={tmp_path}", f"stage1.output={output}", "method.negatives_per_query=null"],
+    )
     assert cfg.prompts.version == version
     ids, name = token_ids(cfg)
     assert "own tokenizer" in name
@@ -152,8 +156,9 @@ def test_the_papers_literal_prompt_shares_almost_nothing_across_n(tmp_path):
     from arhn_ray.config import load_config
     from arhn_ray.plan import make_plan
 
-    cfg = load_config(str(ROOT / "conf" / "local.yaml"), [f"output.path={tmp_path}", "prompts.version=paper-v1"])
+    all_negatives = "method.negatives_per_query=null"  # chunks of 10, 10 and 5: prompts of different n
+    cfg = load_config(str(ROOT / "conf" / "local.yaml"), [f"output.path={tmp_path}", "prompts.version=paper-v1", all_negatives])
     literal = make_plan(cfg)
-    v2 = make_plan(load_config(str(ROOT / "conf" / "local.yaml"), [f"output.path={tmp_path}"]))
+    v2 = make_plan(load_config(str(ROOT / "conf" / "local.yaml"), [f"output.path={tmp_path}", all_negatives]))
     assert literal.stage1_shared_prefix_tokens < 48 < 200 < v2.stage1_shared_prefix_tokens  # n comes in its first line
     assert v2.cached_prompt_tokens > literal.cached_prompt_tokens

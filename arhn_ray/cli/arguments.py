@@ -50,18 +50,13 @@ def _plan(sub) -> None:
     pl.add_argument(
         "--sample-rows", type=int, default=assumed.sample_rows, help="rows read per file; the rest of a file is scaled from them"
     )
-    pl.add_argument(
-        "--prefill-tokens-per-gpu-s",
-        type=float,
-        default=assumed.prefill_tokens_per_gpu_s,
-        help="assumed prompt tokens per GPU-second",
-    )
-    pl.add_argument(
-        "--decode-tokens-per-gpu-s",
-        type=float,
-        default=assumed.decode_tokens_per_gpu_s,
-        help="assumed output tokens per GPU-second",
-    )
+    rates = assumed.rates
+    pl.add_argument("--fraction-of-peak", type=float, default=rates.fraction_of_peak,
+                    help=f"assumed share of the GPU's dense peak ({rates.peak_tflops:g} TFLOP/s) a step reaches")  # fmt: skip
+    pl.add_argument("--fraction-of-bandwidth", type=float, default=rates.fraction_of_bandwidth,
+                    help=f"assumed share of the GPU's HBM bandwidth ({rates.hbm_tb_s:g} TB/s) a KV read reaches")  # fmt: skip
+    pl.add_argument("--teacher-pairs-per-gpu-s", type=float, default=assumed.teacher_pairs_per_gpu_s,
+                    help="assumed (query, passage) pairs a teacher scores per GPU-second (screen, TopK-PercPos)")  # fmt: skip
     pl.add_argument("--train-queries-per-gpu-s", type=float, default=assumed.train_queries_per_gpu_s,
                     help="assumed training queries per GPU-second for evaluate's arms")  # fmt: skip
 
@@ -151,6 +146,16 @@ def _evaluate(sub) -> None:
     _storage_options(ev)
 
 
+def _calibrate(sub) -> None:
+    ca = _command(sub, "calibrate", "read a calibration run (screen.model set, screen.top_k=null) and print, for each k, what a teacher "
+                  "screen of top k would save and how far its labels would move (kappa, recalls)",
+                  "arhn-ray calibrate out/calib", c.calibrate)  # fmt: skip
+    ca.add_argument("output")
+    ca.add_argument("--kappa", type=float, default=0.9, help="the agreement with the full labels a k must reach (default 0.9)")
+    ca.add_argument("--json", action="store_true", help="print the sweep as JSON")
+    _storage_options(ca)
+
+
 def _export(sub) -> None:
     e = _command(sub, "export", "write training files from an output folder",
                  "arhn-ray export out/local --format sentence-transformers --negatives 7 --out train.parquet", c.export)  # fmt: skip
@@ -174,6 +179,6 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-v", "--verbose", action="store_true", help="also show Ray's and vLLM's logs on the terminal")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_refine, _plan, _stage, _prepare_model, _stats, _relabel, _agreement, _review, _evaluate, _export):
+    for add in (_refine, _plan, _stage, _prepare_model, _stats, _relabel, _agreement, _calibrate, _review, _evaluate, _export):
         add(sub)
     return p

@@ -45,8 +45,14 @@ def plan(args: argparse.Namespace) -> int:
     from arhn_ray.plan import make_plan
 
     cfg = load_config(args.config, args.overrides)
-    assume = replace(Assumptions(), sample_rows=args.sample_rows, prefill_tokens_per_gpu_s=args.prefill_tokens_per_gpu_s,
-                     decode_tokens_per_gpu_s=args.decode_tokens_per_gpu_s, train_queries_per_gpu_s=args.train_queries_per_gpu_s)  # fmt: skip
+    rates = replace(
+        Assumptions().rates,
+        fraction_of_peak=args.fraction_of_peak,
+        fraction_of_bandwidth=args.fraction_of_bandwidth,
+        step_tokens=cfg.engine.max_num_batched_tokens or Assumptions().rates.step_tokens,
+    )
+    assume = replace(Assumptions(), sample_rows=args.sample_rows, rates=rates, train_queries_per_gpu_s=args.train_queries_per_gpu_s,
+                     teacher_pairs_per_gpu_s=args.teacher_pairs_per_gpu_s)  # fmt: skip
     result = make_plan(cfg, assume)
     print(json.dumps(result.to_dict(), indent=2) if args.json else render_plan(result))
     return 0
@@ -118,6 +124,20 @@ def agreement(args: argparse.Namespace) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
+    return 0
+
+
+def calibrate(args: argparse.Namespace) -> int:
+    from arhn_ray.calibrate import NotACalibrationRun, calibrate, render
+
+    try:
+        result = calibrate(args.output, args.kappa, args.storage_options)
+    except NotACalibrationRun as e:
+        print(f"arhn-ray calibrate: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2) if args.json else render(result))
+    if not args.json:
+        print(f"wrote {OutputLayout(args.output, args.storage_options).file(layout.CALIBRATE_PNG)}")
     return 0
 
 

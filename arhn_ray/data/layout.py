@@ -6,6 +6,7 @@ through :class:`OutputLayout`, on the local disk or ``s3://`` alike, with the st
 refined/<shard>/<part>.parquet    refined rows          rejected/<shard>/<part>.parquet  rejected rows
 _parts/<shard>/<part>.json        a part's manifest, written last: the part is complete
 stats.json  report.md  report.png  README.md (the card)  config.yaml  review.html (a sample to judge)  logs/
+calibrate.json  calibrate.png     arhn-ray calibrate: a teacher screen's savings and kappa for each k
 evaluate/examples/<arm>/          training examples, written once, streamed to Ray Train's workers
 evaluate/train/                   Ray Train's runs and checkpoints (shared storage, not a driver temp dir)
 evaluate/embeddings/<set>/        corpus embeddings of every arm, encoded by a Ray Data pool, searched a block at a time
@@ -25,6 +26,7 @@ KINDS = ("refined", "rejected")
 # every name in the output folder, here once (the tree above)
 CONFIG, STATS, CARD, REVIEW = "config.yaml", "stats.json", "README.md", "review.html"
 REPORT_MD, REPORT_PNG = "report.md", "report.png"
+CALIBRATE_JSON, CALIBRATE_PNG = "calibrate.json", "calibrate.png"  # arhn-ray calibrate: what a teacher screen would save
 PARTS, LOGS, EVALUATE = "_parts", "logs", "evaluate"
 
 

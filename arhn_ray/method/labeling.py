@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from arhn_ray.method import ranking as rk
 from arhn_ray.method.constraints import stage2_format
@@ -38,6 +38,9 @@ from arhn_ray.method.snippets import UNGROUNDED
 from arhn_ray.method.stage1 import MODES, Stage1Read
 
 RELABEL, FILTER, KEEP = "relabel", "filter", "keep"
+UNJUDGED = "unjudged"  # past method.negatives_per_query: not sent to the LLM, so not kept either
+PAST_N, SCREENED = "past_negatives_per_query", "screened"
+NOT_JUDGED = ("duplicate_of_positive", PAST_N, SCREENED)  # reasons of decisions no LLM made
 
 _WORDS = re.compile(r"\w+")
 _FIRST_WORD = re.compile(r"[^\W_]+")
@@ -63,9 +66,29 @@ class RowPlan:
     negative_texts: list[str]
     duplicates: list[int]
     chunks: list[list[int]]  # indices into row["negative_passages"]
+    unjudged: list[int] = field(default_factory=list)  # past negatives_per_query: no call, not kept
+    screened: list[int] = field(default_factory=list)  # below the screen's top k: no call, kept
+    scores: dict[int, float] = field(default_factory=dict)  # the screen's teacher score of each judged negative
+
+    @property
+    def judged(self) -> list[int]:
+        """The negatives the LLM would judge without a screen (the first N that are not duplicates)."""
+        return sorted([i for c in self.chunks for i in c] + self.screened)
 
 
-def plan_row(row: dict, options: MethodOptions, truncate: Callable[[str], str] | None = None) -> RowPlan:
+def plan_row(
+    row: dict, options: MethodOptions, truncate: Callable[[str], str] | None = None, scores: list[float] | None = None
+) -> RowPlan:
+    """The row's chunks: duplicates of a positive out first, then the first ``negatives_per_query``
+    negatives judged (the rest ``unjudged``), cut into chunks of ``max_negatives_per_chunk``.
+    ``scores`` (the screen's teacher scores of ``judged``, in order) keep all but the
+    ``screen_top_k`` best-scored out of Stage 1 (``screened``).
+
+    Example:
+        >>> plan = plan_row(row, MethodOptions(negatives_per_query=10))  # a row of 25 negatives
+        >>> [len(c) for c in plan.chunks], len(plan.unjudged)
+        ([10], 15)
+    """
     cut = truncate or (lambda t: t)
     positives = row["positive_passages"]
     negatives = row["negative_passages"]
@@ -81,14 +104,46 @@ def plan_row(row: dict, options: MethodOptions, truncate: Callable[[str], str] |
                 duplicates.append(i)
                 continue
         rest.append(i)
-    n = options.max_negatives_per_chunk
-    chunks = [rest[i : i + n] for i in range(0, len(rest), n)]
-    return RowPlan(
+    unjudged: list[int] = []
+    if options.negatives_per_query is not None:
+        rest, unjudged = rest[: options.negatives_per_query], rest[options.negatives_per_query :]
+    plan = RowPlan(
         row=row,
         anchor_text=cut(passage_text(positives[0])),
         negative_texts=[cut(passage_text(neg)) for neg in negatives],
         duplicates=duplicates,
-        chunks=chunks,
+        chunks=_chunks(rest, options.max_negatives_per_chunk),
+        unjudged=unjudged,
+    )
+    return plan if scores is None else screen_plan(plan, scores, options)
+
+
+def _chunks(members: list[int], n: int) -> list[list[int]]:
+    return [members[i : i + n] for i in range(0, len(members), n)]
+
+
+def screen_plan(plan: RowPlan, scores: list[float], options: MethodOptions) -> RowPlan:
+    """The plan behind a teacher screen: ``scores`` are the teacher's, one per ``plan.judged``
+    negative in order; only the ``screen_top_k`` best (ties: the miner's order) stay in the chunks,
+    the others are ``screened``. ``screen_top_k=None`` keeps them all and only records the scores.
+
+    Example:
+        >>> screen_plan(plan, [0.1, 0.9, 0.5], MethodOptions(screen_top_k=2)).chunks
+        [[1, 2]]
+    """
+    judged = plan.judged
+    if len(scores) != len(judged):
+        raise ValueError(f"{len(scores)} screen scores for {len(judged)} judged negatives")
+    by_score = dict(zip(judged, (float(s) for s in scores)))
+    keep = judged
+    if options.screen_top_k is not None:
+        keep = sorted(sorted(judged, key=lambda i: (-by_score[i], i))[: options.screen_top_k])
+    chosen = set(keep)
+    return replace(
+        plan,
+        chunks=_chunks(keep, options.max_negatives_per_chunk),
+        screened=[i for i in judged if i not in chosen],
+        scores=by_score,
     )
 
 
@@ -199,6 +254,10 @@ def label_row(
     decisions: list[dict | None] = [None] * len(negatives)
     for i in plan.duplicates:
         decisions[i] = _decision(negatives[i], FILTER, "duplicate_of_positive", None, None, None)
+    for i in plan.unjudged:
+        decisions[i] = _decision(negatives[i], UNJUDGED, PAST_N, None, None, None)
+    for i in plan.screened:
+        decisions[i] = _decision(negatives[i], KEEP, SCREENED, None, None, None, plan.scores[i])
     rejected = None
     anchor = row_anchor(snippets, options)
     if plan.chunks and anchor.snippet is None and options.positive_no_answer == "reject":
@@ -230,7 +289,7 @@ def label_row(
                 reason, action = "answer_below_positive", FILTER
             if (action == RELABEL and options.variant == "filter") or (action == FILTER and options.variant == "relabel"):
                 action = KEEP
-            decisions[i] = _decision(negatives[i], action, reason, snippet, grounding, rank)
+            decisions[i] = _decision(negatives[i], action, reason, snippet, grounding, rank, plan.scores.get(i))
     relabeled = [neg for neg, d in zip(negatives, decisions) if d["action"] == RELABEL]
     if options.max_relabeled is not None and len(relabeled) > options.max_relabeled:
         rejected = rejected or f"max_relabeled: {len(relabeled)} > {options.max_relabeled}"
@@ -245,7 +304,10 @@ def label_row(
     )
 
 
-def _decision(passage: dict, action: str, reason: str, snippet: str | None, grounding: str | None, rank: int | None) -> dict:
+def _decision(
+    passage: dict, action: str, reason: str, snippet: str | None, grounding: str | None, rank: int | None,
+    score: float | None = None,
+) -> dict:  # fmt: skip
     return {
         "docid": passage["docid"],
         "action": action,
@@ -253,4 +315,5 @@ def _decision(passage: dict, action: str, reason: str, snippet: str | None, grou
         "snippet": snippet,
         "grounding": grounding,
         "rank": rank,
+        "score": score,
     }

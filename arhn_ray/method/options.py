@@ -29,6 +29,10 @@ class LabelRules:
     and ``name``: defined here once)."""
 
     variant: str = "rf"
+    # the paper's workload: the first N negatives (the miner's order) are judged, in one Stage 1 prompt
+    # with the positive; the rest are not sent and not kept (action "unjudged"). None: judge every
+    # negative, in chunks of max_negatives_per_chunk
+    negatives_per_query: int | None = 10
     max_negatives_per_chunk: int = 10
     positive_no_answer: str = "paper"
     max_relabeled: int | None = None
@@ -46,6 +50,10 @@ class MethodOptions(LabelRules):
     stage1_constraint: str = "none"
     stage2_constraint: str = "none"
     stage1_output: str = "text"
+    # with a teacher screen (screen.model): only the top_k negatives by teacher score go to Stage 1,
+    # the rest are kept with reason "screened"; None scores every judged negative and judges them all
+    # (a calibration run, read by `arhn-ray calibrate`)
+    screen_top_k: int | None = None
 
     def __post_init__(self) -> None:
         for name, allowed in (
@@ -60,5 +68,9 @@ class MethodOptions(LabelRules):
                 raise OptionError(name, f"{getattr(self, name)!r} is not one of {', '.join(allowed)}")
         if self.max_negatives_per_chunk < 1:
             raise OptionError("max_negatives_per_chunk", "must be at least 1")
+        if self.negatives_per_query is not None and self.negatives_per_query < 1:
+            raise OptionError("negatives_per_query", "must be at least 1 (null judges every negative)")
+        if self.screen_top_k is not None and self.screen_top_k < 1:
+            raise OptionError("screen_top_k", "must be at least 1 (null judges every negative and records its score)")
         if self.max_relabeled is not None and self.max_relabeled < 0:
             raise OptionError("max_relabeled", "must be at least 0")

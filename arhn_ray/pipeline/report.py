@@ -37,6 +37,8 @@ def write_report(cfg: Config, out: OutputLayout, wall_s: float, unreadable: dict
         "pipeline_mode": cfg.pipeline.mode,
         "unreadable_shards": unreadable or {},
         "labels_from": described["labels_from"],
+        "negatives_per_query": described.get("negatives_per_query"),  # the paper's N (None: all judged)
+        "screen": described.get("screen"),
         "input": cfg.input.hub_path or cfg.input.path,
         "input_revision": hub_revision(cfg.input.path),
     }

@@ -47,7 +47,18 @@ def _build_arhn(cfg: Config, engine: Any = None) -> Refiner:
         stage1_max_tokens=cfg.stage1.max_tokens,
         stage2_max_tokens=cfg.stage2.max_tokens,
         retries=cfg.pipeline.retries,
+        screen=_screen(cfg),
     )
+
+
+def _screen(cfg: Config) -> Any:
+    """The screen's teacher, on the replica beside its engine (None: no screen)."""
+    from arhn_ray.refiners.teacher import Teacher
+
+    s = cfg.screen
+    if not s.model:
+        return None
+    return Teacher(s.model, s.kind, s.batch_size, s.query_prefix, s.passage_prefix, max_length=cfg.truncation.max_seq_len)
 
 
 def _labels_from_llm(cfg: Config) -> str:
@@ -64,7 +75,17 @@ def _labels_from_llm(cfg: Config) -> str:
 def _describe_arhn(cfg: Config) -> dict[str, Any]:
     prompts = PromptSet.load(cfg.prompts.version, cfg.prompts.dir)
     return {"model": cfg.engine.model, "engine": cfg.engine.kind, "variant": cfg.method.variant, "prompt_version": prompts.version,
-            "prompt_sha256": prompts.sha256, "labels_from": _labels_from_llm(cfg)}  # fmt: skip
+            "prompt_sha256": prompts.sha256, "labels_from": _labels_from_llm(cfg),
+            "negatives_per_query": cfg.method.negatives_per_query, "screen": _screen_words(cfg)}  # fmt: skip
+
+
+def _screen_words(cfg: Config) -> str | None:
+    s = cfg.screen
+    if not s.model:
+        return None
+    if s.top_k is None:
+        return f"{s.model} scored every judged negative (a calibration run: all judged)"
+    return f"{s.model} sent its top {s.top_k} negatives a query to Stage 1; the rest were kept unjudged (reason screened)"
 
 
 def _repos_arhn(cfg: Config) -> list[tuple[str, str, bool]]:
@@ -73,6 +94,8 @@ def _repos_arhn(cfg: Config) -> list[tuple[str, str, bool]]:
         key = "stage2.engine" if step == "stage2" and cfg.stage2.engine else "engine"
         if e.kind == "vllm":
             repos += [(e.model, f"{key}.model", False), (e.tokenizer, f"{key}.tokenizer", True)]
+    if cfg.screen.model:
+        repos.append((cfg.screen.model, "screen.model", False))
     return repos
 
 
@@ -81,7 +104,8 @@ def _build_topk_percpos(cfg: Config, engine: Any = None) -> Refiner:
     from arhn_ray.refiners.topk_percpos import TopKPercPosRefiner
 
     b = cfg.baseline
-    return TopKPercPosRefiner(Teacher(b.model, b.kind, b.batch_size, b.query_prefix, b.passage_prefix), b.relative_margin, b.keep)
+    teacher = Teacher(b.model, b.kind, b.batch_size, b.query_prefix, b.passage_prefix, max_length=cfg.truncation.max_seq_len)
+    return TopKPercPosRefiner(teacher, b.relative_margin, b.keep)
 
 
 def _describe_topk_percpos(cfg: Config) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Generator
 from dataclasses import asdict
+from typing import Protocol
 
 from arhn_ray.engines.base import ChatRequest, ChatResult, Engine
 from arhn_ray.method import labeling as lb
@@ -22,6 +23,17 @@ from arhn_ray.method.ranking import parse_ranking
 from arhn_ray.refiners.base import Outcome, provenance
 
 Steps = Generator[list[ChatRequest], list[ChatResult], list[Outcome]]
+SCREEN_SCORES = "screen_scores"  # a row's teacher scores of its judged negatives, from Stage 1 to Stage 2
+
+
+class Scorer(Protocol):
+    """The screen's teacher (refiners/teacher.py): one score a (query, passage) pair."""
+
+    model: str
+
+    def score(self, pairs: list[tuple[str, str]]) -> list[float]: ...
+
+    def close(self) -> None: ...
 
 
 class ArhnRefiner:
@@ -34,8 +46,10 @@ class ArhnRefiner:
         stage1_max_tokens: int = 1024,
         stage2_max_tokens: int = 128,
         retries: int = 2,
+        screen: Scorer | None = None,
     ):
         self.engine = engine
+        self.screen = screen
         self.options = options
         self.prompts = prompts
         self.truncate = truncate
@@ -46,6 +60,27 @@ class ArhnRefiner:
 
     def close(self) -> None:
         self.engine.close()
+        if self.screen is not None:
+            self.screen.close()
+
+    def plans(self, rows: list[dict]) -> list[lb.RowPlan]:
+        """Each row planned once for both stages; behind a screen, the teacher scores every judged
+        negative of the batch in one call (as the LLM reads it: title and text, truncated) and the
+        scores travel in the row, so a ``staged`` Stage 2 plans the same chunks."""
+        plans = [lb.plan_row(row, self.options, self.truncate) for row in rows]
+        if self.screen is None:
+            return plans
+        todo = [(r, p) for r, p in enumerate(plans) if SCREEN_SCORES not in rows[r]]
+        pairs = [(rows[r]["query"], p.negative_texts[i]) for r, p in todo for i in p.judged]
+        scores = iter(self.screen.score(pairs))
+        for r, p in todo:
+            rows[r][SCREEN_SCORES] = [next(scores) for _ in p.judged]
+        return [lb.screen_plan(p, row[SCREEN_SCORES], self.options) for row, p in zip(rows, plans)]
+
+    def _plan(self, row: dict) -> lb.RowPlan:
+        """A row's plan from what the row carries (Stage 2 of a ``staged`` run, ``relabel``)."""
+        scores = row.get(SCREEN_SCORES) if self.screen is not None else None
+        return lb.plan_row(row, self.options, self.truncate, scores)
 
     def _generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
         """The engine's results, resending failed requests up to ``retries`` times."""
@@ -96,7 +131,7 @@ class ArhnRefiner:
 
     def refine(self, rows: list[dict]) -> list[Outcome]:
         """Both stages (the ``fused`` pipeline); each row is planned once for both."""
-        plans = [lb.plan_row(row, self.options, self.truncate) for row in rows]
+        plans = self.plans(rows)
         first = self.stage1(rows, plans)
         ready = [(o.row, plan) for o, plan in zip(first, plans) if o.rejected is None]
         second = iter(self.stage2([row for row, _ in ready], [plan for _, plan in ready]))
@@ -112,21 +147,21 @@ class ArhnRefiner:
         """Both stages with an async engine, each row on its own: its Stage 2 goes out as soon
         as its own Stage 1 is back, while other rows are still in Stage 1."""
 
-        async def one(row: dict) -> Outcome:
-            plan = lb.plan_row(row, self.options, self.truncate)
+        async def one(row: dict, plan: lb.RowPlan) -> Outcome:
             (first,) = await self.astage1([row], [plan])
             if first.rejected:
                 return first
             (second,) = await self.astage2([row], [plan])
             return second
 
-        return list(await asyncio.gather(*(one(row) for row in rows)))
+        plans = await asyncio.to_thread(self.plans, rows) if self.screen is not None else self.plans(rows)
+        return list(await asyncio.gather(*(one(row, plan) for row, plan in zip(rows, plans))))
 
     # The stages are generators: they yield the requests they need and are sent the results,
     # so one body serves the blocking engines (``_drive``) and the async ones (``_adrive``).
 
     def _stage1(self, rows: list[dict], plans: list[lb.RowPlan] | None) -> Steps:
-        plans = plans if plans is not None else [lb.plan_row(row, self.options, self.truncate) for row in rows]
+        plans = plans if plans is not None else self.plans(rows)
         requests, owners = [], []
         for r, plan in enumerate(plans):
             rows[r]["llm"] = []
@@ -147,7 +182,7 @@ class ArhnRefiner:
         work = []
         requests, owners = [], []
         for r, row in enumerate(rows):
-            plan = plans[r] if plans is not None else lb.plan_row(row, self.options, self.truncate)
+            plan = plans[r] if plans is not None else self._plan(row)
             calls = row.get("llm") or []
             if len(calls) != len(plan.chunks):
                 out[r] = Outcome(row, f"stage 1 outputs for {len(calls)} chunks, expected {len(plan.chunks)}", "llm")

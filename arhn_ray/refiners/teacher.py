@@ -30,7 +30,13 @@ def teacher_kind(path: str, kind: str = "auto") -> str:
 
 
 class Teacher:
-    def __init__(self, model: str, kind: str = "auto", batch_size: int = 64, query_prefix: str = "", passage_prefix: str = ""):
+    def __init__(
+        self, model: str, kind: str = "auto", batch_size: int = 64, query_prefix: str = "", passage_prefix: str = "",
+        max_length: int | None = 512,
+    ):  # fmt: skip
+        """``max_length``: tokens a pair (cross-encoder) or a text (embedding) is read to, the
+        retriever's ``truncation.max_seq_len``: a reranker's own maximum (8,192 for bge-reranker-v2-m3)
+        reads far more than the retriever and the LLM see, slower and not comparable."""
         import torch
 
         self.model = model
@@ -44,11 +50,13 @@ class Teacher:
         if self.kind == "cross-encoder":
             from sentence_transformers import CrossEncoder
 
-            self.encoder = CrossEncoder(path, device=device, **kwargs)
+            self.encoder = CrossEncoder(path, device=device, max_length=max_length, **kwargs)
         else:
             from sentence_transformers import SentenceTransformer
 
             self.encoder = SentenceTransformer(path, device=device, **kwargs)
+            if max_length is not None:
+                self.encoder.max_seq_length = min(max_length, self.encoder.max_seq_length or max_length)
 
     def score(self, pairs: list[tuple[str, str]]) -> list[float]:
         """One score per (query, passage) pair."""
