@@ -133,7 +133,7 @@ def render(result: dict[str, Any]) -> str:
         "",
         f"smallest k with kappa >= {result['threshold']:g}: {k}"
         + (f" (screen.top_k={k})" if k else " (none: keep the screen off)"),
-        "tokens saved: a call's prompt tokens shared evenly over its documents (an upper bound)",
+        "tokens saved: prompt tokens shared evenly over documents (an upper bound)",
     ]
     return "\n".join(lines)
 

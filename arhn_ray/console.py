@@ -221,7 +221,7 @@ def _plan_time(p: RunEstimate) -> list[str]:
         f"({r['model']} on {r['gpu']})",
         f"    assumed         {r['fraction_of_peak']:g} of {r['peak_tflops']:g} TFLOP/s peak, {r['fraction_of_bandwidth']:g} of "
         f"{r['hbm_tb_s']:g} TB/s, KV {r['kv_bytes_per_token'] // 1024} KiB a token",
-        f"    checked         {p.rates_check}",
+        f"    checked         {p.rates_check}",  # fits 80 columns on two lines
         f"    floor           ~{p.floor_hours:.3g} h: the same tokens at 100% of peak",
         *([f"    screen          {p.screen_pairs:,} pairs scored on the replicas' GPUs "
            f"(assumed {p.assumptions['teacher_pairs_per_gpu_s']:g} pairs/s a GPU)"] if p.screen_pairs else []),

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 # (prompt tokens, output tokens, total tokens/s measured, where): one A100 SXM 80GB, Qwen3-32B bf16, vLLM
-PUBLISHED = (2000, 100, 2521.0, "GPUStack performance lab, vLLM serving Qwen3-32B on one A100 SXM 80GB (medium prompts)")
+PUBLISHED = (2000, 100, 2521.0, "GPUStack's lab (vLLM, Qwen3-32B, one A100 SXM 80GB, ~2,000+100 tokens)")
 
 
 @dataclass(frozen=True)

@@ -202,7 +202,7 @@ def _price_llm(p: RunEstimate, cfg: Config, rates: Rates, replicas: int) -> None
     p.prefill_tokens_per_gpu_s = rates.prefill_tokens_per_gpu_s()
     p.decode_tokens_per_gpu_s = output / decode_s if decode_s else 0.0
     modelled, measured, source = rates.check()
-    p.rates_check = f"{modelled:,.0f} total tokens/s modelled vs {measured:,.0f} measured by {source}"
+    p.rates_check = f"{modelled:,.0f} tokens/s modelled, {measured:,.0f} measured by\n                    {source}"
     p.hours = gpu_s / p.gpus / 3600 if p.gpus else 0.0
     p.gpu_hours = p.hours * p.gpus
     p.floor_hours = rates.floor_s(prompt + output) / p.gpus / 3600 if p.gpus else 0.0

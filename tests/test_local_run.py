@@ -38,8 +38,10 @@ def test_every_sample_row_lands_in_exactly_one_output(readme_run):
     stats = json.loads((out / "stats.json").read_text())
     o = stats["overall"]
     assert o["queries"] + o["rejected"] == 2 * PER_FILE
-    assert o["relabel"] + o["filter"] + o["keep"] == o["negatives_in"] == 25 * o["queries"]
-    assert o["stage1_calls"] == 3 * o["queries"] and o["stage1_output_tokens"] > 0
+    assert o["relabel"] + o["filter"] + o["keep"] + o["unjudged"] == o["negatives_in"] == 25 * o["queries"]
+    # the paper's N = 10: one Stage 1 call a query, and the 15 negatives past N not judged
+    assert o["stage1_calls"] == o["queries"] and o["stage1_output_tokens"] > 0
+    assert o["unjudged"] + stats["decision_reasons"].get("filter:duplicate_of_positive", 0) >= 14 * o["queries"]
     assert "refined" in stdout and "wall time" in stdout
     for name in ("report.md", "report.png", "config.yaml"):
         assert (out / name).stat().st_size > 0
@@ -68,6 +70,35 @@ def test_verbatim_snippets_of_the_real_run_are_exact(readme_run):
             for d in row["decisions"]:
                 assert d["grounding"] in (None, "exact")
             assert row["provenance"]["model"] == "bundled:smollm2"
+
+
+def test_plan_counts_the_calls_and_prompt_tokens_the_run_made(readme_run, tmp_path, capsys):
+    """Issue 33: plan's Stage 1 calls and prompt tokens are the ones vLLM counted in the real run
+    (the same config and rows; the plan tokenizes with the model's own tokenizer and chat template)."""
+    from helpers import ROOT
+
+    from arhn_ray.cli import main
+
+    out, _ = readme_run
+    o = json.loads((out / "stats.json").read_text())["overall"]
+    conf = str(ROOT / "conf" / "local.yaml")
+    assert (
+        main(
+            [
+                "plan",
+                conf,
+                f"input.path={ROOT / 'arhn_ray' / 'samples'}",
+                f"input.limit={PER_FILE}",
+                f"output.path={tmp_path}",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["stage1_calls"] == o["stage1_calls"] and plan["chunks"] == o["stage1_calls"]
+    assert plan["stage1_prompt_tokens"] == o["stage1_prompt_tokens"], (plan["stage1_prompt_tokens"], o["stage1_prompt_tokens"])
+    assert plan["unjudged"] == o["unjudged"]
 
 
 def test_tools_work_on_the_real_output(readme_run, tmp_path, ray_cluster):
