@@ -8,6 +8,10 @@ Reference formats:
 
 - another output folder (``arhn-ray agreement OUT_A --reference OUT_B``, e.g. ARHN against the
   TopK-PercPos baseline): the decisions themselves are compared, relabel / filter / keep.
+- a refined dataset in Tevatron / RLHN rows (parquet or JSONL, local, ``s3://`` or ``hf://``, such
+  as RLHN's published ``rlhn/rlhn-680K``): for each negative the output judged, its docid among the
+  reference row's positives is a relabel, among its negatives a keep, absent a removal; ARHN's
+  filter is a removal. Queries the reference lacks are counted, not compared.
 
 A negative filtered as ``duplicate_of_positive`` *is* the positive, so it counts as a false
 negative whichever actions ``positive_actions`` names: it was removed only to avoid listing the
@@ -108,6 +112,58 @@ def decision_agreement(output: str, reference: str, storage_options: dict | None
             "overall": _kappa(everything, ACTIONS)}  # fmt: skip
 
 
+ROW_LABELS = ["relabel", "keep", "removed"]  # a refined dataset's verdict on a negative, by where its docid went
+
+
+def is_row_dataset(path: str, storage_options: dict | None = None) -> bool:
+    """A refined dataset in Tevatron/RLHN rows, not a label or verdict file: parquet, a folder, an
+    ``hf://`` path, or JSONL whose first row has ``positive_passages`` and no ``response``."""
+    from arhn_ray.data.readers import filesystem
+
+    if path.startswith("hf://") or path.endswith(".parquet"):
+        return True
+    if path.endswith(".csv"):
+        return False
+    fs, root = filesystem(path, storage_options)
+    if fs.isdir(root):
+        return True
+    with fs.open(root, "rt", encoding="utf-8") as f:
+        first = next((line for line in f if line.strip()), "{}")
+    row = json.loads(first)
+    return "positive_passages" in row and "response" not in row
+
+
+def rows_agreement(output: str, reference: str, storage_options: dict | None = None) -> dict[str, Any]:
+    """Kappa of the output's labels (relabel / keep / filter as removed) against where a refined
+    dataset put each judged negative, per subset and overall, with the confusion table."""
+    from arhn_ray.data.rows import dataset_rows
+    from arhn_ray.method.labeling import NOT_JUDGED, SCREENED
+
+    out = OutputLayout(output, storage_options)
+    ours = {r["query_id"] for r in out.read_rows("refined", columns=["query_id"])}
+    ref: dict[str, tuple[set[str], set[str]]] = {}
+    for row in dataset_rows(reference, storage_options):
+        if row["query_id"] in ours:
+            ref[row["query_id"]] = (
+                {p["docid"] for p in row["positive_passages"]},
+                {p["docid"] for p in row["negative_passages"]},
+            )
+    pairs: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for row in out.read_rows("refined", columns=["query_id", "subset", "decisions"]):
+        if row["query_id"] not in ref:
+            continue
+        positives, negatives = ref[row["query_id"]]
+        for d in row["decisions"]:
+            if d["reason"] in NOT_JUDGED and d["reason"] != SCREENED:  # past N or a duplicate of the positive: not a judgment
+                continue
+            theirs = "relabel" if d["docid"] in positives else "keep" if d["docid"] in negatives else "removed"
+            pairs[row.get("subset") or "default"].append((theirs, "removed" if d["action"] == "filter" else d["action"]))
+    everything = [p for ps in pairs.values() for p in ps]
+    return {"compared": "rows", "reference": reference, "queries": len(ref), "queries_missing": len(ours) - len(ref),
+            "subsets": {n: _kappa(ps, ROW_LABELS) for n, ps in sorted(pairs.items())},
+            "overall": _kappa(everything, ROW_LABELS)}  # fmt: skip
+
+
 def is_output(path: str, storage_options: dict | None = None) -> bool:
     out = OutputLayout(path, storage_options)
     return out.fs.isdir(out.root) and out.exists(layout.PARTS)
@@ -128,6 +184,8 @@ def _kappa(pairs: list[tuple[str, str]], labels: list[str] = LABELS) -> dict[str
 def render(result: dict[str, Any]) -> str:
     if result.get("compared") == "decisions":
         return _render_decisions(result)
+    if result.get("compared") == "rows":
+        return _render_rows(result)
     lines = [f"Cohen's kappa (ARHN false negative = {' or '.join(result['count_as_false_negative'])})", ""]
     lines.append("| subset | pairs | kappa | ref FN & ARHN FN | ref FN & ARHN neg | ref neg & ARHN FN | ref neg & ARHN neg |")
     lines.append("|---|---:|---:|---:|---:|---:|---:|")
@@ -149,4 +207,17 @@ def _render_decisions(result: dict[str, Any]) -> str:
         cells = [c for row in (r["confusion"]["matrix"] if r["confusion"] else [[0] * 3] * 3) for c in row]
         kappa = "n/a" if r["kappa"] is None else f"{r['kappa']:.4f}"
         lines.append(f"| {name} | {r['n']} | {kappa} | " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(lines)
+
+
+def _render_rows(result: dict[str, Any]) -> str:
+    """Kappa per subset, then the overall confusion table (reference rows, ARHN columns): 80 columns."""
+    lines = [f"Cohen's kappa against {result['reference']}", f"({result['queries']} queries compared; "
+             f"{result['queries_missing']} of the output's are not in the reference)", "", "| subset | pairs | kappa |", "|---|---:|---:|"]  # fmt: skip
+    for name, r in [*result["subsets"].items(), ("**overall**", result["overall"])]:
+        kappa = "n/a" if r["kappa"] is None else f"{r['kappa']:.4f}"
+        lines.append(f"| {name} | {r['n']} | {kappa} |")
+    matrix = (result["overall"]["confusion"] or {}).get("matrix") or [[0] * 3] * 3
+    lines += ["", "| reference \\ ARHN | " + " | ".join(ROW_LABELS) + " |", "|---|---:|---:|---:|"]
+    lines += [f"| {label} | " + " | ".join(map(str, row)) + " |" for label, row in zip(ROW_LABELS, matrix)]
     return "\n".join(lines)

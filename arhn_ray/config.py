@@ -148,9 +148,12 @@ class EvaluateConfig:
     mini_batch_size: int | None = None  # set: CachedMultipleNegativesRankingLoss, for batches larger than memory holds
     lr: float = 2e-5
     warmup_ratio: float = 0.1
-    epochs: int = 1
+    epochs: int = 1  # one training instance a query an epoch (its positive and negatives drawn again each epoch)
     negatives: int = 7
-    seed: int = 0
+    seed: int = 0  # the bootstrap's resampling
+    # each arm trains once a seed (its examples drawn and its trainer seeded with it); the table gives
+    # the mean over seeds, each seed's score and their spread, beside the paired interval over queries
+    seeds: list[int] = field(default_factory=lambda: [0])
     workers: int = 1  # Ray Train workers per arm (data parallel)
     use_gpu: bool = False
     # memory a training worker reserves (Ray's memory resource), so that arms side by side fit: on CPU
@@ -263,6 +266,8 @@ def check(cfg: Config) -> None:
         )
     if cfg.pipeline.max_concurrent_batches > 1 and not cfg.engine.async_engine:
         raise ConfigError("config key 'pipeline.max_concurrent_batches': more than 1 needs engine.async_engine=true")
+    if not cfg.evaluate.seeds or cfg.evaluate.epochs < 1:
+        raise ConfigError("config key 'evaluate.seeds': at least one seed, and evaluate.epochs at least 1")
     if cfg.truncation.tokenizer:
         try:
             bundled.resolve(cfg.truncation.tokenizer)

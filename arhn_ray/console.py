@@ -253,13 +253,13 @@ def render_plan(p: RunEstimate) -> str:
             *(_plan_time(p) if p.gpus and not p.teachers else []),
             *(["  time              see teachers"] if p.teachers else []),
             *([] if p.gpus else ["  time              no GPU estimate: this config runs on CPU or an external server"]),
-            f"  evaluate          ~{p.evaluate_hours:.3g} h to train 3 arms, {p.evaluate_arms_at_once} at a time "
+            f"  evaluate          ~{p.evaluate_hours:.3g} h to train {p.evaluate_runs} runs (3 arms x seeds), {p.evaluate_arms_at_once} at a time "
             f"(~{p.evaluate_device_hours:.3g} {p.evaluate_device}-hours; assumed "
             f"{a['train_queries_per_' + p.evaluate_device.lower() + '_s']:g} training queries/s a worker; "
             "encoding the evaluation corpus not included)",
             *(
                 [
-                    f"  evaluate encoding ~{p.evaluate_encode_hours:.3g} h: 4 models x {a['eval_passages']:,} passages (the paper's 16 BEIR sets) "
+                    f"  evaluate encoding ~{p.evaluate_encode_hours:.3g} h: {p.evaluate_runs + 1} models x {a['eval_passages']:,} passages (the paper's 16 BEIR sets) "
                     f"on {p.evaluate_encoders} GPUs (assumed {a['encode_passages_per_gpu_s']:g} passages/s an A100); FAISS searches them block by block"
                 ]
                 if p.evaluate_encode_hours

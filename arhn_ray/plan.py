@@ -90,6 +90,7 @@ class RunEstimate:
     prefill_tokens_per_gpu_s: float = 0.0  # from assumptions.rates
     decode_tokens_per_gpu_s: float = 0.0  # from assumptions.rates, at this run's mean context
     rates_check: str = ""  # the rate model against a published vLLM measurement
+    evaluate_runs: int = 0  # arms x seeds
     evaluate_arms_at_once: int = 0
     evaluate_hours: float = 0.0  # training the three arms on the config's cluster (encoding the eval corpus not included)
     evaluate_device: str = ""  # GPU (evaluate.use_gpu) or CPU
@@ -209,24 +210,27 @@ def _price_llm(p: RunEstimate, cfg: Config, rates: Rates, replicas: int) -> None
 
 
 def _price_evaluate(p: RunEstimate, cfg: Config, assume: Assumptions) -> None:
-    """``arhn-ray evaluate`` after the run: three arms, each about one training example a valid
-    row an epoch, side by side as the refine run's GPUs (or this machine's CPUs) hold them."""
+    """``arhn-ray evaluate`` after the run: three arms a seed of ``evaluate.seeds``, each one
+    training instance a valid row an epoch, side by side as the refine run's GPUs (or this
+    machine's CPUs) hold them."""
     from arhn_ray.evaluate.train import arm_layout
 
     ev = cfg.evaluate
+    runs = 3 * len(ev.seeds)
     # the refine run's GPUs; on CPU this machine, with Ray's default share (70%) of its memory
     memory = 0.7 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     slots = {"GPU": float(p.gpus)} if ev.use_gpu else {"CPU": float(os.cpu_count() or 1), "memory": memory}
     p.evaluate_device = "GPU" if ev.use_gpu else "CPU"
-    _, p.evaluate_arms_at_once = arm_layout(ev, slots)
+    _, p.evaluate_arms_at_once = arm_layout(ev, slots, runs)
     rate = assume.train_queries_per_gpu_s if ev.use_gpu else assume.train_queries_per_cpu_s
     arm_s = (p.rows - p.rows_invalid) * ev.epochs / (ev.workers * rate)
-    rounds = -(-3 // p.evaluate_arms_at_once)
-    p.evaluate_hours = rounds * arm_s / 3600
-    p.evaluate_device_hours = 3 * arm_s * ev.workers / 3600
+    p.evaluate_runs = runs
+    p.evaluate_hours = -(-runs // p.evaluate_arms_at_once) * arm_s / 3600
+    p.evaluate_device_hours = runs * arm_s * ev.workers / 3600
     if ev.use_gpu and p.gpus:
         p.evaluate_encoders = ev.encoders or p.gpus
-        p.evaluate_encode_hours = 4 * assume.eval_passages / assume.encode_passages_per_gpu_s / p.evaluate_encoders / 3600
+        models = 1 + runs  # zero-shot and every trained run encode every corpus
+        p.evaluate_encode_hours = models * assume.eval_passages / assume.encode_passages_per_gpu_s / p.evaluate_encoders / 3600
 
 
 class SharedPrefix:

@@ -12,8 +12,47 @@ from helpers import ROOT, SAMPLES, load_jsonl
 from arhn_ray.method.topk_percpos import decide, threshold
 
 
+def _sentence_transformers_keeps(positive: float, candidates: list[float], margin: float) -> list[float]:
+    """What sentence-transformers' own ``mine_hard_negatives`` keeps as negatives under
+    ``relative_margin``, for a query whose positive and candidates have these cosine scores: a
+    model whose embeddings are 2-d unit vectors at those angles from the query's."""
+    import math
+
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.util import mine_hard_negatives
+
+    vectors = {"query": [1.0, 0.0]} | {f"t{s}": [s, math.sqrt(1 - s * s)] for s in [positive, *candidates]}
+
+    class Lookup(torch.nn.Module):
+        def tokenize(self, texts, **kwargs):
+            return {"index": torch.tensor([list(vectors).index(t) for t in texts])}
+
+        def forward(self, features):
+            features["sentence_embedding"] = torch.tensor(list(vectors.values()))[features["index"]]
+            return features
+
+    model = SentenceTransformer(modules=[Lookup()], device="cpu")
+    kept = []
+    for n in range(len(candidates), 0, -1):  # the most negatives it finds for the query: all that pass the margin
+        rows = mine_hard_negatives(Dataset.from_dict({"anchor": ["query"], "positive": [f"t{positive}"]}), model,
+                                   corpus=[f"t{s}" for s in candidates], relative_margin=margin, num_negatives=n,
+                                   output_format="n-tuple", verbose=False).to_list()  # fmt: skip
+        if rows:
+            kept = [float(rows[0][f"negative_{i}"][1:]) for i in range(1, n + 1)]
+            break
+    return sorted(kept)
+
+
 def test_the_rule_is_sentence_transformers_relative_margin():
+    """Against sentence-transformers' own mine_hard_negatives (6.2: ``pos - |pos| * margin``, from the
+    lowest positive), including a negative positive score, where ``pos * (1 - margin)`` would differ."""
     assert threshold(0.8, 0.05) == pytest.approx(0.76) and threshold(-0.5, 0.05) == pytest.approx(-0.525)
+    for positive, candidates in ((0.8, [0.9, 0.77, 0.75, 0.5]), (-0.5, [-0.3, -0.49, -0.52, -0.53, -0.7, -0.9])):
+        ours = sorted(s for s, (action, _) in zip(candidates, decide(positive, candidates, 0.05)) if action == "keep")
+        assert ours == _sentence_transformers_keeps(positive, candidates, 0.05), positive
+    assert ours == [-0.9, -0.7, -0.53]  # pos * (1 - margin) = -0.475 would also keep -0.49 and -0.52
     assert decide(0.8, [0.77, 0.76, 0.5, 0.9]) == [("filter", "above_relative_margin"), ("keep", "below_relative_margin"),
                                                   ("keep", "below_relative_margin"), ("filter", "above_relative_margin")]  # fmt: skip
 

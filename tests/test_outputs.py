@@ -307,7 +307,7 @@ def test_plan_reports_the_shipped_sample_without_calling_an_llm(capsys):
     assert main(["plan", str(ROOT / "conf" / "qwen3-32b-a100x16.yaml"), "input.path=arhn_ray/samples"]) == 0
     text = capsys.readouterr().out
     assert "on 16 GPUs" in text and "GPU-hours" in text and "not readable here" in text
-    assert "evaluate          ~" in text and "3 arms, 2 at a time" in text
+    assert "evaluate          ~" in text and "9 runs (3 arms x seeds), 2 at a time" in text
 
 
 def test_plan_asks_the_hub_nothing_even_where_the_hub_library_is_already_loaded(capsys, monkeypatch):
@@ -331,9 +331,10 @@ def test_plan_asks_the_hub_nothing_even_where_the_hub_library_is_already_loaded(
 
 
 def test_plan_prices_evaluate_from_the_rows_and_the_stated_rates(capsys):
-    """Three arms of one training example a valid row: 8-GPU arms two at a time on the A100
-    config's 16 GPUs (two rounds), one CPU worker each on this machine's CPUs (memory not
-    reserved here: the rule that counts it is tested in test_evaluate.py)."""
+    """Three arms a seed of one training instance a valid row an epoch: the A100 config's 3 seeds
+    x 3 arms, 5 epochs, 8-GPU runs two at a time on its 16 GPUs (five rounds), one CPU worker each
+    on this machine's CPUs (memory not reserved here: the rule that counts it is tested in
+    test_evaluate.py)."""
     import os
 
     from arhn_ray.plan import Assumptions
@@ -342,10 +343,9 @@ def test_plan_prices_evaluate_from_the_rows_and_the_stated_rates(capsys):
                  "--train-queries-per-gpu-s", "0.01"]) == 0  # fmt: skip
     gpu = json.loads(capsys.readouterr().out)
     assert (gpu["evaluate_device"], gpu["evaluate_arms_at_once"]) == ("GPU", 2)
-    arm_s = (gpu["rows"] - gpu["rows_invalid"]) / (8 * 0.01)
-    assert gpu["evaluate_hours"] == pytest.approx(2 * arm_s / 3600) and gpu["evaluate_device_hours"] == pytest.approx(
-        3 * 8 * arm_s / 3600
-    )
+    arm_s = (gpu["rows"] - gpu["rows_invalid"]) * 5 / (8 * 0.01)
+    assert gpu["evaluate_runs"] == 9 and gpu["evaluate_hours"] == pytest.approx(5 * arm_s / 3600)
+    assert gpu["evaluate_device_hours"] == pytest.approx(9 * 8 * arm_s / 3600)
     assert main(["plan", str(ROOT / "conf" / "local.yaml"), "--json", "evaluate.epochs=2", "evaluate.worker_memory_gb=null"]) == 0
     cpu = json.loads(capsys.readouterr().out)
     at_once = min(3, os.cpu_count() or 1)

@@ -7,8 +7,8 @@ import json
 
 import arhn_ray.cli.commands as c
 from arhn_ray.agreement import COUNT_AS
+from arhn_ray.data.export import EXAMPLE_RULES, SHORT_POLICIES
 from arhn_ray.data.export import FORMATS as EXPORT_FORMATS
-from arhn_ray.data.export import SHORT_POLICIES
 from arhn_ray.method.options import POSITIVE_NO_ANSWER, VARIANTS
 from arhn_ray.plan import Assumptions
 
@@ -99,7 +99,10 @@ def _agreement(sub) -> None:
                  "arhn-ray agreement out/local --reference rlhn_stage_1.jsonl --stage2-reference rlhn_stage_2.jsonl", c.agreement)  # fmt: skip
     a.add_argument("output")
     a.add_argument(
-        "--reference", required=True, help="JSONL/CSV {query_id, docid, label}, an RLHN verdict JSONL, or another output folder"
+        "--reference",
+        required=True,
+        help="JSONL/CSV {query_id, docid, label}, an RLHN verdict JSONL, another output folder, or a "
+        "refined dataset in Tevatron/RLHN rows (parquet or JSONL, local, s3:// or hf://, e.g. hf://datasets/rlhn/rlhn-680K@<commit>)",
     )
     a.add_argument("--stage2-reference", default=None, help="RLHN stage-2 verdicts; they decide the queries they hold")
     a.add_argument(
@@ -137,6 +140,10 @@ def _evaluate(sub) -> None:
     ev.add_argument(
         "--baseline", default=None, help="a TopK-PercPos output of the same input (else it is run now, into OUTPUT/evaluate/)"
     )
+    ev.add_argument("--arm", action="append", default=[], metavar="NAME=PATH",
+                    help="another refined dataset as an arm of its own (repeatable), in any format refine reads, local, s3:// or "
+                    "hf://datasets/rlhn/rlhn-680K@<commit>: restricted to OUTPUT's queries, trained as the others, compared with "
+                    "the original arm")  # fmt: skip
     ev.add_argument(
         "overrides",
         nargs="*",
@@ -165,6 +172,9 @@ def _export(sub) -> None:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--e5-prefixes", action="store_true", help="prefix 'query: ' and 'passage: ' (E5)")
     e.add_argument("--short", choices=SHORT_POLICIES, default="repeat", help="rows with fewer negatives than asked")
+    e.add_argument("--examples", choices=EXAMPLE_RULES, default="per-query",
+                   help="sentence-transformers rows: one a query, its positive drawn among the query's (the paper's protocol, what evaluate "
+                   "trains), or one a positive (a query ARHN gave three positives trains three times)")  # fmt: skip
     e.add_argument("--out", required=True)
     _storage_options(e)
 

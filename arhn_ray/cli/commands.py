@@ -113,10 +113,12 @@ def relabel(args: argparse.Namespace) -> int:
 
 
 def agreement(args: argparse.Namespace) -> int:
-    from arhn_ray.agreement import agreement, decision_agreement, is_output, render
+    from arhn_ray.agreement import agreement, decision_agreement, is_output, is_row_dataset, render, rows_agreement
 
     if is_output(args.reference, args.storage_options):
         result = decision_agreement(args.output, args.reference, args.storage_options)
+    elif is_row_dataset(args.reference, args.storage_options):  # e.g. hf://datasets/rlhn/rlhn-680K@<commit>
+        result = rows_agreement(args.output, args.reference, args.storage_options)
     else:
         result = agreement(args.output, args.reference, stage2=args.stage2_reference, positive_actions=args.count_as,
                            storage_options=args.storage_options)  # fmt: skip
@@ -154,18 +156,24 @@ def review(args: argparse.Namespace) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
+    from arhn_ray.evaluate.arms import extra_arms
     from arhn_ray.evaluate.beir import BeirError
     from arhn_ray.evaluate.report import table1_markdown
     from arhn_ray.evaluate.run import evaluate
 
     out = OutputLayout(args.output, args.storage_options)
-    work = lambda: evaluate(args.output, args.eval, args.overrides, baseline=args.baseline, storage_options=args.storage_options)  # noqa: E731
+    work = lambda: evaluate(args.output, args.eval, args.overrides, baseline=args.baseline, storage_options=args.storage_options,  # noqa: E731
+                            arms=args.arm)  # fmt: skip
     try:
+        extra_arms(args.arm)  # a bad --arm before any work
         result = work() if args.verbose else quietly(work, out, "evaluate", f"evaluating {args.output} on {', '.join(args.eval)}")
-    except BeirError as e:
+    except (BeirError, ValueError) as e:
         print(f"arhn-ray: {e}", file=sys.stderr)
         return 2
     print(table1_markdown(result))
+    note = _demo_note(args.output, args.storage_options)
+    if note:
+        print(f"NOTE: the refined arm trained on demo labels. {note}")
     print(f"wrote {args.output.rstrip('/')}/evaluate/evaluate.json, evaluate.md, evaluate.png and the card's section")
     return 0
 
@@ -176,7 +184,7 @@ def export(args: argparse.Namespace) -> int:
     try:
         kind = file_type(args.out)
         written = export(args.output, args.format, args.out, negatives=args.negatives, seed=args.seed, prefixes=args.e5_prefixes, short=args.short,
-                   storage_options=args.storage_options)  # fmt: skip
+                   storage_options=args.storage_options, rule=args.examples)  # fmt: skip
     except ValueError as e:  # a bad --out, --format or --short: named, no traceback
         print(f"arhn-ray: {e}", file=sys.stderr)
         return 2
@@ -193,4 +201,21 @@ def export(args: argparse.Namespace) -> int:
                 else ""
             )
         )
+    note = _demo_note(args.output, args.storage_options)
+    if note:
+        print(f"  NOTE         {note}")
+    if not written.rows:
+        print(f"arhn-ray: export: no training row from {args.output}: every query was left out ({counts(written.dropped) or 'no refined row'})",
+              file=sys.stderr)  # fmt: skip
+        return 3
     return 0
+
+
+def _demo_note(output: str, storage_options: dict) -> str | None:
+    """The bundled model's warning, carried to what is derived from its labels (None for real labels)."""
+    from arhn_ray.stats import demo_labels, load_stats
+
+    try:
+        return demo_labels(load_stats(OutputLayout(output, storage_options)))
+    except (FileNotFoundError, KeyError, ValueError):
+        return None

@@ -2,11 +2,15 @@
 
 Policy, the same for every format, and the one ``arhn-ray evaluate`` trains on
 (:func:`training_examples`):
-- one training row per positive (the original ones and the relabeled ones), all sharing the
-  query's sampled negatives: a relabeled negative is a positive like the original one, and a
-  query with three positives is seen three times an epoch, as the refined data says;
-- negatives are drawn without replacement from the kept ones, with a generator seeded by
-  ``seed`` and the query id, so an export is reproducible row by row;
+- ``per-query`` (default, the paper's Section 4.3 and Tevatron's): one training instance a query
+  an epoch, its positive drawn among the query's positives (the original ones and the relabeled
+  ones) and its negatives drawn again for each epoch. A query ARHN gave three positives trains as
+  often as one with a single positive, so two datasets of the same queries train the same number
+  of steps and differ only in their labels; ``per-positive`` (one row per positive, all sharing
+  the query's negatives: a query with three positives is seen three times an epoch) trains the
+  relabeled data more than the original and mixes more training into any comparison;
+- draws are without replacement from the kept negatives, with generators seeded by ``seed``,
+  the epoch and the query id, so an export is reproducible row by row;
 - a query with fewer kept negatives than asked: ``repeat`` (default) cycles through the ones it
   has; ``drop`` leaves the query out; ``keep`` writes the fewer negatives (not for
   sentence-transformers, whose columns are fixed). A query with no negative at all is left out
@@ -30,16 +34,22 @@ from arhn_ray.method.passages import passage_text
 
 FORMATS = ("sentence-transformers", "flagembedding", "tevatron")
 SHORT_POLICIES = ("repeat", "drop", "keep")  # a query with fewer kept negatives than asked
+EXAMPLE_RULES = ("per-query", "per-positive")  # training instances a query an epoch: one, or one a positive
 
 
-def sample_negatives(row: dict, k: int, seed: int, short: str) -> tuple[list[dict] | None, str | None]:
-    """The query's ``k`` negatives under the policy; or None and why the query gives no training row."""
+def _rng(*key: object) -> random.Random:
+    return random.Random(int(hashlib.sha1(":".join(map(str, key)).encode()).hexdigest()[:12], 16))
+
+
+def sample_negatives(row: dict, k: int, seed: int, short: str, epoch: int = 0) -> tuple[list[dict] | None, str | None]:
+    """The query's ``k`` negatives under the policy (drawn again each ``epoch``); or None and why
+    the query gives no training row."""
     if not row["positive_passages"]:
         return None, "no positive"
     negatives = list(row["negative_passages"] or [])
     if not negatives and short != "keep":
         return None, "no kept negative"
-    rng = random.Random(int(hashlib.sha1(f"{seed}:{row['query_id']}".encode()).hexdigest()[:12], 16))
+    rng = _rng(seed, row["query_id"]) if epoch == 0 else _rng(seed, epoch, row["query_id"])
     rng.shuffle(negatives)
     if len(negatives) >= k or short == "keep":
         return negatives[:k], None
@@ -49,16 +59,27 @@ def sample_negatives(row: dict, k: int, seed: int, short: str) -> tuple[list[dic
 
 
 def training_examples(row: dict, negatives: int, seed: int = 0, short: str = "repeat", query_prefix: str = "",
-                      passage_prefix: str = "") -> list[dict]:  # fmt: skip
-    """A refined row's training examples in sentence-transformers' shape (``anchor``, ``positive``,
-    ``negative_1..k``): one per positive, all with the query's sampled negatives; none when the
-    row has no positive or (``repeat``/``drop``) too few negatives."""
-    negs, _ = sample_negatives(row, negatives, seed, short)
+                      passage_prefix: str = "", rule: str = "per-query", epoch: int = 0) -> list[dict]:  # fmt: skip
+    """A refined row's training examples for one epoch in sentence-transformers' shape (``anchor``,
+    ``positive``, ``negative_1..k``): ``per-query`` one, its positive drawn among the row's (again
+    each epoch); ``per-positive`` one per positive, all with the query's sampled negatives; none
+    when the row has no positive or (``repeat``/``drop``) too few negatives.
+
+    Example:
+        >>> [e["positive"] for e in training_examples(row, 7, epoch=e)[:1] for e in range(3)]  # 3 positives
+        ['second positive', 'first positive', 'second positive']
+    """
+    negs, _ = sample_negatives(row, negatives, seed, short, epoch)
     if not negs:
         return []
     shared = {f"negative_{i}": passage_prefix + passage_text(n) for i, n in enumerate(negs, 1)}
+    positives = row["positive_passages"]
+    if rule == "per-query":
+        positives = [_rng("positive", seed, epoch, row["query_id"]).choice(positives)]
+    elif rule != "per-positive":
+        raise ValueError(f"examples rule {rule!r}: expected one of {', '.join(EXAMPLE_RULES)}")
     return [{"anchor": query_prefix + row["query"], "positive": passage_prefix + passage_text(pos), **shared}
-            for pos in row["positive_passages"]]  # fmt: skip
+            for pos in positives]  # fmt: skip
 
 
 @dataclass
@@ -79,6 +100,7 @@ def export(
     prefixes: bool = False,
     short: str = "repeat",
     storage_options: dict | None = None,
+    rule: str = "per-query",
 ) -> Written:
     """Write ``out`` (parquet or JSONL, by its extension); returns what it wrote and left out."""
     file_type(out)
@@ -96,7 +118,7 @@ def export(
             written.dropped[reason] += 1  # type: ignore[index]
             continue
         if fmt == "sentence-transformers":
-            records += training_examples(row, negatives, seed, short, qp, pp)
+            records += training_examples(row, negatives, seed, short, qp, pp, rule)
             continue
         if fmt == "flagembedding":
             records.append(

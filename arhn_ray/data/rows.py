@@ -41,3 +41,24 @@ def read_rows(part: Part, fmt: str, max_passage_chars: int, storage_options: dic
             continue
         row["subset"] = row.get("subset") or part.shard
         yield Row(index, raw, row)
+
+
+def dataset_rows(
+    path: str, storage_options: dict | None = None, fmt: str = "auto", max_passage_chars: int = 200_000
+) -> Iterator[dict]:
+    """The valid rows of a dataset in any format refine reads (a file, folder, glob, ``s3://`` or
+    ``hf://`` path), a part at a time; an ``hf://`` path is pinned to its commit first, as refine
+    pins its input. Used for datasets that stand beside an output: ``evaluate --arm``, ``agreement
+    --reference``."""
+    from arhn_ray.data.hub import is_hub, pin
+    from arhn_ray.data.parts import parts_to_run
+
+    if is_hub(path):
+        path, _ = pin(path, storage_options)
+    parts, unreadable = parts_to_run(path, 2000, storage_options, None, done={})
+    if unreadable:
+        raise ValueError(f"{path}: unreadable: " + "; ".join(unreadable.values()))
+    if not parts:
+        raise ValueError(f"{path}: no parquet or JSONL file there")
+    for p in parts:
+        yield from (r.row for r in read_rows(p, fmt, max_passage_chars, storage_options) if r.row)

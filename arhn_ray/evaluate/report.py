@@ -10,12 +10,26 @@ from arhn_ray.data import layout
 from arhn_ray.data.layout import OutputLayout
 
 CARD_MARK = "## Retrieval evaluation"
-ARMS = ("zero_shot", "original", "topk_percpos", "refined")  # Table 1's order: No Refinement, TopK-PercPos, ARHN
+ARMS = (
+    "zero_shot",
+    "original",
+    "topk_percpos",
+    "refined",
+)  # Table 1's order: No Refinement, TopK-PercPos, ARHN; extra arms after
+
+
+def arms_of(r: dict[str, Any]) -> list[str]:
+    """The table's columns: the built-in arms in Table 1's order, then any ``--arm`` in the order given."""
+    return [*ARMS, *(a for a in r.get("arms", {}) if a not in ARMS)]
+
+
 AVERAGES = {"all": "Avg. {n} (All)", "ood": "Avg. {n} (OOD)"}
 
 
 def _cell(m: dict[str, Any] | None) -> str:
-    return "-" if not m or m.get("trained") is False else f"{m['ndcg@10']:.4f}"
+    if not m or m.get("trained") is False:
+        return "-"
+    return f"{m['ndcg@10']:.4f}" + (f" ±{m['ndcg@10_seed_sd']:.4f}" if "ndcg@10_seed_sd" in m else "")
 
 
 def _paired(name: str, p: dict[str, Any]) -> str:
@@ -27,21 +41,25 @@ def _paired(name: str, p: dict[str, Any]) -> str:
 
 def table1_markdown(r: dict[str, Any]) -> str:
     train, hp = r["train"], r["train"]["hyperparameters"]
+    arms = arms_of(r)
+    seeds = hp.get("seeds") or [hp.get("seed", 0)]
     lines = [CARD_MARK, "",
-             f"The same retriever (`{hp['model']}`) trained per arm with identical hyperparameters and seed "
-             f"(global batch {hp['batch_size']} over {hp['workers']} worker(s)); {r['eval']['metrics']}; {r['eval']['search']}.", "",
+             f"The same retriever (`{hp['model']}`) trained per arm with identical hyperparameters on the same "
+             f"{train.get('queries', '')} queries: one instance a query an epoch ({hp['negatives']} negatives), {hp['epochs']} epoch(s), "
+             f"global batch {hp['batch_size']} over {hp['workers']} worker(s), seed(s) {', '.join(map(str, seeds))}"
+             f"{' (mean ± standard deviation over seeds)' if len(seeds) > 1 else ''}; {r['eval']['metrics']}; {r['eval']['search']}.", "",
              "nDCG@10 (sets marked * are the paper's out-of-domain ones):", "",
-             "| BEIR set | queries | passages | " + " | ".join(ARMS) + " |", "|---|---:|---:|" + "---:|" * len(ARMS)]  # fmt: skip
+             "| BEIR set | queries | passages | " + " | ".join(arms) + " |", "|---|---:|---:|" + "---:|" * len(arms)]  # fmt: skip
     for name, s in r["sets"].items():
         lines.append(
             f"| {name}{'*' if s['ood'] else ''} | {s['queries']} | {s['corpus']} | "
-            + " | ".join(_cell(s["arms"].get(a)) for a in ARMS)
+            + " | ".join(_cell(s["arms"].get(a)) for a in arms)
             + " |"
         )
     if len(r["sets"]) > 1:
         for group, avg in r["average"].items():
             label = AVERAGES[group].format(n=len(avg["sets"]))
-            lines.append(f"| **{label}** | | | " + " | ".join(_cell(avg["arms"].get(a)) for a in ARMS) + " |")
+            lines.append(f"| **{label}** | | | " + " | ".join(_cell(avg["arms"].get(a)) for a in arms) + " |")
     lines += ["", "Paired differences of nDCG@10 (queries resampled within each set; an average weighs each set the same):", ""]
     for name, s in r["sets"].items():
         lines += [f"- {name}: {_paired(pair, p)}" for pair, p in s["paired"].items()]
@@ -52,9 +70,8 @@ def table1_markdown(r: dict[str, Any]) -> str:
               "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
     for arm, t in train["arms"].items():
         if not t.get("trained"):
-            lines.append(
-                f"| {arm} | {t['examples']} | {t['queries_without_example']} | not trained: fewer queries than workers | - | - |"
-            )
+            why = f"failed: {t['error']}" if t.get("error") else "not trained: fewer queries than workers"
+            lines.append(f"| {arm} | {t['examples']} | {t['queries_without_example']} | {why} | - | - |")
             continue
         lines.append(f"| {arm} | {t['examples']} | {t['queries_without_example']} | {t['batch_size']} ({t['device_batch']}) | "
                      f"{t['steps']} | {t['train_loss']} |")  # fmt: skip
@@ -75,8 +92,9 @@ def render_png(r: dict[str, Any], path: Path) -> None:
     groups = [(f"{n}{'*' if s['ood'] else ''}", s["arms"]) for n, s in r["sets"].items()]
     if len(r["sets"]) > 1:
         groups += [(AVERAGES[g].format(n=len(a["sets"])), a["arms"]) for g, a in r["average"].items()]
-    arms = [a for a in ARMS if any(m.get(a, {}).get("trained") is not False and a in m for _, m in groups)]
-    colors = dict(zip(ARMS, ["#999999", "#4c72b0", "#c44e52", "#55a868"]))
+    arms = [a for a in arms_of(r) if any(m.get(a, {}).get("trained") is not False and a in m for _, m in groups)]
+    missing = [a for a in arms_of(r) if a not in arms]
+    colors = dict(zip(arms_of(r), ["#999999", "#4c72b0", "#c44e52", "#55a868", "#8172b2", "#937860", "#da8bc3"]))
     width = 0.8 / max(1, len(arms))
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(groups) + 2), 3.8))
     for i, arm in enumerate(arms):
@@ -87,7 +105,8 @@ def render_png(r: dict[str, Any], path: Path) -> None:
                color=colors[arm])  # fmt: skip
     ax.set_xticks(np.arange(len(groups)), [g for g, _ in groups], rotation=20 if len(groups) > 4 else 0)
     ax.set_ylabel("nDCG@10 (95% CI)")
-    ax.set_title(f"Retriever per arm on {len(r['sets'])} BEIR set(s), {r['eval']['queries']} queries")
+    ax.set_title(f"Retriever per arm on {len(r['sets'])} BEIR set(s), {r['eval']['queries']} queries"
+                 + (f"\nnot trained: {', '.join(missing)}" if missing else ""), color="#b00020" if missing else None)  # fmt: skip
     ax.legend(fontsize=8, ncols=len(arms))
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -55,6 +55,9 @@ def corpus_rows(batch: dict[str, np.ndarray]) -> dict[str, list[str]]:
     return {"_id": [str(r["_id"]) for r in rows], "text": [passage_text(r) for r in rows]}
 
 
+EMBEDDING_FILE_ROWS = 100_000  # rows an embedding file holds at least
+
+
 def encoder_pool(models: dict[str, Any], prefix: str, ev, encoders: int) -> dict[str, Any]:
     """``map_batches`` arguments of the encoder pool: ``encoders`` actors, a GPU (or a CPU) each."""
     import ray.data
@@ -71,7 +74,15 @@ def encode_corpus(corpus_path: str, models: dict[str, Any], ev, encoders: int, t
     import ray.data
 
     ds = ray.data.read_text(corpus_path).map_batches(corpus_rows, batch_format="numpy")
-    ds.map_batches(Encoder, **encoder_pool(models, ev.passage_prefix, ev, encoders)).write_parquet(target, filesystem=fs)
+    write_embeddings(ds.map_batches(Encoder, **encoder_pool(models, ev.passage_prefix, ev, encoders)), target, fs)
+
+
+def write_embeddings(ds, target: str, fs, min_rows: int = EMBEDDING_FILE_ROWS) -> None:
+    """``ds`` as parquet files of at least ``min_rows`` rows (the last may hold fewer): ``search``
+    opens them one at a time, twice an arm, so a file a block (~85 passages at 1 MiB) would cost
+    MS MARCO ~100K files and ~800K requests on S3. A write task buffers its rows up to the bound:
+    ~1.2 GB at 100K rows of four 768-dimension fp32 embeddings."""
+    ds.write_parquet(target, filesystem=fs, min_rows_per_file=min_rows)
 
 
 def encode_queries(queries: dict[str, str], models: dict[str, Any], ev, encoders: int) -> dict[str, tuple[list[str], np.ndarray]]:

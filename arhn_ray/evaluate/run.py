@@ -15,6 +15,7 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from arhn_ray import bundled
 from arhn_ray.config import Config, EvaluateConfig, load_config
 from arhn_ray.data import layout
 from arhn_ray.data.layout import OutputLayout
+from arhn_ray.evaluate.arms import dataset_rows, extra_arms, only, output_queries
 from arhn_ray.evaluate.beir import OOD, BeirSet, load_beir
 from arhn_ray.evaluate.examples import write_examples
 from arhn_ray.evaluate.report import render_png, table1_markdown, write_card_section
@@ -35,11 +37,15 @@ from arhn_ray.pipeline.placement import init_ray
 from arhn_ray.saved import original_rows, saved_config
 
 log = logging.getLogger(__name__)
-ARMS = ("zero_shot", "original", "refined", "topk_percpos")
-TRAINED = ARMS[1:]
+TRAINED = ("original", "refined", "topk_percpos")
 PAIRS = (("refined", "original"), ("refined", "topk_percpos"))
 SETTINGS = ("model", "query_prefix", "passage_prefix", "max_seq_len", "batch_size", "mini_batch_size", "lr", "warmup_ratio",
             "epochs", "negatives", "seed", "workers", "use_gpu")  # fmt: skip
+
+
+def run_name(arm: str, seed: int, seeds: list[int]) -> str:
+    """A training run's name: the arm's, with its seed when several seeds repeat it."""
+    return arm if len(seeds) == 1 else f"{arm}@{seed}"
 
 
 def baseline_output(cfg: Config, out: OutputLayout, baseline: str | None) -> OutputLayout:
@@ -60,46 +66,64 @@ def baseline_output(cfg: Config, out: OutputLayout, baseline: str | None) -> Out
 
 
 def train_arms(
-    sources: dict[str, Any], settings: dict[str, Any], ev: EvaluateConfig, out: OutputLayout
+    sources: dict[str, Callable[[], Iterable[dict]]], settings: dict[str, Any], ev: EvaluateConfig, out: OutputLayout
 ) -> tuple[dict[str, tuple[Any, dict]], int]:
-    """Writes each arm's examples, then trains every arm but ``zero_shot``, side by side as far
-    as the cluster holds them (each its own Ray Train run; identical settings and seeds, so the
-    order does not matter). Returns each arm's checkpoint (None: not trained) and metrics, and
-    how many arms trained at once."""
+    """Writes each run's examples (an arm per seed of ``evaluate.seeds``: one instance a query an
+    epoch, drawn with that seed), then trains every run, side by side as far as the cluster holds
+    them (each its own Ray Train run; identical settings). Returns each run's checkpoint (None: not
+    trained) and metrics, and how many runs trained at once."""
     import ray
 
+    seeds = list(ev.seeds)
+    runs = {run_name(arm, seed, seeds): (arm, seed) for arm in sources for seed in seeds}
     cluster = ray.cluster_resources()
-    per_worker, at_once = arm_layout(ev, cluster, len(TRAINED))
+    per_worker, at_once = arm_layout(ev, cluster, len(runs))
     if ev.worker_memory_gb and "memory" not in per_worker:
         log.warning("evaluate: Ray has %.1f GiB of memory here, less than an arm's %d worker(s) x %g GiB (evaluate.worker_memory_gb): "
                     "the arms train one at a time, without reserving it; lower evaluate.batch_size or max_seq_len if one runs "
                     "out of memory", cluster.get("memory", 0.0) / 2**30, ev.workers, ev.worker_memory_gb)  # fmt: skip
     written = {}
-    for arm in TRAINED:
-        written[arm] = folder, n, queries, none = write_examples(sources[arm], out, arm, ev.negatives, ev.seed, ev.query_prefix,
-                                                                  ev.passage_prefix)  # fmt: skip
-        log.info("evaluate: the %s arm: %d training examples from %d queries (one per positive; %d queries gave none: no positive "
-                 "or no negative left)", arm, n, queries, none, extra={"notice": True})  # fmt: skip
-    log.info("evaluate: training %d arms, %d at a time (%d worker(s) each, a worker reserves %s)", len(TRAINED), at_once, ev.workers,
+    for name, (arm, seed) in runs.items():
+        written[name] = folder, n, queries, none = write_examples(sources[arm](), out, name, ev.negatives, seed, ev.query_prefix,
+                                                                   ev.passage_prefix, epochs=ev.epochs)  # fmt: skip
+        log.info("evaluate: the %s arm: %d training examples (%d queries x %d epochs; %d queries gave none: no positive or no "
+                 "negative left)", name, n, queries, ev.epochs, none, extra={"notice": True})  # fmt: skip
+    log.info("evaluate: training %d runs, %d at a time (%d worker(s) each, a worker reserves %s)", len(runs), at_once, ev.workers,
              ", ".join(f"{v / 2**30:g} GiB memory" if k == "memory" else f"{v:g} {k}" for k, v in per_worker.items()), extra={"notice": True})  # fmt: skip
 
-    def one(arm: str) -> tuple[Any, dict[str, Any]]:
-        folder, n, queries, none = written[arm]
-        counts = {"examples": n, "queries": queries, "queries_without_example": none}
+    def one(name: str) -> tuple[Any, dict[str, Any]]:
+        folder, n, queries, none = written[name]
+        counts = {"examples": n, "queries": queries, "queries_without_example": none, "seed": runs[name][1]}
         batch = global_batch(ev.batch_size, queries, ev.workers)
         if not batch:
-            log.warning(
-                "evaluate: the %s arm has examples from %d queries, fewer than its %d worker(s): not trained",
-                arm,
-                queries,
-                ev.workers,
-            )
+            log.warning("evaluate: the %s arm has examples from %d queries, fewer than its %d worker(s): not trained", name, queries,
+                        ev.workers)  # fmt: skip
             return None, {**counts, "trained": False}
-        checkpoint, metrics = train_arm(arm, folder, batch, settings, per_worker, out)
+        try:
+            checkpoint, metrics = train_arm(name, folder, batch, {**settings, "seed": runs[name][1]}, per_worker, out)
+        except Exception as e:  # one arm's failure is named, the others go on
+            log.error("evaluate: the %s arm failed to train (%s: %s); the table leaves it out, and a rerun trains it again",
+                      name, type(e).__name__, str(e).splitlines()[0] if str(e) else "")  # fmt: skip
+            return None, {**counts, "trained": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
         return checkpoint, {**counts, "trained": True, **metrics}
 
     with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="arhn-arm") as pool:
-        return dict(zip(TRAINED, pool.map(one, TRAINED))), at_once
+        return dict(zip(runs, pool.map(one, runs))), at_once
+
+
+def by_arm(scores: dict[str, list[dict]], seeds: list[int]) -> dict[str, list[dict]]:
+    """Each arm's per-query scores, averaged over its seeds' runs (a query every run of it has)."""
+    arms: dict[str, list[str]] = {}
+    for name in scores:
+        arms.setdefault(name.split("@")[0], []).append(name)
+    out = {}
+    for arm, names in arms.items():
+        sets = []
+        for per_set in zip(*(scores[n] for n in names)):
+            queries = set.intersection(*(set(s) for s in per_set))
+            sets.append({q: {m: sum(s[q][m] for s in per_set) / len(per_set) for m in per_set[0][q]} for q in queries})
+        out[arm] = sets
+    return out
 
 
 def detectable_difference(ndcg: list[float]) -> float:
@@ -146,9 +170,10 @@ def summarize(scores: dict[str, list[dict[str, dict[str, float]]]], ev: Evaluate
                   "ndcg@10_ci95": bootstrap_mean([[q["ndcg@10"] for q in s.values()] for s in sets], ev.bootstrap_samples, ev.seed)}
             for arm, sets in scores.items()}  # fmt: skip
     paired = {}
-    for a, b in PAIRS:
+    extra = [(a, "original") for a in scores if a not in (*TRAINED, "zero_shot")]  # --arm NAME=PATH: against the original rows
+    for a, b in (*PAIRS, *extra):
         if a not in scores or b not in scores:
-            paired[f"{a}_vs_{b}"] = {"skipped": f"the {a if a not in scores else b} arm was not trained (too few examples)"}
+            paired[f"{a}_vs_{b}"] = {"skipped": f"the {a if a not in scores else b} arm was not trained"}
             continue
         sets = [
             ({q: v["ndcg@10"] for q, v in sa.items()}, {q: v["ndcg@10"] for q, v in sb.items()})
@@ -159,41 +184,51 @@ def summarize(scores: dict[str, list[dict[str, dict[str, float]]]], ev: Evaluate
 
 
 def evaluate(output: str, eval_dirs: str | list[str], overrides: list[str] | None = None, baseline: str | None = None,
-             storage_options: dict | None = None) -> dict[str, Any]:  # fmt: skip
+             storage_options: dict | None = None, arms: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Table 1 for ``output``: ``arms`` (``NAME=PATH``) add refined datasets beside the built-in arms."""
     out = OutputLayout(output, storage_options)
     cfg = saved_config(out, [f"evaluate.{o}" if not o.startswith("evaluate.") else o for o in overrides or []])
     ev = cfg.evaluate
+    extra = extra_arms(arms)
     sets = [load_beir(d, ev.split) for d in ([eval_dirs] if isinstance(eval_dirs, str) else eval_dirs)]
     if len({s.name for s in sets}) < len(sets):
         raise ValueError(f"--eval: two folders share a name ({', '.join(s.name for s in sets)}): the table names sets by folder")
     settings = {k: getattr(ev, k) for k in SETTINGS} | {"model": bundled.resolve(ev.model)}
     topk = baseline_output(cfg, out, baseline)
     init_ray(cfg.pipeline.ray_address)
-    sources = {"original": original_rows(cfg), "refined": out.read_rows("refined"), "topk_percpos": topk.read_rows("refined")}
+    queries = output_queries(out)
+    sources: dict[str, Callable[[], Iterable[dict]]] = {
+        "original": lambda: only(original_rows(cfg), queries),
+        "refined": lambda: out.read_rows("refined"),
+        "topk_percpos": lambda: only(topk.read_rows("refined"), queries),
+        **{name: (lambda path=path: only(dataset_rows(path, storage_options), queries)) for name, path in extra.items()},
+    }
     started = time.perf_counter()
     trained, at_once = train_arms(sources, settings, ev, out)
-    results: dict[str, Any] = {"train": {"hyperparameters": {**settings, "model": ev.model}, "baseline_output": topk.path,
+    results: dict[str, Any] = {"train": {"hyperparameters": {**settings, "model": ev.model, "seeds": list(ev.seeds)},
+                                         "baseline_output": topk.path, "extra_arms": extra, "queries": len(queries),
                                          "arms_at_once": at_once, "seconds": round(time.perf_counter() - started, 1),
-                                         "arms": {arm: m for arm, (_, m) in trained.items()}}, "sets": {}}  # fmt: skip
-    models = {"zero_shot": settings["model"], **{arm: ckpt for arm, (ckpt, _) in trained.items() if ckpt is not None}}
-    per_set = {}
+                                         "arms": {name: m for name, (_, m) in trained.items()}}, "sets": {}}  # fmt: skip
+    models = {"zero_shot": settings["model"], **{name: ckpt for name, (ckpt, _) in trained.items() if ckpt is not None}}
+    per_run: dict[str, dict[str, Any]] = {}
     for beir in sets:
-        per_set[beir.name] = score_set(beir, models, ev, out)
-        zero = [s["ndcg@10"] for s in per_set[beir.name]["zero_shot"].values()]
+        per_run[beir.name] = score_set(beir, models, ev, out)
+        zero = [s["ndcg@10"] for s in per_run[beir.name]["zero_shot"].values()]
         results["sets"][beir.name] = {"folder": beir.corpus_path.rsplit("/", 1)[0], "queries": len(beir.queries), "corpus": beir.corpus_size,
                                       "ood": beir.name.lower() in OOD, "detectable_ndcg@10_difference": detectable_difference(zero),
-                                      **summarize({arm: [s] for arm, s in per_set[beir.name].items()}, ev)}  # fmt: skip
-    groups = {"all": list(per_set)} | (
-        {"ood": ood} if (ood := [n for n in per_set if n.lower() in OOD]) and len(per_set) > 1 else {}
+                                      **summarize(by_arm({r: [v] for r, v in per_run[beir.name].items()}, ev.seeds), ev)}  # fmt: skip
+    groups = {"all": list(per_run)} | (
+        {"ood": ood} if (ood := [n for n in per_run if n.lower() in OOD]) and len(per_run) > 1 else {}
     )
     results["average"] = {
-        g: {"sets": names, **summarize({arm: [per_set[n][arm] for n in names] for arm in models}, ev)}
+        g: {"sets": names, **summarize(by_arm({r: [per_run[n][r] for n in names] for r in models}, ev.seeds), ev)}
         for g, names in groups.items()
     }
     results["arms"], results["paired"] = results["average"]["all"]["arms"], results["average"]["all"]["paired"]
-    for arm in TRAINED:
+    _seed_spread(results, per_run, list(ev.seeds))
+    for arm in sources:
         results["arms"].setdefault(arm, {"trained": False})
-    results["eval"] = {"sets": list(per_set), "queries": sum(s["queries"] for s in results["sets"].values()),
+    results["eval"] = {"sets": list(per_run), "queries": sum(s["queries"] for s in results["sets"].values()),
                        "metrics": "pytrec_eval (trec_eval): ndcg_cut.10 with graded relevance as gains, recall.100",
                        "search": f"exact inner product of normalized embeddings (FAISS, {ev.search_block} passages at a time), top {ev.top_k}"}  # fmt: skip
     out.write_text(layout.evaluate_file("evaluate.json"), json.dumps(results, indent=2, default=str))
@@ -203,3 +238,19 @@ def evaluate(output: str, eval_dirs: str | list[str], overrides: list[str] | Non
         out.put(str(Path(tmp) / "evaluate.png"), layout.evaluate_file("evaluate.png"))
     write_card_section(out, table1_markdown(results))
     return results
+
+
+def _seed_spread(results: dict[str, Any], per_run: dict[str, dict[str, Any]], seeds: list[int]) -> None:
+    """Each arm's nDCG@10 per seed (averaged over the sets) and their standard deviation, beside its mean."""
+    import statistics
+
+    if len(seeds) < 2:
+        return
+    for arm, m in results["arms"].items():
+        runs = [run_name(arm, seed, seeds) for seed in seeds]
+        if arm == "zero_shot" or not all(r in per_run[next(iter(per_run))] for r in runs):
+            continue
+        by_seed = {
+            seed: round(sum(mean(per_run[n][r], "ndcg@10") for n in per_run) / len(per_run), 4) for seed, r in zip(seeds, runs)
+        }
+        m["seeds"], m["ndcg@10_seed_sd"] = by_seed, round(statistics.stdev(by_seed.values()), 4)

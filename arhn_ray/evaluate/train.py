@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 from arhn_ray.data import layout
 from arhn_ray.evaluate.examples import ORDER
 
+WORK_PREFIX = "arhn-train-"  # a training worker's local folder (the examples' copy), removed when its arm ends
+
 if TYPE_CHECKING:
     from arhn_ray.config import EvaluateConfig
     from arhn_ray.data.layout import OutputLayout
@@ -66,31 +68,39 @@ def global_batch(batch_size: int, queries: int, workers: int) -> int:
 
 
 def _local_copy(shard, folder: str):
-    """The worker's copy of the examples as a memory-mapped datasets.Dataset, in example order."""
+    """The worker's copy of the examples, in example order: one Arrow file that ``datasets``
+    memory-maps as it is (no second copy in a cache; the parquet-then-cache copy took twice the
+    examples' size), in ``folder``, which ``train_loop`` removes when the arm ends."""
     import os
 
-    import pyarrow.parquet as pq
+    import pyarrow as pa
     from datasets import Dataset
 
-    path, writer = os.path.join(folder, "examples.parquet"), None
-    for batch in shard.iter_batches(batch_format="pyarrow", batch_size=4096):
-        writer = writer or pq.ParquetWriter(path, batch.schema)
-        writer.write_table(batch)
-    writer.close()
-    return Dataset.from_parquet(path, cache_dir=os.path.join(folder, "cache")).sort(ORDER).remove_columns(ORDER)
+    path, writer = os.path.join(folder, "examples.arrow"), None
+    with pa.OSFile(path, "wb") as sink:
+        for batch in shard.iter_batches(batch_format="pyarrow", batch_size=4096):
+            writer = writer or pa.ipc.new_stream(sink, batch.schema)
+            writer.write_table(batch)
+        if writer is not None:
+            writer.close()
+    return Dataset.from_file(path).sort(ORDER, indices_cache_file_name=os.path.join(folder, "order.arrow")).remove_columns(ORDER)
+
+
+def disk_bytes(folder: str) -> int:
+    """What ``folder`` holds on the worker's local disk."""
+    import os
+
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files)
 
 
 def train_loop(config: dict[str, Any]) -> None:
     """Runs in each Ray Train worker: fine-tune, then report the model as the run's checkpoint (rank 0)."""
-    import os
-    import resource
+    import shutil
     import tempfile
 
     import ray.train
-    import torch
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer import losses
-    from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 
     context = ray.train.get_context()
     world = context.get_world_size()
@@ -103,12 +113,28 @@ def train_loop(config: dict[str, Any]) -> None:
         )
     else:
         loss = losses.MultipleNegativesRankingLoss(model, gather_across_devices=gather)
-    work = tempfile.mkdtemp(prefix="arhn-train-")
+    work = tempfile.mkdtemp(prefix=WORK_PREFIX)
+    try:
+        _train(config, context, model, loss, work)
+    finally:  # a GPU node's disk is small: the examples' copy and the saved model go with the arm
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _train(config: dict[str, Any], context, model, loss, work: str) -> None:
+    import os
+    import resource
+
+    import ray.train
+    import torch
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer.training_args import BatchSamplers
+
     train = _local_copy(ray.train.get_dataset_shard("train"), work)
     bf16 = bool(config["use_gpu"] and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     batch = config["global_batch"]
     args = SentenceTransformerTrainingArguments(
-        output_dir=work, num_train_epochs=config["epochs"], per_device_train_batch_size=batch,
+        # the examples hold an instance a query an epoch (evaluate/examples.py): one shuffled pass is the epochs
+        output_dir=work, num_train_epochs=1, per_device_train_batch_size=batch,
         accelerator_config={"split_batches": True}, bf16=bf16, tf32=bf16 or None,
         learning_rate=config["lr"], warmup_ratio=config["warmup_ratio"], seed=config["seed"], data_seed=config["seed"],
         batch_sampler=BatchSamplers.NO_DUPLICATES, save_strategy="no", report_to="none", disable_tqdm=True,
@@ -116,12 +142,14 @@ def train_loop(config: dict[str, Any]) -> None:
     )  # fmt: skip
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train, loss=loss)
     done = trainer.train()
+    local_disk = disk_bytes(work)
     processes, split = trainer.accelerator.num_processes, trainer.accelerator.split_batches
     metrics = {"examples": len(train), "batch_size": args.per_device_train_batch_size * (1 if split else processes),
                "device_batch": args.per_device_train_batch_size // processes if split else args.per_device_train_batch_size,
                "world_size": processes, "gather_across_devices": loss.gather_across_devices, "bf16": args.bf16,
                "steps": done.global_step, "train_loss": round(float(done.training_loss), 4),
-               "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}  # fmt: skip
+               "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+               "worker_disk_mb": round(local_disk / 2**20, 2)}  # fmt: skip
     if context.get_world_rank() == 0:
         saved = os.path.join(work, "model")
         model.save(saved)
@@ -156,6 +184,7 @@ def train_arm(name: str, folder: str, batch: int, settings: dict[str, Any], per_
     )
     started = time.perf_counter()
     result = trainer.fit()
-    kept = ("batch_size", "device_batch", "world_size", "gather_across_devices", "bf16", "steps", "train_loss", "peak_rss_gb")
+    kept = ("batch_size", "device_batch", "world_size", "gather_across_devices", "bf16", "steps", "train_loss", "peak_rss_gb",
+            "worker_disk_mb")  # fmt: skip
     return result.checkpoint, {**{k: result.metrics[k] for k in kept}, "seconds": round(time.perf_counter() - started, 1),
                                "checkpoint": result.checkpoint.path if out.local else out.fs.unstrip_protocol(result.checkpoint.path)}  # fmt: skip

@@ -133,10 +133,16 @@ def run(cfg: Config, config_path: str | None = None, out: OutputLayout | None = 
         init_ray(cfg.pipeline.ray_address)
         wait_for_gpus(cfg)
         ctx = ray.data.DataContext.get_current()
+        # restored after the run: an in-process caller (evaluate's baseline, a notebook) keeps Ray's
+        # defaults, else its own datasets write a file per ~1 MiB block (evaluate's embeddings: ~100K files)
+        saved = ctx.enable_progress_bars, ctx.target_max_block_size
         ctx.enable_progress_bars = cfg.pipeline.progress and cfg.pipeline.ray_progress_bars
         # small blocks: a batch's results reach the writer when the batch is done, not with its whole part
         ctx.target_max_block_size = cfg.pipeline.block_bytes
-        _stream(cfg, todo, sink, progress, RunMetrics(cfg.output.path))
+        try:
+            _stream(cfg, todo, sink, progress, RunMetrics(cfg.output.path))
+        finally:
+            ctx.enable_progress_bars, ctx.target_max_block_size = saved
     sink.close()
     progress.update(sink, force=True)
     for name, reason in sink.failed.items():
