@@ -23,10 +23,12 @@ from arhn_ray.secrets import mask_in_logs, redact, secret_values
 
 @dataclass
 class InputConfig:
-    path: str = MISSING
-    format: str = "auto"  # auto | rlhn | flagembedding
-    storage_options: dict[str, Any] = field(default_factory=dict)
-    max_passage_chars: int = 200_000
+    path: str = MISSING  # a file, folder, glob, s3:// URI or hf://datasets/OWNER/NAME[@REV][/PATH] of parquet / JSONL shards
+    format: str = "auto"  # auto | rlhn (RLHN/Tevatron rows) | flagembedding (query, pos, neg)
+    storage_options: dict[str, Any] = field(
+        default_factory=dict
+    )  # fsspec options (an S3 endpoint); credentials from the environment
+    max_passage_chars: int = 200_000  # a longer passage rejects its row, naming the field
     limit: int | None = None  # at most this many rows per shard (trial runs)
     hub_path: str | None = None  # set by the run: an hf:// input.path as given, before its revision was pinned to a commit
     # the unit of work, memory and resume: a file is split into parts of about this many rows
@@ -35,8 +37,8 @@ class InputConfig:
 
 @dataclass
 class OutputConfig:
-    path: str = MISSING
-    storage_options: dict[str, Any] = field(default_factory=dict)
+    path: str = MISSING  # local or s3://; a rerun skips the parts already written there
+    storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options of the output
     overwrite: bool = False  # False: shards already complete are skipped (resume)
     review_sample: int = 200  # queries on review.html, stratified by decision and subset (arhn-ray review --sample)
 
@@ -57,7 +59,7 @@ class MethodConfig(LabelRules):
 class Stage1Config:
     # none | format | verbatim (with sentence_ids: any but none allows only existing ids)
     constraint: str = MethodOptions.stage1_constraint
-    max_tokens: int = 1024
+    max_tokens: int = 1024  # Stage 1 output tokens a call; calls cut by it are counted (stage1_cut)
     # text: the model copies each snippet (the paper); sentence_ids: it answers ids of the passage's
     # numbered sentences and the snippet is cut from the passage (prompts ids-v2 unless prompts.dir is set)
     output: str = MethodOptions.stage1_output
@@ -67,14 +69,14 @@ class Stage1Config:
 class Stage2Config:
     input: str = MethodOptions.stage2_input  # snippet | passage (PRHN)
     constraint: str = MethodOptions.stage2_constraint  # none | format
-    max_tokens: int = 128
+    max_tokens: int = 128  # Stage 2 output tokens a call (a ranking); calls cut by it are counted (stage2_cut)
     engine: dict[str, Any] | None = None  # staged mode: overrides of `engine` for the Stage 2 pool
 
 
 @dataclass
 class TruncationConfig:
     tokenizer: str | None = None  # the retriever's tokenizer (path or name); None: no truncation
-    max_seq_len: int = 512
+    max_seq_len: int = 512  # passages cut to what the retriever sees (E5-base: 512); the teachers read as much
 
 
 IDS_PROMPTS = {"paper-v1": "ids-v1", "paper-v2": "ids-v2"}  # the sentence-ids twin of each copied-text version
@@ -83,7 +85,7 @@ IDS_PROMPTS = {"paper-v1": "ids-v1", "paper-v2": "ids-v2"}  # the sentence-ids t
 @dataclass
 class PromptsConfig:
     version: str = "paper-v2"  # paper-v1: Figure 3 word for word (no titles, n in the first line)
-    dir: str | None = None
+    dir: str | None = None  # a folder of your own prompt files (stage1.txt, stage1_document.txt, stage2.txt, ...)
 
 
 @dataclass
@@ -95,12 +97,12 @@ class PipelineConfig:
     # the run stops, naming the most common reason, once more than this share of the rows it has
     # seen were rejected (checked from max_rejected_min_rows rows on)
     max_rejected_fraction: float = 0.1
-    max_rejected_min_rows: int = 200
+    max_rejected_min_rows: int = 200  # rows seen before max_rejected_fraction is checked
     max_replica_restarts: int = 3  # per replica: a dead engine or a crashed process restarts it
     max_attempts: int = 3  # a lost node fails Ray 2.60's Dataset: the parts in flight run again, this many times in all
     replica_wait_s: int = 600  # after a lost node: how long a retry waits for one replica to start before it stops
     ray_address: str | None = None  # None: RAY_ADDRESS, else a local Ray of this run's own; 'auto' joins a running one
-    progress: bool = True
+    progress: bool = True  # the progress line on the terminal (every 15 s)
     ray_progress_bars: bool = False  # Ray Data's own operator bars, besides arhn-ray's progress line
     read_concurrency: int = 2  # parts read at once
     block_bytes: int = 1 << 20  # Ray Data's target block size: results flow to the writer batch by batch
@@ -112,10 +114,10 @@ class BaselineConfig:
 
     model: str = "bundled:minilm"  # an embedding model or a cross-encoder (the paper's baseline: a BGE reranker)
     kind: str = "auto"  # auto | embedding | cross-encoder
-    relative_margin: float = 0.05
-    batch_size: int = 64
+    relative_margin: float = 0.05  # NV-Retriever's 5%: a negative above pos - |pos| x margin is filtered
+    batch_size: int = 64  # pairs (or texts) the teacher scores at once
     query_prefix: str = ""  # e.g. "query: " for an E5 teacher
-    passage_prefix: str = ""
+    passage_prefix: str = ""  # e.g. "passage: " for an E5 teacher
     keep: int | None = None  # NV-Retriever's top-k: the k best-scored negatives under the margin are kept (None: all)
     replicas: int = 0  # teachers: 0 is one per GPU on a GPU cluster (each takes one GPU), else engine.replicas
 
@@ -128,11 +130,11 @@ class ScreenConfig:
     and judges them all: the calibration run that ``arhn-ray calibrate`` reads to choose k."""
 
     model: str | None = None  # a teacher as baseline.model names one (bundled:minilm on CPU)
-    top_k: int | None = MethodOptions.screen_top_k
+    top_k: int | None = MethodOptions.screen_top_k  # negatives a query sent to Stage 1; null: all (a calibration run)
     kind: str = "auto"  # auto | embedding | cross-encoder
-    batch_size: int = 64
-    query_prefix: str = ""
-    passage_prefix: str = ""
+    batch_size: int = 64  # pairs the teacher scores at once
+    query_prefix: str = ""  # e.g. "query: " for an E5 teacher
+    passage_prefix: str = ""  # e.g. "passage: " for an E5 teacher
 
 
 @dataclass
@@ -140,32 +142,32 @@ class EvaluateConfig:
     """``arhn-ray evaluate``: the retriever each arm trains. Defaults: the bundled MiniLM on one CPU
     worker; the cluster config follows the paper (E5-base, prefixes, batch 128, lr 2e-5, 7 negatives)."""
 
-    model: str = "bundled:minilm"
-    query_prefix: str = ""
-    passage_prefix: str = ""
-    max_seq_len: int = 256
-    batch_size: int = 16
+    model: str = "bundled:minilm"  # the retriever every arm fine-tunes (the paper: intfloat/e5-base-v2)
+    query_prefix: str = ""  # E5: "query: "
+    passage_prefix: str = ""  # E5: "passage: "
+    max_seq_len: int = 256  # tokens the retriever reads in training and retrieval (the paper: 512)
+    batch_size: int = 16  # the global batch, split across the workers (the paper: 128)
     mini_batch_size: int | None = None  # set: CachedMultipleNegativesRankingLoss, for batches larger than memory holds
-    lr: float = 2e-5
-    warmup_ratio: float = 0.1
+    lr: float = 2e-5  # learning rate (the paper: 2e-5)
+    warmup_ratio: float = 0.1  # share of the steps warming the learning rate up
     epochs: int = 1  # one training instance a query an epoch (its positive and negatives drawn again each epoch)
-    negatives: int = 7
+    negatives: int = 7  # hard negatives an instance (the paper: 7)
     seed: int = 0  # the bootstrap's resampling
     # each arm trains once a seed (its examples drawn and its trainer seeded with it); the table gives
     # the mean over seeds, each seed's score and their spread, beside the paired interval over queries
     seeds: list[int] = field(default_factory=lambda: [0])
     workers: int = 1  # Ray Train workers per arm (data parallel)
-    use_gpu: bool = False
+    use_gpu: bool = False  # a GPU a worker and an encoder; bf16 where the GPU has it
     # memory a training worker reserves (Ray's memory resource), so that arms side by side fit: on CPU
     # these defaults peak at 10.6 GB a worker (activations; jobs/benchmarks/evaluate.py)
     worker_memory_gb: float | None = 11.0
     arms_at_once: int = 0  # arms trained side by side; 0: as many as the cluster holds (GPUs or CPUs, and memory)
-    top_k: int = 100
+    top_k: int = 100  # passages retrieved a query (Recall@100)
     encoders: int = 0  # corpus encoders (a GPU each with use_gpu): 0 is one per GPU of the cluster, or one on CPU
     encode_batch_size: int = 256  # passages a Ray Data batch of the encoder pool holds
     search_block: int = 65_536  # passages FAISS searches at a time: the search's memory (65K x 768 fp32 = 201 MB)
-    bootstrap_samples: int = 1000
-    split: str = "test"
+    bootstrap_samples: int = 1000  # resamples of the paired interval
+    split: str = "test"  # the BEIR qrels file read (qrels/<split>.tsv)
 
 
 @dataclass
@@ -173,7 +175,7 @@ class PreflightConfig:
     # the cluster has fewer GPUs than replicas x TP x PP: wait this long for them (an autoscaler may
     # add nodes), saying so every poll_s; None waits as long as it takes, 0 fails at once
     gpu_wait_s: float | None = None
-    poll_s: float = 30.0
+    poll_s: float = 30.0  # how often the wait for GPUs says where it stands
 
 
 @dataclass

@@ -8,9 +8,8 @@ with its decision, snippet, Stage 2 rank (or the teacher's score). The reviewer 
 --reference`` reads: the paper's Table 3 with the reviewer as the reference.
 
 One self-contained file (no server, no network): the data is embedded as JSON and drawn with
-``textContent``, so a passage is always text, never markup. Filtered negatives are not in the
-refined rows: their passages are read again from the input parts the sample came from (each
-part's manifest names its input part), not from the whole input.
+``textContent``, so a passage is always text, never markup. It reads the output folder only: a
+refined row keeps its filtered negatives (``removed_passages``), so the input may be gone.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ import pyarrow.parquet as pq
 
 from arhn_ray.data import layout
 from arhn_ray.data.layout import OutputLayout
-from arhn_ray.data.parts import Part
+from arhn_ray.data.records import original_row
 
 DEFAULT_SAMPLE = 200
 MAX_PARTS = 20  # the sample comes from at most this many parts, spread over the shards: bounded work at any size
@@ -102,34 +101,14 @@ def choose(out: OutputLayout, sample: int, seed: int, subsets: list[str] | None 
     return dict(chosen)
 
 
-def _input_parts(out: OutputLayout) -> dict[str, Part]:
-    """Refined part file -> the input part it was refined from (outputs older than the manifests'
-    ``input`` field have none: their filtered passages show without text)."""
-    return {out.part_file("refined", f"{m['shard']}/{m['part']}"): Part(**m["input"]) for m in out.manifests() if "input" in m}
-
-
-def _originals(cfg: Any, parts: list[Part], wanted: set[str]) -> dict[str, dict]:
-    from arhn_ray.saved import original_rows
-
-    if cfg is None or not parts:
-        return {}
-    try:
-        return {r["query_id"]: r for r in original_rows(cfg, parts) if r["query_id"] in wanted}
-    except Exception:  # the input moved or is unreadable: the page still shows what the output holds
-        return {}
-
-
-def query_view(row: dict, original: dict | None) -> dict[str, Any]:
-    """One query as the page draws it."""
-    relabeled = sum(d["action"] == "relabel" for d in row["decisions"])
-    positives = row["positive_passages"][: len(row["positive_passages"]) - relabeled]
-    passages = {p["docid"]: p for p in (original or {}).get("negative_passages", [])}
-    passages.update({p["docid"]: p for p in row["positive_passages"][len(positives) :] + row["negative_passages"]})
+def query_view(row: dict) -> dict[str, Any]:
+    """One query as the page draws it, from the refined row alone (its removed passages included)."""
+    original = original_row(row)
+    positives = original["positive_passages"]
     negatives = []
-    for d in row["decisions"]:
+    for d, p in zip(row["decisions"], original["negative_passages"]):
         if d["action"] == "unjudged":  # past the first N: no LLM judged it, nothing to review
             continue
-        p = passages.get(d["docid"]) or {}
         negatives.append({"docid": d["docid"], "title": p.get("title") or "", "text": p.get("text"),
                           "decision": decision_of(d), "reason": d["reason"], "snippet": d["snippet"],
                           "grounding": d["grounding"], "rank": d["rank"], "score": d.get("score")})  # fmt: skip
@@ -145,20 +124,17 @@ def query_view(row: dict, original: dict | None) -> dict[str, Any]:
     }
 
 
-def review_data(out: OutputLayout, cfg: Any, sample: int = DEFAULT_SAMPLE, seed: int = 0,
+def review_data(out: OutputLayout, sample: int = DEFAULT_SAMPLE, seed: int = 0,
                 subsets: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
     """The page's data: the sampled queries, and the counts of the whole output for its header."""
     import json
 
     chosen = choose(out, sample, seed, subsets)
-    inputs = _input_parts(out)
-    wanted = set().union(*chosen.values()) if chosen else set()
-    originals = _originals(cfg, [inputs[p] for p in chosen if p in inputs], wanted)
     queries = []
     for path, ids in sorted(chosen.items()):
         with out.fs.open(path, "rb") as f:
             rows = pq.read_table(f).to_pylist()
-        queries += [query_view(r, originals.get(r["query_id"])) for r in rows if r["query_id"] in ids]
+        queries += [query_view(r) for r in rows if r["query_id"] in ids]
     try:
         stats = json.loads(out.read_text(layout.STATS))
     except FileNotFoundError:
@@ -177,12 +153,16 @@ def render(data: dict[str, Any]) -> str:
     return jinja2.Environment(autoescape=True).from_string(template).render(data=data, title=f"arhn-ray review: {data['output']}")
 
 
-def write_review(out: OutputLayout, cfg: Any = None, sample: int = DEFAULT_SAMPLE, seed: int = 0,
+def write_review(out: OutputLayout, sample: int = DEFAULT_SAMPLE, seed: int = 0,
                  subsets: list[str] | None = None) -> Written:  # fmt: skip
-    """``review.html`` into the output folder, local or remote; ``cfg`` (the run's, or the saved
-    one) reads the filtered negatives' passages from the input."""
+    """``review.html`` into the output folder, local or remote, from the output alone.
+
+    Example:
+        >>> write_review(OutputLayout("out/local"), sample=100).queries
+        8
+    """
     started = time.perf_counter()
-    data = review_data(out, cfg, sample, seed, subsets)
+    data = review_data(out, sample, seed, subsets)
     html = render(data)
     out.write_text(layout.REVIEW, html)
     negatives = sum(len(q["negatives"]) for q in data["queries"])

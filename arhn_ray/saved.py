@@ -1,19 +1,16 @@
 """An output folder opened again: its own ``config.yaml`` (saved with its secrets redacted, so the
-storage options given now stand in for them) and the input rows it was refined from. relabel,
-evaluate and review open an output this one way."""
+storage options given now stand in for them). relabel and evaluate open an output this one way;
+its input rows come back from its refined rows (records.original_row), never from the input."""
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
 from arhn_ray.config import Config, load_config
 from arhn_ray.data import layout
 from arhn_ray.data.layout import OutputLayout
-from arhn_ray.data.parts import Part, parts_to_run
-from arhn_ray.data.rows import read_rows
 
 REDACTED = ("input.storage_options", "output.storage_options", "engine.replay_storage_options")
 
@@ -33,14 +30,3 @@ def saved_config(out: OutputLayout, overrides: list[str] | None = None) -> Confi
     with tempfile.TemporaryDirectory() as tmp:
         OmegaConf.save(saved, f"{tmp}/config.yaml")
         return load_config(f"{tmp}/config.yaml", overrides or [])
-
-
-def original_rows(cfg: Config, parts: list[Part] | None = None) -> Iterator[dict]:
-    """The input rows as they came in (the valid ones), read again from ``input.path`` a part at a
-    time: every part, or the ``parts`` given."""
-    if parts is None:
-        parts, _ = parts_to_run(cfg.input.path, cfg.input.part_rows, cfg.input.storage_options, cfg.input.limit, done={})
-    for p in parts:
-        yield from (
-            r.row for r in read_rows(p, cfg.input.format, cfg.input.max_passage_chars, cfg.input.storage_options) if r.row
-        )

@@ -8,7 +8,9 @@ import math
 import os
 import re
 import shutil
+from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from helpers import ROOT, SAMPLES, load_jsonl, run_in_terminal, terminal_lines
 
@@ -42,7 +44,7 @@ def test_a_malformed_eval_folder_fails_naming_the_file_and_the_line(tmp_path, da
 
 
 @pytest.mark.ray
-def test_streamed_block_search_equals_exact_search_and_ndcg_by_hand(ray_cluster, tmp_path):
+def test_streamed_block_search_equals_exact_search_and_ndcg_by_hand(ray_cluster, tmp_path, monkeypatch):
     """The retrieval path (a Ray Data encoder pool writing embeddings to the output, FAISS over
     blocks of 128 passages, across the files' boundaries) against an exact search by hand over the
     whole matrix, on the shipped corpus grown with copies of the sample's passages (962); and
@@ -73,7 +75,9 @@ def test_streamed_block_search_equals_exact_search_and_ndcg_by_hand(ray_cluster,
     ev = EvaluateConfig(encode_batch_size=200)
     out = OutputLayout(str(tmp_path / "out"))
     target = out.file("evaluate/embeddings/grown")
+    monkeypatch.setattr("arhn_ray.evaluate.retrieve.EMBEDDING_FILE_ROWS", 300)  # files of 300+ rows: blocks cross them
     encode_corpus(beir.corpus_path, {"zero_shot": model}, ev, 2, target, out.arrow_filesystem())
+    assert len(list(Path(target).glob("*.parquet"))) > 1
     qids, queries = encode_queries(beir.queries, {"zero_shot": model}, ev, 1)["zero_shot"]
     run = search(target, out.arrow_filesystem(), "zero_shot", qids, queries, 100, beir.corpus_size, block_rows=128)
 
@@ -92,6 +96,31 @@ def test_streamed_block_search_equals_exact_search_and_ndcg_by_hand(ray_cluster,
         by_hand.append(1 / math.log2(1 + relevant[0]) if relevant else 0.0)
     ours = mean(per_query(run, beir.qrels), "ndcg@10")
     assert ours == pytest.approx(float(np.mean(by_hand)), abs=1e-4) and 0.0 < ours < 1.0
+
+
+@pytest.mark.ray
+def test_embedding_files_hold_a_hundred_thousand_rows_whatever_the_block_size(ray_cluster, tmp_path):
+    """Issue 34: a run's 1 MiB blocks made a file a block (~85 passages of four 768-d arms). Written
+    under that block size, 120,000 rows of a 384-d embedding come out as at most two files."""
+    import numpy as np
+    import ray.data
+
+    from arhn_ray.data.layout import OutputLayout
+    from arhn_ray.evaluate.retrieve import write_embeddings
+
+    ctx = ray.data.DataContext.get_current()
+    saved, ctx.target_max_block_size = ctx.target_max_block_size, 1 << 20
+    try:
+        ds = ray.data.range(120_000, override_num_blocks=24).map_batches(
+            lambda b: {"_id": b["id"].astype(str), "zero_shot": np.ones((len(b["id"]), 384), np.float32)}, batch_size=5000
+        )
+        out = OutputLayout(str(tmp_path))
+        write_embeddings(ds, out.file("emb"), out.arrow_filesystem())
+    finally:
+        ctx.target_max_block_size = saved
+    files = sorted(Path(out.file("emb")).glob("*.parquet"))
+    rows = [pq.ParquetFile(f).metadata.num_rows for f in files]
+    assert sum(rows) == 120_000 and len(files) <= 2 and min(rows[:-1] or [100_000]) >= 100_000, rows
 
 
 GIB = 2.0**30
@@ -139,20 +168,29 @@ def test_evaluate_runs_the_loop_and_writes_every_field(ray_cluster, tmp_path):
     """An ARHN output of the shipped sample (replayed), evaluated on the shipped set: the baseline is
     run on the fly, three arms are trained (small settings: the loop, not the method), and the
     JSON, table, picture and card section are written."""
+    import tempfile
+
     import ray
     from test_deploy import _recordings
+    from test_protocol import rlhn_refined_rows
 
     from arhn_ray.cli import main
 
     rec, n = _recordings(tmp_path)
     out = tmp_path / "out"
     assert main(["refine", str(ROOT / "conf" / "replay.yaml"), f"engine.replay_path={rec}", f"output.path={out}"]) == 0
+    # RLHN's cleaning of the same queries, in the Tevatron rows rlhn/rlhn-680K publishes: an arm of its own
+    rlhn = tmp_path / "rlhn" / "msmarco.jsonl"
+    rlhn.parent.mkdir()
+    rlhn.write_text("".join(json.dumps(r) + "\n" for r in rlhn_refined_rows()))
+    workdirs = set(Path(tempfile.gettempdir()).glob("arhn-train-*"))
     # a batch larger than every arm (the bundled model's refined arm had 6 examples for a batch of 16): each trains on what it has;
     # one worker an arm here (three arms side by side on two cores): the two-worker split batch is the shared-store test's
     # evaluate as a person runs it, at an 80-column terminal (joining this session's cluster, as RAY_ADDRESS says)
     env = os.environ | {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     code, screen = run_in_terminal([shutil.which("arhn-ray"), "evaluate", str(out), "--eval", str(EVAL), "max_seq_len=64", "negatives=3",
-                                    "batch_size=64", "bootstrap_samples=200", "worker_memory_gb=2", "workers=1"], env, timeout=1200)  # fmt: skip
+                                    "batch_size=64", "bootstrap_samples=200", "worker_memory_gb=2", "workers=1", "--arm", f"rlhn={rlhn.parent}"],
+                                   env, timeout=1200)  # fmt: skip
     lines = [line for line in terminal_lines(screen) if line.strip()]
     assert code == 0 and "Traceback" not in screen, screen[-3000:]
     # only its own lines: the banner, its notices, progress, then the table (evaluate.md) and what it wrote;
@@ -167,12 +205,16 @@ def test_evaluate_runs_the_loop_and_writes_every_field(ray_cluster, tmp_path):
     assert sum(line in table for line in lines) >= 5, lines  # the table is on the screen
     assert list((out / "logs").glob("evaluate-*.log")), "the libraries' output has no log"
     result = json.loads((out / "evaluate" / "evaluate.json").read_text())
-    assert set(result["arms"]) == {"zero_shot", "original", "refined", "topk_percpos"}
+    assert set(result["arms"]) == {"zero_shot", "original", "refined", "topk_percpos", "rlhn"}
+    assert (
+        "| rlhn |" in (out / "evaluate" / "evaluate.md").read_text()
+        and "rlhn - original: " in (out / "evaluate" / "evaluate.md").read_text()
+    )
     for arm in result["arms"].values():
         assert (
             0.0 <= arm["ndcg@10"] <= 1.0 and 0.0 <= arm["recall@100"] <= 1.0 and arm["ndcg@10_ci95"][0] <= arm["ndcg@10_ci95"][1]
         )
-    for pair in ("refined_vs_original", "refined_vs_topk_percpos"):
+    for pair in ("refined_vs_original", "refined_vs_topk_percpos", "rlhn_vs_original"):
         p = result["paired"][pair]
         assert (
             p["queries"] == 13
@@ -181,12 +223,17 @@ def test_evaluate_runs_the_loop_and_writes_every_field(ray_cluster, tmp_path):
         )
     train = result["train"]
     assert train["hyperparameters"]["negatives"] == 3 and train["hyperparameters"]["model"] == "bundled:minilm"
-    # one example per positive, as export writes them: the original rows have one positive each
-    assert (
-        train["arms"]["original"]["examples"] == n
-        and train["arms"]["refined"]["examples"] >= n - train["arms"]["refined"]["queries_without_example"]
-    )
-    for arm in ("original", "refined", "topk_percpos"):  # each arm was trained: steps taken, a finite contrastive loss
+    # the paper's protocol: one instance a query an epoch in every arm, whatever its positives; the RLHN
+    # arm holds the output's queries it has (its 12 MS MARCO ones, not the FlagEmbedding sample's 8)
+    arms = train["arms"]
+    assert arms["original"]["examples"] == arms["original"]["queries"] == n == train["queries"]
+    for arm in ("refined", "topk_percpos"):
+        assert arms[arm]["examples"] == arms[arm]["queries"] == n - arms[arm]["queries_without_example"]
+    assert arms["rlhn"]["examples"] == arms["rlhn"]["queries"] == 12
+    # no training worker leaves its copy of the examples behind; what it held is reported
+    assert set(Path(tempfile.gettempdir()).glob("arhn-train-*")) == workdirs
+    assert all(arms[a]["worker_disk_mb"] > 0 for a in ("original", "refined", "topk_percpos", "rlhn"))
+    for arm in ("original", "refined", "topk_percpos", "rlhn"):  # each arm was trained: steps taken, a finite contrastive loss
         t = train["arms"][arm]
         assert t["steps"] >= 1 and 0 < t["train_loss"] < 10, t
         # the trainer's own arguments: a global batch (the arm's queries when fewer than 64), all of it on the one worker
@@ -196,12 +243,11 @@ def test_evaluate_runs_the_loop_and_writes_every_field(ray_cluster, tmp_path):
         assert t["checkpoint"].startswith(str(out / "evaluate" / "train" / f"arhn-evaluate-{arm}")), t
     assert (out / "evaluate" / "examples" / "refined").is_dir() and any((out / "evaluate" / "embeddings" / EVAL.name).iterdir())
     assert result["sets"][EVAL.name]["detectable_ndcg@10_difference"] > 0.01 and result["sets"][EVAL.name]["queries"] == 13
-    # the session cluster declares 24 CPUs and its memory (~17 GiB here) holds three 2 GiB workers: the three
+    # the session cluster declares 24 CPUs and its memory (~17 GiB here) holds four 2 GiB workers: the four
     # arms train side by side, so the training took less than their own times added up
-    assert train["arms_at_once"] == 3 and all(
-        train["arms"][a]["peak_rss_gb"] > 0 for a in ("original", "refined", "topk_percpos")
-    )
-    assert train["seconds"] < sum(train["arms"][a]["seconds"] for a in ("original", "refined", "topk_percpos")), train
+    four = ("original", "refined", "topk_percpos", "rlhn")
+    assert train["arms_at_once"] == 4 and all(train["arms"][a]["peak_rss_gb"] > 0 for a in four)
+    assert train["seconds"] < sum(train["arms"][a]["seconds"] for a in four), train
     assert (out / "evaluate" / "evaluate.png").stat().st_size > 0 and "| refined |" in (
         out / "evaluate" / "evaluate.md"
     ).read_text()
@@ -220,9 +266,9 @@ def test_an_arm_with_no_example_is_reported_not_trained_and_the_report_says_so(r
                      "negative_passages": [], "subset": "s"}]  # fmt: skip
     from arhn_ray.data.layout import OutputLayout
 
-    trained, _ = train_arms({"original": [], "refined": no_negatives, "topk_percpos": []}, {}, EvaluateConfig(workers=2),
-                            OutputLayout(str(tmp_path)))  # fmt: skip
-    assert trained["refined"] == (None, {"examples": 0, "queries": 0, "queries_without_example": 1, "trained": False})
+    trained, _ = train_arms({"original": lambda: [], "refined": lambda: no_negatives, "topk_percpos": lambda: []}, {},
+                            EvaluateConfig(workers=2), OutputLayout(str(tmp_path)))  # fmt: skip
+    assert trained["refined"] == (None, {"examples": 0, "queries": 0, "queries_without_example": 1, "seed": 0, "trained": False})
     arms = {"zero_shot": {"ndcg@10": 0.5, "recall@100": 1.0, "ndcg@10_ci95": [0.4, 0.6]}, "refined": {"trained": False}}
     paired = {"refined_vs_original": {"skipped": "the refined arm was not trained (too few examples)"}}
     results = {"eval": {"queries": 13, "metrics": "m", "search": "s"}, "arms": arms, "paired": paired,
@@ -348,7 +394,7 @@ def test_an_arm_trains_with_its_examples_runs_and_checkpoint_on_the_shared_store
     ev = EvaluateConfig(workers=2, batch_size=8, max_seq_len=32, negatives=1, worker_memory_gb=2)
     settings = {k: getattr(ev, k) for k in SETTINGS} | {"model": resolve(ev.model)}
     out = OutputLayout("s3://evaluate/out", s3_server)
-    trained, _ = train_arms({"original": rows, "refined": [], "topk_percpos": []}, settings, ev, out)
+    trained, _ = train_arms({"original": lambda: rows, "refined": lambda: [], "topk_percpos": lambda: []}, settings, ev, out)
     checkpoint, metrics = trained["original"]
     assert metrics["trained"] and metrics["world_size"] == 2 and metrics["examples"] == 8, metrics
     # the cluster config's shape on CPU: two workers, the global batch (8 queries) split between them, gathered for MNRL

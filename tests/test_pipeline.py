@@ -73,7 +73,15 @@ def read_dir(path: Path) -> list[dict]:
 def replay_config(data, recordings, out, *extra):
     return load_config(
         str(ROOT / "conf" / "replay.yaml"),
-        [f"input.path={data}", f"output.path={out}", f"engine.replay_path={recordings}", "pipeline.batch_size=2", *extra],
+        # every negative judged: row b's 12 make two chunks (the paper's N = 10 is tests/test_screen.py's)
+        [
+            f"input.path={data}",
+            f"output.path={out}",
+            f"engine.replay_path={recordings}",
+            "pipeline.batch_size=2",
+            "method.negatives_per_query=null",
+            *extra,
+        ],  # fmt: skip
     )
 
 
@@ -81,6 +89,10 @@ def test_replay_job_gives_exact_decisions_and_every_row_once(ray_cluster, tmp_pa
     data, recordings, expected = dataset(tmp_path)
     out = tmp_path / "out"
     stats = run(replay_config(data, recordings, out))
+    import ray.data
+
+    # the run's small blocks do not outlive it: evaluate's embeddings, in the same process, write Ray's default blocks
+    assert ray.data.DataContext.get_current().target_max_block_size == ray.data.DataContext().target_max_block_size
     refined = read_dir(out / "refined")
     rejected = read_dir(out / "rejected")
     assert sorted(p.relative_to(out / "refined").as_posix() for p in (out / "refined").glob("*/*.parquet")) == [

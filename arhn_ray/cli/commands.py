@@ -101,13 +101,10 @@ def relabel(args: argparse.Namespace) -> int:
         overrides.append(f"method.positive_no_answer={args.positive_no_answer}")
     if args.max_relabeled is not None:
         overrides.append(f"method.max_relabeled={args.max_relabeled}")
-    work = lambda: label_again(args.output, args.out, overrides, args.storage_options)  # noqa: E731
-    out = OutputLayout(args.out, args.storage_options)
-    stats = (
-        work()
-        if args.verbose
-        else quietly(work, out, "relabel", f"relabeling {args.output} -> {args.out} (variant {args.variant}, no LLM)")
+    print(
+        f"arhn-ray: relabeling {args.output} -> {args.out} (variant {args.variant}, from the stored LLM outputs: no LLM, no Ray)"
     )
+    stats = label_again(args.output, args.out, overrides, args.storage_options)
     print(summary(stats, args.out))
     return 0
 
@@ -145,10 +142,9 @@ def calibrate(args: argparse.Namespace) -> int:
 
 def review(args: argparse.Namespace) -> int:
     from arhn_ray.review import write_review
-    from arhn_ray.saved import saved_config
 
     out = OutputLayout(args.output, args.storage_options)
-    written = write_review(out, saved_config(out), args.sample, args.seed, args.subset or None)
+    written = write_review(out, args.sample, args.seed, args.subset or None)
     print(f"arhn-ray: wrote {written.path}\n  {written.queries} queries, {written.negatives} negatives, "
           f"{written.bytes / 1e6:.1f} MB in {written.seconds:.1f} s; open it in a browser, mark negatives, download the verdicts,\n"
           f"  then: arhn-ray agreement {args.output} --reference verdicts.jsonl")  # fmt: skip
@@ -166,8 +162,12 @@ def evaluate(args: argparse.Namespace) -> int:
                             arms=args.arm)  # fmt: skip
     try:
         extra_arms(args.arm)  # a bad --arm before any work
+    except ValueError as e:
+        print(f"arhn-ray: {e}", file=sys.stderr)
+        return 2
+    try:
         result = work() if args.verbose else quietly(work, out, "evaluate", f"evaluating {args.output} on {', '.join(args.eval)}")
-    except (BeirError, ValueError) as e:
+    except BeirError as e:
         print(f"arhn-ray: {e}", file=sys.stderr)
         return 2
     print(table1_markdown(result))

@@ -6,36 +6,34 @@ canonical row, or says which field is wrong; it never raises.
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 import pyarrow as pa
 
+from arhn_ray.method.decisions import Decision, LlmCall
+
 PASSAGE = pa.struct([("docid", pa.string()), ("title", pa.string()), ("text", pa.string())])
-DECISION = pa.struct(
-    [
-        ("docid", pa.string()),
-        ("action", pa.string()),
-        ("reason", pa.string()),
-        ("snippet", pa.string()),
-        ("grounding", pa.string()),
-        ("rank", pa.int32()),
-        ("score", pa.float64()),  # the TopK-PercPos teacher's score of the negative; null for ARHN
-    ]
-)
-LLM_CALL = pa.struct(
-    [
-        ("chunk", pa.int32()),
-        ("stage1_text", pa.string()),
-        ("stage1_prompt_tokens", pa.int64()),
-        ("stage1_output_tokens", pa.int64()),
-        ("stage1_finish_reason", pa.string()),
-        ("stage2_text", pa.string()),
-        ("stage2_prompt_tokens", pa.int64()),
-        ("stage2_output_tokens", pa.int64()),
-        ("stage2_finish_reason", pa.string()),
-        ("stage2_status", pa.string()),
-    ]
-)
+_ARROW = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
+
+
+def arrow_struct(cls: type) -> pa.StructType:
+    """The Arrow struct of a record dataclass (method/decisions.py): its fields in order, each of its
+    type (a field's ``metadata["arrow"]`` names a narrower one), all nullable."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in fields(cls):
+        hint = hints[f.name]
+        base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
+        out.append((f.name, pa.type_for_alias(f.metadata["arrow"]) if "arrow" in f.metadata else _ARROW[base]))
+    return pa.struct(out)
+
+
+DECISION = arrow_struct(Decision)
+LLM_CALL = arrow_struct(LlmCall)
+REMOVED = "removed_passages"
 PROVENANCE = pa.struct(
     [
         ("model", pa.string()),
@@ -59,6 +57,8 @@ OUTPUT_SCHEMA = pa.schema(
     list(INPUT_SCHEMA)
     + [
         pa.field("decisions", pa.list_(DECISION)),
+        # every input negative the row no longer lists (filtered, duplicates, past N): the output is self-contained
+        pa.field(REMOVED, pa.list_(PASSAGE)),
         pa.field("positive_snippet", pa.string()),
         pa.field("positive_grounding", pa.string()),  # the anchor snippet's grounding (ungrounded: ranked as the model wrote it)
         pa.field("positive_score", pa.float64()),  # the TopK-PercPos teacher's score of the anchor positive; null for ARHN
@@ -66,6 +66,34 @@ OUTPUT_SCHEMA = pa.schema(
         pa.field("provenance", PROVENANCE),
     ]
 )
+
+
+def original_row(refined: dict) -> dict:
+    """The input row a refined row came from, from the refined row alone (method/decisions.py's rules):
+    what ``review``, ``relabel`` and evaluate's original arm read instead of the input.
+
+    Example:
+        >>> original_row(refined)["negative_passages"] == input_row["negative_passages"]
+        True
+    """
+    decisions = refined.get("decisions") or []
+    relabeled = {d["docid"] for d in decisions if d["action"] == "relabel"}
+    pool = {p["docid"]: p for p in [*refined["positive_passages"], *refined["negative_passages"], *(refined.get(REMOVED) or [])]}
+    missing = [d["docid"] for d in decisions if d["docid"] not in pool]
+    if missing:
+        raise ValueError(
+            f"query {refined['query_id']}: negative {missing[0]} is not in the row (an output written before "
+            f"{REMOVED} existed keeps no removed passages: refine it again)"
+        )
+    return {
+        "query_id": refined["query_id"],
+        "query": refined["query"],
+        "positive_passages": [p for p in refined["positive_passages"] if p["docid"] not in relabeled],
+        "negative_passages": [pool[d["docid"]] for d in decisions],
+        "subset": refined.get("subset") or "",
+    }
+
+
 REJECTED_SCHEMA = pa.schema(
     [
         ("query_id", pa.string()),

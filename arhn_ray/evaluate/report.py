@@ -106,7 +106,7 @@ def render_png(r: dict[str, Any], path: Path) -> None:
     ax.set_xticks(np.arange(len(groups)), [g for g, _ in groups], rotation=20 if len(groups) > 4 else 0)
     ax.set_ylabel("nDCG@10 (95% CI)")
     ax.set_title(f"Retriever per arm on {len(r['sets'])} BEIR set(s), {r['eval']['queries']} queries"
-                 + (f"\nnot trained: {', '.join(missing)}" if missing else ""), color="#b00020" if missing else None)  # fmt: skip
+                 + (f"\nnot trained: {', '.join(missing)}" if missing else ""), color="#b00020" if missing else "black")  # fmt: skip
     ax.legend(fontsize=8, ncols=len(arms))
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -77,12 +77,12 @@ def encode_corpus(corpus_path: str, models: dict[str, Any], ev, encoders: int, t
     write_embeddings(ds.map_batches(Encoder, **encoder_pool(models, ev.passage_prefix, ev, encoders)), target, fs)
 
 
-def write_embeddings(ds, target: str, fs, min_rows: int = EMBEDDING_FILE_ROWS) -> None:
-    """``ds`` as parquet files of at least ``min_rows`` rows (the last may hold fewer): ``search``
+def write_embeddings(ds, target: str, fs, min_rows: int | None = None) -> None:
+    """``ds`` as parquet files of at least ``min_rows`` rows (``EMBEDDING_FILE_ROWS``; the last may hold fewer): ``search``
     opens them one at a time, twice an arm, so a file a block (~85 passages at 1 MiB) would cost
     MS MARCO ~100K files and ~800K requests on S3. A write task buffers its rows up to the bound:
     ~1.2 GB at 100K rows of four 768-dimension fp32 embeddings."""
-    ds.write_parquet(target, filesystem=fs, min_rows_per_file=min_rows)
+    ds.write_parquet(target, filesystem=fs, min_rows_per_file=min_rows or EMBEDDING_FILE_ROWS)
 
 
 def encode_queries(queries: dict[str, str], models: dict[str, Any], ev, encoders: int) -> dict[str, tuple[list[str], np.ndarray]]:

@@ -26,6 +26,7 @@ from arhn_ray import bundled
 from arhn_ray.config import Config, EvaluateConfig, load_config
 from arhn_ray.data import layout
 from arhn_ray.data.layout import OutputLayout
+from arhn_ray.data.records import original_row
 from arhn_ray.evaluate.arms import dataset_rows, extra_arms, only, output_queries
 from arhn_ray.evaluate.beir import OOD, BeirSet, load_beir
 from arhn_ray.evaluate.examples import write_examples
@@ -34,7 +35,7 @@ from arhn_ray.evaluate.retrieve import encode_corpus, encode_queries, search
 from arhn_ray.evaluate.scoring import bootstrap_mean, mean, paired_bootstrap_sets, per_query
 from arhn_ray.evaluate.train import arm_layout, global_batch, train_arm
 from arhn_ray.pipeline.placement import init_ray
-from arhn_ray.saved import original_rows, saved_config
+from arhn_ray.saved import saved_config
 
 log = logging.getLogger(__name__)
 TRAINED = ("original", "refined", "topk_percpos")
@@ -198,7 +199,7 @@ def evaluate(output: str, eval_dirs: str | list[str], overrides: list[str] | Non
     init_ray(cfg.pipeline.ray_address)
     queries = output_queries(out)
     sources: dict[str, Callable[[], Iterable[dict]]] = {
-        "original": lambda: only(original_rows(cfg), queries),
+        "original": lambda: (original_row(r) for r in out.read_rows("refined")),  # the input rows, from the output alone
         "refined": lambda: out.read_rows("refined"),
         "topk_percpos": lambda: only(topk.read_rows("refined"), queries),
         **{name: (lambda path=path: only(dataset_rows(path, storage_options), queries)) for name, path in extra.items()},

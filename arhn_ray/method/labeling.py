@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 
 from arhn_ray.method import ranking as rk
 from arhn_ray.method.constraints import stage2_format
+from arhn_ray.method.decisions import Decision
 from arhn_ray.method.options import MethodOptions
 from arhn_ray.method.passages import passage_text
 from arhn_ray.method.prompts import PromptSet
@@ -235,6 +236,7 @@ def stage2_request(
 class RowLabels:
     positive_passages: list[dict]
     negative_passages: list[dict]
+    removed_passages: list[dict]  # the input negatives neither kept nor relabeled, in input order
     decisions: list[dict]
     positive_snippet: str | None
     positive_grounding: str | None = None
@@ -296,6 +298,7 @@ def label_row(
     return RowLabels(
         positive_passages=list(row["positive_passages"]) + relabeled,
         negative_passages=[neg for neg, d in zip(negatives, decisions) if d["action"] == KEEP],
+        removed_passages=[neg for neg, d in zip(negatives, decisions) if d["action"] not in (KEEP, RELABEL)],
         decisions=decisions,  # type: ignore[arg-type]
         positive_snippet=anchor.snippet,
         positive_grounding=anchor.grounding,
@@ -308,12 +311,4 @@ def _decision(
     passage: dict, action: str, reason: str, snippet: str | None, grounding: str | None, rank: int | None,
     score: float | None = None,
 ) -> dict:  # fmt: skip
-    return {
-        "docid": passage["docid"],
-        "action": action,
-        "reason": reason,
-        "snippet": snippet,
-        "grounding": grounding,
-        "rank": rank,
-        "score": score,
-    }
+    return Decision(passage["docid"], action, reason, snippet, grounding, rank, score).to_dict()

@@ -28,17 +28,19 @@ class LabelRules:
     """The ``method.*`` config keys that decide the labels (the config's ``method`` section is these
     and ``name``: defined here once)."""
 
-    variant: str = "rf"
+    variant: str = "rf"  # rf (relabel and filter, the paper's final variant) | relabel | filter
     # the paper's workload: the first N negatives (the miner's order) are judged, in one Stage 1 prompt
     # with the positive; the rest are not sent and not kept (action "unjudged"). None: judge every
     # negative, in chunks of max_negatives_per_chunk
     negatives_per_query: int | None = 10
-    max_negatives_per_chunk: int = 10
+    max_negatives_per_chunk: int = 10  # negatives a Stage 1 prompt when more are judged: more chunks, one anchor
+    # the anchor positive's snippet is NO_ANSWER: paper (ranked last: every negative with a snippet is
+    # relabeled) | keep (the row unchanged) | reject
     positive_no_answer: str = "paper"
-    max_relabeled: int | None = None
-    paper_literal: bool = False
-    fuzzy_threshold: float = 90.0
-    ungrounded_as_no_answer: bool = True
+    max_relabeled: int | None = None  # a row with more relabels than this is rejected (null: no cap)
+    paper_literal: bool = False  # Stage 2 ranks all N+1 snippets and is never skipped (for comparison)
+    fuzzy_threshold: float = 90.0  # a snippet this close to a span of its passage (rapidfuzz) is grounded fuzzy
+    ungrounded_as_no_answer: bool = True  # a negative's snippet not found in its passage counts as NO_ANSWER
 
 
 @dataclass

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def write_report(cfg: Config, out: OutputLayout, wall_s: float, unreadable: dict[str, str] | None = None,
-                 refined_now: bool = True) -> dict[str, Any]:  # fmt: skip
+                 refined_now: bool = True, extra: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """The run's statistics from the parts' manifests, written with the card and the report; returned.
 
     Throughput adds up the runs that refined rows: a rerun that only skipped finished parts keeps
@@ -41,6 +41,7 @@ def write_report(cfg: Config, out: OutputLayout, wall_s: float, unreadable: dict
         "screen": described.get("screen"),
         "input": cfg.input.hub_path or cfg.input.path,
         "input_revision": hub_revision(cfg.input.path),
+        **(extra or {}),  # e.g. relabel's relabeled_from
     }
     data = stats.to_dict()
     before = _previous_throughput(out) if not cfg.output.overwrite else {}
@@ -60,7 +61,7 @@ def write_report(cfg: Config, out: OutputLayout, wall_s: float, unreadable: dict
 def write_page(cfg: Config, out: OutputLayout) -> bool:
     """``review.html``; a page that cannot be written is a warning, not a failed run (``arhn-ray review`` writes it again)."""
     try:
-        write_review(out, cfg, cfg.output.review_sample)
+        write_review(out, cfg.output.review_sample)
         return True
     except Exception as e:
         log.warning("review.html not written (%s: %s); arhn-ray review %s writes it", type(e).__name__, e, out.path)

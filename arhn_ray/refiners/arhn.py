@@ -18,6 +18,7 @@ from typing import Protocol
 
 from arhn_ray.engines.base import ChatRequest, ChatResult, Engine
 from arhn_ray.method import labeling as lb
+from arhn_ray.method.decisions import LlmCall
 from arhn_ray.method.prompts import PromptSet, chat
 from arhn_ray.method.ranking import parse_ranking
 from arhn_ray.refiners.base import Outcome, provenance
@@ -221,6 +222,7 @@ class ArhnRefiner:
                 **row,
                 "positive_passages": labels.positive_passages,
                 "negative_passages": labels.negative_passages,
+                "removed_passages": labels.removed_passages,
                 "decisions": labels.decisions,
                 "positive_snippet": labels.positive_snippet,
                 "positive_grounding": labels.positive_grounding,
@@ -231,19 +233,9 @@ class ArhnRefiner:
 
 
 def _call(chunk: int, res: ChatResult, stage: int = 1) -> dict:
+    """A chunk's ``LlmCall`` as its Stage 1 result makes it, or the Stage 2 fields its ranking adds."""
     if stage == 1:
-        return {
-            "chunk": chunk,
-            "stage1_text": res.text,
-            "stage1_prompt_tokens": res.prompt_tokens,
-            "stage1_output_tokens": res.output_tokens,
-            "stage1_finish_reason": res.finish_reason,
-            "stage2_text": None,
-            "stage2_prompt_tokens": None,
-            "stage2_output_tokens": None,
-            "stage2_finish_reason": None,
-            "stage2_status": None,
-        }
+        return LlmCall(chunk, res.text, res.prompt_tokens, res.output_tokens, res.finish_reason).to_dict()
     return {
         "stage2_text": res.text,
         "stage2_prompt_tokens": res.prompt_tokens,

@@ -4,6 +4,8 @@ resume serve it. Each decision keeps the teacher's score, and the row the lowest
 
 from __future__ import annotations
 
+from arhn_ray.method.decisions import Decision
+from arhn_ray.method.labeling import KEEP
 from arhn_ray.method.passages import passage_text
 from arhn_ray.method.topk_percpos import anchor_score, decide, kept_order
 from arhn_ray.refiners.base import Outcome, provenance
@@ -32,20 +34,11 @@ class TopKPercPosRefiner:
             positive = anchor_score([next(scores) for _ in row["positive_passages"]])
             negatives = [next(scores) for _ in row["negative_passages"]]
             actions = decide(positive, negatives, self.relative_margin, self.keep)
-            decisions = [
-                {
-                    "docid": neg["docid"],
-                    "action": action,
-                    "reason": reason,
-                    "snippet": None,
-                    "grounding": None,
-                    "rank": None,
-                    "score": score,
-                }
-                for neg, (action, reason), score in zip(row["negative_passages"], actions, negatives)
-            ]
+            decisions = [Decision(neg["docid"], action, reason, score=score).to_dict()
+                         for neg, (action, reason), score in zip(row["negative_passages"], actions, negatives)]  # fmt: skip
             kept = [row["negative_passages"][i] for i in kept_order(negatives, actions)]
-            refined = {**row, "negative_passages": kept, "decisions": decisions, "positive_snippet": None, "positive_score": positive,
-                       "llm": [], "provenance": self.provenance}  # fmt: skip
+            removed = [neg for neg, (action, _) in zip(row["negative_passages"], actions) if action != KEEP]
+            refined = {**row, "negative_passages": kept, "removed_passages": removed, "decisions": decisions, "positive_snippet": None,
+                       "positive_score": positive, "llm": [], "provenance": self.provenance}  # fmt: skip
             out.append(Outcome(refined))
         return out

@@ -51,7 +51,7 @@ def main() -> None:
     ev = load_config(str(ROOT / "conf" / "local.yaml")).evaluate
     sample = [json.loads(line) for line in open(ROOT / "arhn_ray" / "samples" / "rlhn_msmarco.jsonl")]
     rows = [copy(sample[i % len(sample)], i) for i in range(args.queries)]
-    arms = lambda: {"original": iter(rows), "refined": iter(rows), "topk_percpos": iter(rows)}  # noqa: E731
+    arms = lambda: {"original": lambda: iter(rows), "refined": lambda: iter(rows), "topk_percpos": lambda: iter(rows)}  # noqa: E731
     settings = {k: getattr(ev, k) for k in SETTINGS} | {"model": resolve(ev.model)}
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     print(f"cluster: {ray.cluster_resources().get('CPU', 0):g} CPUs; {args.queries} training queries an arm, {ev.negatives} negatives, "
