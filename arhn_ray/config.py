@@ -25,9 +25,8 @@ from arhn_ray.secrets import mask_in_logs, redact, secret_values
 class InputConfig:
     path: str = MISSING  # a file, folder, glob, s3:// URI or hf://datasets/OWNER/NAME[@REV][/PATH] of parquet / JSONL shards
     format: str = "auto"  # auto | rlhn (RLHN/Tevatron rows) | flagembedding (query, pos, neg)
-    storage_options: dict[str, Any] = field(
-        default_factory=dict
-    )  # fsspec options (an S3 endpoint); credentials from the environment
+    # fsspec options (an S3 endpoint); credentials from the environment
+    storage_options: dict[str, Any] = field(default_factory=dict)
     max_passage_chars: int = 200_000  # a longer passage rejects its row, naming the field
     limit: int | None = None  # at most this many rows per shard (trial runs)
     hub_path: str | None = None  # set by the run: an hf:// input.path as given, before its revision was pinned to a commit

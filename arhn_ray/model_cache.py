@@ -78,7 +78,15 @@ def stage(cfg: Config) -> list[tuple[Repo, str]]:
     (``HF_HOME``); returns where each went."""
     from huggingface_hub import snapshot_download
 
-    return [
-        (repo, snapshot_download(repo.name, allow_patterns=TOKENIZER_FILES if repo.tokenizer_only else None))
-        for repo in required_repos(cfg, evaluate=True)
-    ]
+    staged = []
+    for repo in required_repos(cfg, evaluate=True):
+        try:
+            staged.append((repo, snapshot_download(repo.name, allow_patterns=TOKENIZER_FILES if repo.tokenizer_only else None)))
+        except Exception as e:  # the Hub's error names a URL at best: say which model and what for
+            raise StageFailed(f"could not fetch {repo.name} ({repo.use}) from the Hub: {type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}") from e  # fmt: skip
+    return staged
+
+
+class StageFailed(ConnectionError):
+    """A model or tokenizer ``stage`` could not download, named."""

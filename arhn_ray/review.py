@@ -103,7 +103,7 @@ def choose(out: OutputLayout, sample: int, seed: int, subsets: list[str] | None 
 
 def query_view(row: dict) -> dict[str, Any]:
     """One query as the page draws it, from the refined row alone (its removed passages included)."""
-    original = original_row(row)
+    original = original_row(row, missing_ok=True)  # an older output keeps no removed passages
     positives = original["positive_passages"]
     negatives = []
     for d, p in zip(row["decisions"], original["negative_passages"]):

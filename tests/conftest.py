@@ -13,6 +13,10 @@ from helpers import PER_FILE, ROOT, run_in_terminal
 
 NODE_API_KEY_ENV, NODE_API_KEY = "ARHN_TEST_API_KEY", "sk-live-should-not-leak-7f3a"
 RAY_TMP = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray"
+# the configs' paths (conf/..., arhn_ray/samples) are the repository's, as the README runs them: the
+# suite runs from the repository root wherever pytest was started (`cd tests && pytest`, an IDE, CI);
+# no test reads or writes the configs' default outputs (out/...): each names its own tmp_path
+os.chdir(ROOT)
 
 
 def _ray_sessions() -> set[str]:

@@ -57,7 +57,7 @@ def perfect_recordings(rows: list[dict], verdicts: dict) -> list[dict]:
     """Stage 1 finds a snippet exactly in RLHN's 'better' negatives; Stage 2 ranks them above [1]."""
     rec = []
     for row in rows:
-        plan = lb.plan_row(row, lb.MethodOptions())
+        plan = lb.plan_row(row, lb.MethodOptions(negatives_per_query=None))  # RLHN judged every negative
         anchor = row["positive_passages"][0]["text"][:40]
         for c, members in enumerate(plan.chunks):
             better = [verdicts[(row["query_id"], row["negative_passages"][i]["docid"])] == "false_negative" for i in members]
@@ -90,6 +90,7 @@ def replay_output(ray_cluster, tmp_path_factory):
             f"input.path={tmp / 'in'}",
             f"output.path={out}",
             f"engine.replay_path={tmp / 'rec.jsonl'}",
+            "method.negatives_per_query=null",  # RLHN's verdicts cover all 25 negatives of a row
         ]
     )
     assert code == 0
@@ -198,7 +199,8 @@ def test_export_three_formats(replay_output, tmp_path, capsys):
     ds = load_dataset("parquet", data_files=str(st), split="train")
     assert ds.column_names == ["anchor", "positive"] + [f"negative_{i}" for i in range(1, 8)]
     refined = pq.read_table(replay_output / "refined" / "msmarco").to_pylist()
-    assert len(ds) == sum(len(r["positive_passages"]) for r in refined)
+    assert len(ds) == len(refined)  # the paper's instance: one a query, whatever its positives
+    assert len(set(ds["anchor"])) == len(refined)
     assert all(a.startswith("query: ") for a in ds["anchor"]) and all(p.startswith("passage: ") for p in ds["negative_7"])
 
     fe = tmp_path / "fe.jsonl"
@@ -296,17 +298,19 @@ def test_help_reads_as_plain_text_with_an_example_for_each_command(capsys):
         assert "example" in text and "arhn-ray " in text.split("example", 1)[1], argv
 
 
-def test_plan_reports_the_shipped_sample_without_calling_an_llm(capsys):
-    assert main(["plan", str(ROOT / "conf" / "local.yaml"), "--json"]) == 0
+def test_plan_reports_the_shipped_sample_without_calling_an_llm(capsys, tmp_path):
+    # its own output folder: the README's first command writes out/local, and plan skips written parts
+    assert main(["plan", str(ROOT / "conf" / "local.yaml"), f"output.path={tmp_path}", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     # input.limit: 4 a file; the paper's N = 10: one Stage 1 call a query, the rest of the 25 not judged
     assert (plan["rows"], plan["stage1_calls"], plan["chunks"], plan["negatives"]) == (8, 8, 8, 200)
     assert plan["unjudged"] + plan["duplicates_of_positive"] == 200 - 8 * 10
     assert plan["stage2_calls_at_most"] == 8 and plan["stage1_prompt_tokens"] > 0
     assert plan["tokenizer"].startswith("bundled:smollm2 (the model's own tokenizer")
-    assert main(["plan", str(ROOT / "conf" / "qwen3-32b-a100x16.yaml"), "input.path=arhn_ray/samples"]) == 0
+    assert main(["plan", str(ROOT / "conf" / "qwen3-32b-a100x16.yaml"), f"input.path={ROOT / 'arhn_ray' / 'samples'}",
+                 f"output.path={tmp_path / 'a100'}"]) == 0  # fmt: skip
     text = capsys.readouterr().out
-    assert "on 16 GPUs" in text and "GPU-hours" in text and "not readable here" in text
+    assert "on 16 GPUs" in text and "GPU-hours" in text and str(tmp_path / "a100") in text
     assert "evaluate          ~" in text and "9 runs (3 arms x seeds), 2 at a time" in text
 
 
@@ -330,7 +334,7 @@ def test_plan_asks_the_hub_nothing_even_where_the_hub_library_is_already_loaded(
     assert asked == [] and "HF_HUB_OFFLINE" not in os.environ
 
 
-def test_plan_prices_evaluate_from_the_rows_and_the_stated_rates(capsys):
+def test_plan_prices_evaluate_from_the_rows_and_the_stated_rates(capsys, tmp_path):
     """Three arms a seed of one training instance a valid row an epoch: the A100 config's 3 seeds
     x 3 arms, 5 epochs, 8-GPU runs two at a time on its 16 GPUs (five rounds), one CPU worker each
     on this machine's CPUs (memory not reserved here: the rule that counts it is tested in
@@ -346,7 +350,8 @@ def test_plan_prices_evaluate_from_the_rows_and_the_stated_rates(capsys):
     arm_s = (gpu["rows"] - gpu["rows_invalid"]) * 5 / (8 * 0.01)
     assert gpu["evaluate_runs"] == 9 and gpu["evaluate_hours"] == pytest.approx(5 * arm_s / 3600)
     assert gpu["evaluate_device_hours"] == pytest.approx(9 * 8 * arm_s / 3600)
-    assert main(["plan", str(ROOT / "conf" / "local.yaml"), "--json", "evaluate.epochs=2", "evaluate.worker_memory_gb=null"]) == 0
+    assert main(["plan", str(ROOT / "conf" / "local.yaml"), "--json", "evaluate.epochs=2", "evaluate.worker_memory_gb=null",
+                 f"output.path={tmp_path}"]) == 0  # fmt: skip
     cpu = json.loads(capsys.readouterr().out)
     at_once = min(3, os.cpu_count() or 1)
     assert (cpu["evaluate_device"], cpu["evaluate_arms_at_once"]) == ("CPU", at_once)

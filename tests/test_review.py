@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -185,10 +186,20 @@ def test_the_sample_is_bounded_and_drawn_from_every_decision_and_subset(tmp_path
 
 
 @pytest.mark.ray
-def test_review_writes_the_page_again_and_an_older_output_without_input_parts_still_gets_one(reviewed, tmp_path):
-    """``arhn-ray review`` with another sample; on an output whose manifests name no input part (an
-    older run's), the page still comes and the filtered passages say they could not be read."""
+def test_review_reads_the_output_alone_and_an_older_output_still_gets_a_page(reviewed, tmp_path):
+    """``arhn-ray review`` on a copy of the output whose input is gone (manifests naming no input, the
+    input folder elsewhere): the filtered passages' texts come from the rows' ``removed_passages``.
+    On an older output without that column the page still comes, the filtered passages unread."""
     import subprocess
+
+    def page_data(folder: Path) -> list[dict]:
+        done = subprocess.run([sys.executable, "-m", "arhn_ray", "review", str(folder), "--sample", "3", "--seed", "3"],
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "3 queries" in done.stdout and f"arhn-ray agreement {folder} --reference verdicts.jsonl" in done.stdout
+        data = json.loads((folder / "review.html").read_text().split('type="application/json">', 1)[1].split("</script>", 1)[0])
+        assert len(data["queries"]) == 3
+        return [n for q in data["queries"] for n in q["negatives"] if n["decision"] in ("filtered", "duplicate")]
 
     copy = tmp_path / "copy"
     shutil.copytree(reviewed, copy)
@@ -196,11 +207,11 @@ def test_review_writes_the_page_again_and_an_older_output_without_input_parts_st
         m = json.loads(manifest.read_text())
         m.pop("input")
         manifest.write_text(json.dumps(m))
-    done = subprocess.run([shutil.which("arhn-ray"), "review", str(copy), "--sample", "3", "--seed", "3"],
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert "3 queries" in done.stdout and f"arhn-ray agreement {copy} --reference verdicts.jsonl" in done.stdout
-    data = json.loads((copy / "review.html").read_text().split('type="application/json">', 1)[1].split("</script>", 1)[0])
-    assert len(data["queries"]) == 3
-    filtered = [n for q in data["queries"] for n in q["negatives"] if n["decision"] in ("filtered", "duplicate")]
+    filtered = page_data(copy)
+    assert filtered and all(n["text"] for n in filtered)
+
+    for part in (copy / "refined").glob("*/*.parquet"):  # as an output written before removed_passages existed
+        table = pq.read_table(part)
+        pq.write_table(table.drop_columns(["removed_passages"]), part)
+    filtered = page_data(copy)
     assert filtered and all(n["text"] is None for n in filtered)

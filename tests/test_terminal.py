@@ -42,7 +42,7 @@ def test_the_main_command_ends_with_its_summary_at_an_80_column_terminal(tmp_pat
 
     data, recordings, _ = dataset(tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    cmd = [shutil.which("arhn-ray"), "refine", "conf/replay.yaml", f"input.path={data}", f"engine.replay_path={recordings}",
+    cmd = [shutil.which("arhn-ray"), "refine", "conf/replay.yaml", f"input.path={data}", f"engine.replay_path={recordings}", "method.negatives_per_query=null",
            f"output.path={tmp_path / 'out'}"]  # fmt: skip
     code, screen = run_in_terminal(cmd, env, columns=80)
     lines = check_screen(code, screen, rows=4)

@@ -15,7 +15,7 @@ from arhn_ray.plan import Assumptions
 
 def refine(args: argparse.Namespace) -> int:
     from arhn_ray.pipeline.faults import ClusterFault, StoreFailed
-    from arhn_ray.pipeline.job import TooManyRejected, run
+    from arhn_ray.pipeline.job import EmptyInput, TooManyRejected, run
     from arhn_ray.pipeline.preflight import PreflightError, check_output
 
     cfg = load_config(args.config, args.overrides)
@@ -25,6 +25,9 @@ def refine(args: argparse.Namespace) -> int:
         banner = f"refining {cfg.input.path} -> {cfg.output.path}"
         work = lambda: run(cfg, args.config, out)  # noqa: E731
         stats = work() if args.verbose else quietly(work, out, "refine", banner)
+    except EmptyInput as e:
+        print(f"arhn-ray: {e}", file=sys.stderr)
+        return 2
     except TooManyRejected as e:
         print(f"arhn-ray: stopped: {e}", file=sys.stderr)
         return 3
@@ -35,7 +38,20 @@ def refine(args: argparse.Namespace) -> int:
         print(f"arhn-ray: preflight: {e}", file=sys.stderr)
         return 4
     print(summary(stats, cfg.output.path))
-    return 0
+    return every_row_rejected(stats, cfg.output.path)
+
+
+def every_row_rejected(stats: dict, output: str) -> int:
+    """3 when the run refined no row and rejected some (a missing column, a wrong format), naming the
+    most common reason; else 0."""
+    o = stats["overall"]
+    if o["queries"] or not o["rejected"]:
+        return 0
+    reasons = stats.get("rejected_reasons") or {}
+    top = max(reasons, key=reasons.get) if reasons else "unknown"
+    print(f"arhn-ray: every row was rejected ({o['rejected']}; most often: {top}): nothing refined; "
+          f"the rows and their reasons are in {output}/rejected/", file=sys.stderr)  # fmt: skip
+    return 3
 
 
 def plan(args: argparse.Namespace) -> int:

@@ -68,9 +68,14 @@ OUTPUT_SCHEMA = pa.schema(
 )
 
 
-def original_row(refined: dict) -> dict:
+def original_row(refined: dict, missing_ok: bool = False) -> dict:
     """The input row a refined row came from, from the refined row alone (method/decisions.py's rules):
     what ``review``, ``relabel`` and evaluate's original arm read instead of the input.
+
+    Args:
+        refined: a row of ``refined/``.
+        missing_ok: a negative the row does not keep (an output written before ``removed_passages``)
+            comes back with ``text`` None instead of raising: the review page shows it unread.
 
     Example:
         >>> original_row(refined)["negative_passages"] == input_row["negative_passages"]
@@ -80,7 +85,9 @@ def original_row(refined: dict) -> dict:
     relabeled = {d["docid"] for d in decisions if d["action"] == "relabel"}
     pool = {p["docid"]: p for p in [*refined["positive_passages"], *refined["negative_passages"], *(refined.get(REMOVED) or [])]}
     missing = [d["docid"] for d in decisions if d["docid"] not in pool]
-    if missing:
+    if missing and missing_ok:
+        pool.update({docid: {"docid": docid, "title": "", "text": None} for docid in missing})
+    elif missing:
         raise ValueError(
             f"query {refined['query_id']}: negative {missing[0]} is not in the row (an output written before "
             f"{REMOVED} existed keeps no removed passages: refine it again)"
@@ -127,6 +134,10 @@ def _string(row: dict, name: str, required: bool = True) -> str | None:
 
 
 def _passages(row: dict, name: str, required: bool) -> list[dict]:
+    """``required``: a non-empty list; otherwise the key must still be there (null or [] for none):
+    a file without the column is a wrong input, not rows with nothing to clean."""
+    if name not in row:
+        raise InvalidRow(name, "missing (a row with no negatives holds an empty list)")
     value = row.get(name)
     if value is None:
         if required:

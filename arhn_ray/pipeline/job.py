@@ -87,6 +87,10 @@ class TooManyRejected(RuntimeError):
     """More of the rows seen were rejected than ``pipeline.max_rejected_fraction`` allows."""
 
 
+class EmptyInput(ValueError):
+    """The input holds no row to refine: no Ray, no engine is started for it."""
+
+
 def parts(cfg: Config, out: OutputLayout) -> tuple[list[Part], list[dict], dict[str, str]]:
     """Parts to run, manifests of parts already written, unreadable files (name -> reason)."""
     done = {} if cfg.output.overwrite else out.complete_parts()
@@ -124,6 +128,12 @@ def run(cfg: Config, config_path: str | None = None, out: OutputLayout | None = 
         out.clear_parts()
     pin_input(cfg, out)
     todo, done, unreadable = parts(cfg, out)
+    empty = [p for p in todo if p.file_size == 0 or p.rows == 0]
+    todo = [p for p in todo if p not in empty]  # nothing to read, refine or account for
+    if empty:
+        log.warning("%d empty input file(s) skipped: %s", len(empty), ", ".join(sorted({p.uri for p in empty})[:3]))
+    if not todo and not done and not unreadable:
+        raise EmptyInput(f"input.path {cfg.input.path}: no rows to refine ({len(empty)} empty file(s)); no engine was started")
     out.write_text(layout.CONFIG, to_yaml(cfg))
     progress = Progress(todo, done, batch_size=cfg.pipeline.batch_size)
     progress.announce(unreadable)
