@@ -273,7 +273,7 @@ def test_an_arm_with_no_example_is_reported_not_trained_and_the_report_says_so(r
     paired = {"refined_vs_original": {"skipped": "the refined arm was not trained (too few examples)"}}
     results = {"eval": {"queries": 13, "metrics": "m", "search": "s"}, "arms": arms, "paired": paired,
                "sets": {"x": {"queries": 13, "corpus": 650, "ood": False, "detectable_ndcg@10_difference": 0.05, "arms": arms, "paired": paired}},
-               "train": {"hyperparameters": {"model": "m", "batch_size": 16, "workers": 2}, "arms": {a: m for a, (_, m) in trained.items()}}}  # fmt: skip
+               "train": {"hyperparameters": {"model": "m", "batch_size": 16, "workers": 2, "negatives": 7, "epochs": 1}, "arms": {a: m for a, (_, m) in trained.items()}}}  # fmt: skip
     text = table1_markdown(results)
     assert "| refined | 0 | 1 | not trained: fewer queries than workers" in text and "refined - original: not computed" in text
     assert "| x | 13 | 650 | 0.5000 | - | - | - |" in text

@@ -226,14 +226,17 @@ def test_export_three_formats(replay_output, tmp_path, capsys):
     assert f"from {len(tev_rows)} of {len(refined)} queries" in said, said
     assert (f"{short} fewer than 7 kept negatives (--short drop)" in said) == bool(short), said
     assert (f"{none} no kept negative" in said) == bool(none) and ("left out" in said) == bool(short + none), said
+    # nothing to write: said, and not exit 0
     assert (
         main(["export", str(replay_output), "--format", "tevatron", "--short", "drop", "--negatives", "100", "--out", str(tev)])
-        == 0
+        == 3
     )
-    said = capsys.readouterr().out
+    captured = capsys.readouterr()
+    said = captured.out
     assert f"from 0 of {len(refined)} queries" in said and f"left out     {len(refined)} fewer than 100 kept negatives" in said, (
         said
     )
+    assert "no training row" in captured.err
     for rec in tev_rows:
         src = next(r for r in refined if r["query_id"] == rec["query_id"])
         assert set(rec) == {"query_id", "query", "positive_passages", "negative_passages", "subset"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 from arhn_ray.config import load_config
@@ -120,7 +121,14 @@ def relabel(args: argparse.Namespace) -> int:
     print(
         f"arhn-ray: relabeling {args.output} -> {args.out} (variant {args.variant}, from the stored LLM outputs: no LLM, no Ray)"
     )
-    stats = label_again(args.output, args.out, overrides, args.storage_options)
+    ours = logging.getLogger("arhn_ray")
+    level = ours.level
+    if not args.verbose:  # the parts' INFO lines stay off the terminal: the summary says what was written
+        ours.setLevel(logging.WARNING)
+    try:
+        stats = label_again(args.output, args.out, overrides, args.storage_options)
+    finally:
+        ours.setLevel(level)
     print(summary(stats, args.out))
     return 0
 

@@ -197,6 +197,19 @@ def evaluate(output: str, eval_dirs: str | list[str], overrides: list[str] | Non
     settings = {k: getattr(ev, k) for k in SETTINGS} | {"model": bundled.resolve(ev.model)}
     topk = baseline_output(cfg, out, baseline)
     init_ray(cfg.pipeline.ray_address)
+    import ray
+
+    ctx = ray.data.DataContext.get_current()  # the datasets made here carry it to the encoders and the trainer's workers
+    saved, ctx.enable_progress_bars = ctx.enable_progress_bars, cfg.pipeline.progress and cfg.pipeline.ray_progress_bars
+    try:  # Ray Data's bars off: the workers' bars reached the terminal after evaluate's last line
+        return _evaluate(cfg, out, topk, sets, extra, settings, storage_options)
+    finally:
+        ctx.enable_progress_bars = saved
+
+
+def _evaluate(cfg: Config, out: OutputLayout, topk: OutputLayout, sets: list[BeirSet], extra: dict[str, str],
+              settings: dict[str, Any], storage_options: dict | None) -> dict[str, Any]:  # fmt: skip
+    ev = cfg.evaluate
     queries = output_queries(out)
     sources: dict[str, Callable[[], Iterable[dict]]] = {
         "original": lambda: (original_row(r) for r in out.read_rows("refined")),  # the input rows, from the output alone
