@@ -40,6 +40,28 @@ def test_an_engine_process_that_exits_is_noticed():
     assert fired.wait(5) and reasons == [f"engine process {proc.pid} exited"]
 
 
+ENDING_REPLICA = """
+import atexit, subprocess, sys, time
+from arhn_ray.engines.watchdog import Watchdog
+import psutil
+engine = subprocess.Popen(["sleep", "60"])
+# the engine's own exit handler, registered when it starts (vLLM's shutdown): it ends the engine core
+atexit.register(lambda: (engine.kill(), engine.wait(), time.sleep(0.5)))
+dog = Watchdog([psutil.Process(engine.pid)], 0.0, lambda reason: print("DEAD", reason, flush=True), poll_s=0.05).start()
+if sys.argv[1] == "die":
+    engine.kill(); engine.wait(); time.sleep(0.5)  # a real death while the replica runs
+"""
+
+
+@pytest.mark.parametrize("how", ["end", "die"])
+def test_an_engine_that_ends_with_its_replica_is_no_death_and_a_real_death_still_is(how, tmp_path):
+    """Issue 36: every clean run's log ended with a false "engine dead" (the replica's process
+    ending took its engine with it). An ending replica says nothing; a death mid-run still fires."""
+    done = subprocess.run([sys.executable, "-c", ENDING_REPLICA, how], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert ("DEAD" in done.stdout) == (how == "die"), done.stdout
+
+
 def test_a_call_without_progress_is_a_dead_engine_and_beats_keep_it_alive():
     proc = subprocess.Popen(["sleep", "60"])
     try:

@@ -8,6 +8,7 @@ import math
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -188,7 +189,7 @@ def test_evaluate_runs_the_loop_and_writes_every_field(ray_cluster, tmp_path):
     # one worker an arm here (three arms side by side on two cores): the two-worker split batch is the shared-store test's
     # evaluate as a person runs it, at an 80-column terminal (joining this session's cluster, as RAY_ADDRESS says)
     env = os.environ | {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    code, screen = run_in_terminal([shutil.which("arhn-ray"), "evaluate", str(out), "--eval", str(EVAL), "max_seq_len=64", "negatives=3",
+    code, screen = run_in_terminal([sys.executable, "-m", "arhn_ray", "evaluate", str(out), "--eval", str(EVAL), "max_seq_len=64", "negatives=3",
                                     "batch_size=64", "bootstrap_samples=200", "worker_memory_gb=2", "workers=1", "--arm", f"rlhn={rlhn.parent}"],
                                    env, timeout=1200)  # fmt: skip
     lines = [line for line in terminal_lines(screen) if line.strip()]

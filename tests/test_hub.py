@@ -9,8 +9,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -37,7 +37,7 @@ def shards() -> dict[str, bytes]:
 def refine(hub: FakeHub, out: Path, rec: Path, path: str, token: str = TOKEN) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "HF_HUB_OFFLINE")}
     env |= {"HF_ENDPOINT": hub.url, "HF_TOKEN": token}
-    cmd = [shutil.which("arhn-ray"), "refine", "conf/replay.yaml", f"input.path={path}", "input.part_rows=3",
+    cmd = [sys.executable, "-m", "arhn_ray", "refine", "conf/replay.yaml", f"input.path={path}", "input.part_rows=3",
            f"engine.replay_path={rec}", f"output.path={out}", "pipeline.batch_size=3"]  # fmt: skip
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 

@@ -59,6 +59,7 @@ def test_the_terminal_shows_progress_and_the_summary_and_the_rest_goes_to_the_lo
     (log,) = (out / "logs").glob("refine-*.log")
     text = log.read_text(errors="replace")
     assert "Started a local Ray instance" in text and "arhn-ray replica (fused): " in text  # Ray's and the replicas' lines
+    assert "engine dead" not in text and "engine dead" not in terminal  # a clean run's replicas end with their engines
     card = (out / "README.md").read_text()
     assert "NOT fit for training" in card and "filtered" in card
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
+import sys
 
 import pytest
 from helpers import run_in_terminal, terminal_lines
@@ -42,7 +42,7 @@ def test_the_main_command_ends_with_its_summary_at_an_80_column_terminal(tmp_pat
 
     data, recordings, _ = dataset(tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    cmd = [shutil.which("arhn-ray"), "refine", "conf/replay.yaml", f"input.path={data}", f"engine.replay_path={recordings}", "method.negatives_per_query=null",
+    cmd = [sys.executable, "-m", "arhn_ray", "refine", "conf/replay.yaml", f"input.path={data}", f"engine.replay_path={recordings}", "method.negatives_per_query=null",
            f"output.path={tmp_path / 'out'}"]  # fmt: skip
     code, screen = run_in_terminal(cmd, env, columns=80)
     lines = check_screen(code, screen, rows=4)
@@ -77,11 +77,11 @@ def test_refine_and_relabel_with_another_local_ray_on_the_machine_start_their_ow
         data, recordings, _ = dataset(tmp_path)
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         out, again = tmp_path / "out", tmp_path / "filter"
-        code, screen = run_in_terminal([shutil.which("arhn-ray"), "refine", "conf/replay.yaml", f"input.path={data}",
+        code, screen = run_in_terminal([sys.executable, "-m", "arhn_ray", "refine", "conf/replay.yaml", f"input.path={data}",
                                         f"engine.replay_path={recordings}", f"output.path={out}"], env)  # fmt: skip
         check_screen(code, screen, rows=4)
         code, screen = run_in_terminal(
-            [shutil.which("arhn-ray"), "relabel", str(out), "--variant", "filter", "--out", str(again)], env
+            [sys.executable, "-m", "arhn_ray", "relabel", str(out), "--variant", "filter", "--out", str(again)], env
         )
         lines = [line for line in terminal_lines(screen) if line.strip()]
         assert code == 0 and (again / "stats.json").exists(), screen[-3000:]

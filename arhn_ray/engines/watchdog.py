@@ -91,8 +91,19 @@ class Watchdog:
         return cls(psutil.Process().children(recursive=True), stall_timeout_s, on_dead)
 
     def start(self) -> Watchdog:
+        import atexit
+
+        # registered after the engine's own exit handlers, so it runs before them: a replica that
+        # ends (Ray Data closing its pool at the end of a run) takes its engine with it, no death
+        atexit.register(self.stop)
         self._thread.start()
         return self
+
+    def closing(self) -> bool:
+        """The replica is ending on purpose: stopped, or its process is past its main thread."""
+        import sys
+
+        return self._stop.is_set() or sys.is_finalizing() or not threading.main_thread().is_alive()
 
     def stop(self) -> None:
         self._stop.set()
@@ -130,6 +141,9 @@ class Watchdog:
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_s):
             reason = self.check()
+            if reason and self.closing():  # the engine ended with its replica: no one to tell
+                log.info("engine ended with the replica (%s)", reason)
+                return
             if reason:
                 self.on_dead(reason)
                 return
