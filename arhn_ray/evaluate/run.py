@@ -100,13 +100,17 @@ def train_arms(
             log.warning("evaluate: the %s arm has examples from %d queries, fewer than its %d worker(s): not trained", name, queries,
                         ev.workers)  # fmt: skip
             return None, {**counts, "trained": False}
-        try:
-            checkpoint, metrics = train_arm(name, folder, batch, {**settings, "seed": runs[name][1]}, per_worker, out)
-        except Exception as e:  # one arm's failure is named, the others go on
-            log.error("evaluate: the %s arm failed to train (%s: %s); the table leaves it out, and a rerun trains it again",
-                      name, type(e).__name__, str(e).splitlines()[0] if str(e) else "")  # fmt: skip
-            return None, {**counts, "trained": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
-        return checkpoint, {**counts, "trained": True, **metrics}
+        for attempt in (1, 2):  # a loaded machine trips Ray Train's health checks once in a while: once more
+            try:
+                checkpoint, metrics = train_arm(name, folder, batch, {**settings, "seed": runs[name][1]}, per_worker, out)
+                return checkpoint, {**counts, "trained": True, **metrics, "attempts": attempt}
+            except Exception as e:  # one arm's failure is named, the others go on
+                why = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]
+                log.warning("evaluate: the %s arm failed to train (attempt %d of 2): %s", name, attempt, why)
+        log.error(
+            "evaluate: the %s arm was not trained (%s); the table leaves it out: rerun evaluate to train it again", name, why
+        )
+        return None, {**counts, "trained": False, "error": why}
 
     with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="arhn-arm") as pool:
         return dict(zip(runs, pool.map(one, runs))), at_once
