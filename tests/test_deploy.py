@@ -50,6 +50,15 @@ def unknown_fields(obj, schema: dict, path: str = "") -> list[str]:
     return found
 
 
+def test_a_stopped_rayjob_matches_no_deletion_rule_and_the_docs_say_how_to_stop_one():
+    """KubeRay v1.7.0 cannot release a STOPPED job's cluster by rule (its CRD's jobStatus enum has no
+    STOPPED), so docs/cluster.md tells users to delete the RayJob, which owns the cluster."""
+    rule = rayjob_schema()["properties"]["spec"]["properties"]["deletionStrategy"]["properties"]["deletionRules"]
+    assert rule["items"]["properties"]["condition"]["properties"]["jobStatus"]["enum"] == ["SUCCEEDED", "FAILED"]
+    name = yaml.safe_load(RAYJOB.read_text())["metadata"]["name"]
+    assert f"kubectl delete rayjob {name}" in (ROOT / "docs" / "cluster.md").read_text()
+
+
 def test_the_crd_check_catches_wrong_types_and_unknown_fields():
     import jsonschema
 

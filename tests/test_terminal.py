@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 
 import pytest
@@ -100,3 +101,41 @@ def test_refine_and_relabel_with_another_local_ray_on_the_machine_start_their_ow
             other.wait(60)
         except subprocess.TimeoutExpired:
             other.kill()
+
+
+def test_the_tools_screens_fit_80_columns(tmp_path):
+    """Issue 36: plan's lines ran to 192 characters and the markdown tables of stats and agreement to
+    182. At an 80-column terminal every line fits (a wide table turns into a block a row); piped,
+    the text is unchanged, and the files keep their full width."""
+    from helpers import RLHN_STAGE1, RLHN_STAGE2, ROOT
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = tmp_path / "demo"
+    py = [sys.executable, "-m", "arhn_ray"]
+    code, screen = run_in_terminal([*py, "refine", "conf/demo.yaml", f"output.path={out}"], env)
+    check_screen(code, screen, rows=25)
+    commands = {
+        "stats": [*py, "stats", str(out)],
+        "agreement": [*py, "agreement", str(out), "--reference", str(RLHN_STAGE1), "--stage2-reference", str(RLHN_STAGE2)],
+        "plan": [
+            *py,
+            "plan",
+            str(ROOT / "conf" / "qwen3-32b-a100x16.yaml"),
+            f"input.path={ROOT / 'arhn_ray' / 'samples'}",
+            f"output.path={tmp_path / 'plan'}",
+        ],  # fmt: skip
+    }
+    for name, cmd in commands.items():
+        code, screen = run_in_terminal(cmd, env, columns=80)
+        lines = terminal_lines(screen)
+        assert code == 0, (name, screen[-2000:])
+        assert "Traceback" not in screen
+        # a path is not cut: a line may overflow only by the path it ends with
+        wide = [
+            line for line in lines if len(line) > 80 and not ("/" in line.split()[-1] and len(line) - len(line.split()[-1]) <= 80)
+        ]
+        assert not wide, (name, wide)
+        assert len([line for line in lines if line.strip()]) > 5, (name, screen)
+    piped = subprocess.run(commands["stats"], capture_output=True, text=True, env=env, timeout=120)
+    assert piped.stdout.startswith((out / "report.md").read_text().splitlines()[0])
+    assert max(map(len, (out / "report.md").read_text().splitlines())) > 80  # the file keeps its wide tables

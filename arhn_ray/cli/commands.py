@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 
+from arhn_ray.cli.fit import for_terminal
 from arhn_ray.config import load_config
 from arhn_ray.console import counts, quietly, summary
 from arhn_ray.data import layout
@@ -71,7 +72,7 @@ def plan(args: argparse.Namespace) -> int:
     assume = replace(Assumptions(), sample_rows=args.sample_rows, rates=rates, train_queries_per_gpu_s=args.train_queries_per_gpu_s,
                      teacher_pairs_per_gpu_s=args.teacher_pairs_per_gpu_s)  # fmt: skip
     result = make_plan(cfg, assume)
-    print(json.dumps(result.to_dict(), indent=2) if args.json else render_plan(result))
+    print(json.dumps(result.to_dict(), indent=2) if args.json else for_terminal(render_plan(result)))
     return 0
 
 
@@ -105,7 +106,7 @@ def stats(args: argparse.Namespace) -> int:
 
     out = OutputLayout(args.output, args.storage_options)
     render_report(out, load_stats(out))
-    print(out.read_text(layout.REPORT_MD))
+    print(for_terminal(out.read_text(layout.REPORT_MD)))
     print(f"picture: {out.file(layout.REPORT_PNG)}")
     return 0
 
@@ -143,7 +144,7 @@ def agreement(args: argparse.Namespace) -> int:
     else:
         result = agreement(args.output, args.reference, stage2=args.stage2_reference, positive_actions=args.count_as,
                            storage_options=args.storage_options)  # fmt: skip
-    print(render(result))
+    print(for_terminal(render(result)))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
@@ -158,7 +159,7 @@ def calibrate(args: argparse.Namespace) -> int:
     except NotACalibrationRun as e:
         print(f"arhn-ray calibrate: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(result, indent=2) if args.json else render(result))
+    print(json.dumps(result, indent=2) if args.json else for_terminal(render(result)))
     if not args.json:
         print(f"wrote {OutputLayout(args.output, args.storage_options).file(layout.CALIBRATE_PNG)}")
     return 0
@@ -194,7 +195,7 @@ def evaluate(args: argparse.Namespace) -> int:
     except BeirError as e:
         print(f"arhn-ray: {e}", file=sys.stderr)
         return 2
-    print(table1_markdown(result))
+    print(for_terminal(table1_markdown(result)))
     note = _demo_note(args.output, args.storage_options)
     if note:
         print(f"NOTE: the refined arm trained on demo labels. {note}")
