@@ -185,6 +185,8 @@ def summary(stats: dict, output: str) -> str:
         ),
         f"  wall time     {stats.get('this_run', t).get('wall_s', 0):.1f} s"
         + ("" if stats.get("this_run", {}).get("refined", True) else " (every part was already written: nothing refined)"),
+        # the card's figure, in the card's words: the output's queries over every run's wall time
+        f"  throughput    {t.get('queries_per_s', 0):.3f} queries/s over {t.get('wall_s', 0):.1f} s wall time",
         *(
             [f"  preemptions   {stats['preemptions']} (vLLM recomputed these requests: more in flight than its KV cache held)"]
             if "preemptions" in stats

@@ -113,7 +113,10 @@ def test_the_tools_screens_fit_80_columns(tmp_path):
     out = tmp_path / "demo"
     py = [sys.executable, "-m", "arhn_ray"]
     code, screen = run_in_terminal([*py, "refine", "conf/demo.yaml", f"output.path={out}"], env)
-    check_screen(code, screen, rows=25)
+    words = " ".join(" ".join(check_screen(code, screen, rows=25)).split())
+    # one throughput, in the same words on the screen and in the card
+    (figure,) = re.findall(r"\*\*Throughput:\*\* ([0-9.]+ queries/s over [0-9.]+ s wall time)", (out / "README.md").read_text())
+    assert f"throughput {figure}" in words, (figure, words)
     commands = {
         "stats": [*py, "stats", str(out)],
         "agreement": [*py, "agreement", str(out), "--reference", str(RLHN_STAGE1), "--stage2-reference", str(RLHN_STAGE2)],

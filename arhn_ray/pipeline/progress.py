@@ -58,7 +58,10 @@ class Progress:
         done = sink.rows_done
         elapsed = time.monotonic() - self.started
         left = max(0, self.total - self.before - done)
-        rate = self._rate(done, elapsed, getattr(sink, "engine_s", 0.0), left)
+        # the pace ahead while rows are left (it sets the time left); at the end, rows over the wall time
+        rate = (
+            self._rate(done, elapsed, getattr(sink, "engine_s", 0.0), left) if left else (done / elapsed if elapsed > 0 else 0.0)
+        )
         if not left:
             eta = "done"
         elif rate > 0:
