@@ -405,3 +405,21 @@ def test_an_arm_trains_with_its_examples_runs_and_checkpoint_on_the_shared_store
     assert s3.ls(metrics["checkpoint"].removeprefix("s3://")), "the checkpoint is not on the store"
     assert s3.glob("evaluate/out/evaluate/examples/original/*.parquet")
     assert trained["refined"][0] is None and not (tmp_path / "evaluate").exists()
+
+
+def test_evaluate_says_what_it_does_at_least_every_interval(caplog):
+    """Issue 36: 83 s of silence during training. The heartbeat repeats the phase while nothing else is said."""
+    import logging
+    import time
+
+    from arhn_ray.evaluate.heartbeat import Heartbeat
+
+    with caplog.at_level(logging.INFO, logger="arhn_ray.evaluate.heartbeat"):
+        with Heartbeat(every_s=0.1).running() as beat:
+            beat.phase("training original, refined (2 runs)")
+            time.sleep(0.45)
+        said = [r.getMessage() for r in caplog.records if r.name == "arhn_ray.evaluate.heartbeat"]
+        time.sleep(0.3)
+    assert len(said) >= 3 and all("training original, refined (2 runs)" in m for m in said[1:]), said
+    assert all(getattr(r, "notice", False) for r in caplog.records)  # the terminal's handler shows notices
+    assert len([r for r in caplog.records if r.name == "arhn_ray.evaluate.heartbeat"]) == len(said)  # stopped with the block

@@ -30,6 +30,7 @@ from arhn_ray.data.records import original_row
 from arhn_ray.evaluate.arms import dataset_rows, extra_arms, only, output_queries
 from arhn_ray.evaluate.beir import OOD, BeirSet, load_beir
 from arhn_ray.evaluate.examples import write_examples
+from arhn_ray.evaluate.heartbeat import Heartbeat
 from arhn_ray.evaluate.report import render_png, table1_markdown, write_card_section
 from arhn_ray.evaluate.retrieve import encode_corpus, encode_queries, search
 from arhn_ray.evaluate.scoring import bootstrap_mean, mean, paired_bootstrap_sets, per_query
@@ -206,13 +207,14 @@ def evaluate(output: str, eval_dirs: str | list[str], overrides: list[str] | Non
     ctx = ray.data.DataContext.get_current()  # the datasets made here carry it to the encoders and the trainer's workers
     saved, ctx.enable_progress_bars = ctx.enable_progress_bars, cfg.pipeline.progress and cfg.pipeline.ray_progress_bars
     try:  # Ray Data's bars off: the workers' bars reached the terminal after evaluate's last line
-        return _evaluate(cfg, out, topk, sets, extra, settings, storage_options)
+        with Heartbeat().running() as beat:
+            return _evaluate(cfg, out, topk, sets, extra, settings, storage_options, beat)
     finally:
         ctx.enable_progress_bars = saved
 
 
 def _evaluate(cfg: Config, out: OutputLayout, topk: OutputLayout, sets: list[BeirSet], extra: dict[str, str],
-              settings: dict[str, Any], storage_options: dict | None) -> dict[str, Any]:  # fmt: skip
+              settings: dict[str, Any], storage_options: dict | None, beat: Heartbeat) -> dict[str, Any]:  # fmt: skip
     ev = cfg.evaluate
     queries = output_queries(out)
     sources: dict[str, Callable[[], Iterable[dict]]] = {
@@ -222,6 +224,7 @@ def _evaluate(cfg: Config, out: OutputLayout, topk: OutputLayout, sets: list[Bei
         **{name: (lambda path=path: only(dataset_rows(path, storage_options), queries)) for name, path in extra.items()},
     }
     started = time.perf_counter()
+    beat.phase(f"training {', '.join(sources)} ({len(sources) * len(ev.seeds)} runs)")
     trained, at_once = train_arms(sources, settings, ev, out)
     results: dict[str, Any] = {"train": {"hyperparameters": {**settings, "model": ev.model, "seeds": list(ev.seeds)},
                                          "baseline_output": topk.path, "extra_arms": extra, "queries": len(queries),
@@ -230,6 +233,7 @@ def _evaluate(cfg: Config, out: OutputLayout, topk: OutputLayout, sets: list[Bei
     models = {"zero_shot": settings["model"], **{name: ckpt for name, (ckpt, _) in trained.items() if ckpt is not None}}
     per_run: dict[str, dict[str, Any]] = {}
     for beir in sets:
+        beat.phase(f"scoring {beir.name}: encoding {beir.corpus_size:,} passages with {len(models)} models, then searching")
         per_run[beir.name] = score_set(beir, models, ev, out)
         zero = [s["ndcg@10"] for s in per_run[beir.name]["zero_shot"].values()]
         results["sets"][beir.name] = {"folder": beir.corpus_path.rsplit("/", 1)[0], "queries": len(beir.queries), "corpus": beir.corpus_size,
