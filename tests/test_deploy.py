@@ -20,6 +20,7 @@ from arhn_ray.model_cache import required_repos
 RAYJOB = ROOT / "jobs" / "kuberay" / "rayjob.yaml"
 STAGE_MODEL = ROOT / "jobs" / "kuberay" / "stage-model.yaml"
 SMOKE_RAYJOB = ROOT / "jobs" / "kuberay" / "smoke-rayjob.yaml"
+SMOKE_2GPU_RAYJOB = ROOT / "jobs" / "kuberay" / "smoke-2gpu-rayjob.yaml"
 RAYJOB_CRD = ROOT / "tests" / "data" / "kuberay-v1.7.0-ray.io_rayjobs.yaml"
 
 
@@ -96,7 +97,7 @@ def deletion_rule_errors(spec: dict) -> list[str]:
     return errors
 
 
-@pytest.mark.parametrize("path", [RAYJOB, SMOKE_RAYJOB])
+@pytest.mark.parametrize("path", [RAYJOB, SMOKE_RAYJOB, SMOKE_2GPU_RAYJOB])
 def test_rayjob_is_valid_against_kuberays_crd(path):
     import jsonschema
 
@@ -111,7 +112,7 @@ def test_rayjob_is_valid_against_kuberays_crd(path):
     assert len(deletion_rule_errors(broken)) == 2  # the check can fail
 
 
-@pytest.mark.parametrize("path", [RAYJOB, SMOKE_RAYJOB])
+@pytest.mark.parametrize("path", [RAYJOB, SMOKE_RAYJOB, SMOKE_2GPU_RAYJOB])
 def test_a_failed_rayjob_is_not_retried_on_16_gpus_and_keeps_its_logs(path):
     spec = yaml.safe_load(path.read_text())["spec"]
     assert spec["backoffLimit"] <= 1
@@ -123,19 +124,27 @@ def test_a_failed_rayjob_is_not_retried_on_16_gpus_and_keeps_its_logs(path):
         assert rules[(status, "DeleteWorkers")] <= 300 < 3600 <= rules[(status, "DeleteCluster")]
 
 
-def test_the_smoke_rayjob_runs_smoke_py_on_one_gpu_and_its_model_is_staged():
+@pytest.mark.parametrize("path, gpus", [(SMOKE_RAYJOB, 1), (SMOKE_2GPU_RAYJOB, 2)])
+def test_the_smoke_rayjobs_run_smoke_py_on_one_and_two_gpus_and_their_model_is_staged(path, gpus):
+    """The one-GPU smoke, then the two-GPU one: tensor parallel 2 through a placement group of two
+    GPU bundles on one node, with the async engine and its bound, as the paper's run."""
     import kubernetes_validate
 
-    spec = yaml.safe_load(SMOKE_RAYJOB.read_text())["spec"]
+    from arhn_ray.pipeline.placement import replica_resources
+
+    spec = yaml.safe_load(path.read_text())["spec"]
     (group,) = spec["rayClusterSpec"]["workerGroupSpecs"]
     pod = group["template"]["spec"]
-    assert group["replicas"] == 1 and pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert group["replicas"] == 1 and pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == str(gpus)
     kubernetes_validate.validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": pod}, "1.30", strict=True)
     words = spec["entrypoint"].split()
     assert words[:4] == ["python3", "/opt/arhn-ray/jobs/smoke.py", "--config", "/opt/arhn-ray/conf/smoke-1gpu.yaml"]
     config = ROOT / "conf" / "smoke-1gpu.yaml"
     cfg = load_config(str(config), words[4:])
     assert cfg.input.path == "/opt/arhn-ray/arhn_ray/samples" and (ROOT / "arhn_ray" / "samples").is_dir()
+    assert cfg.engine.tensor_parallel_size == gpus and cfg.engine.async_engine
+    resources = replica_resources(cfg.engine)
+    assert ("ray_remote_args_fn" in resources) == (gpus > 1)  # past one GPU: a STRICT_PACK placement group
     stage = yaml.safe_load(STAGE_MODEL.read_text())["spec"]["template"]["spec"]["containers"][0]["command"]
     commands = [c.split() for c in stage[-1].split(" && ")] if stage[:2] == ["sh", "-c"] else [stage]
     assert ["arhn-ray", "stage", words[3]] in commands

@@ -19,6 +19,10 @@ def test_smoke_config_is_one_small_qwen3_on_one_gpu():
     assert (cfg.engine.kind, cfg.engine.device, cfg.engine.replicas, cfg.engine.tensor_parallel_size) == ("vllm", "gpu", 1, 1)
     assert cfg.engine.model.startswith("Qwen/Qwen3-") and cfg.stage1.constraint == "verbatim"
     assert cfg.input.path == "arhn_ray/samples"
+    # the paper's run's engine path, tried here first: the async engine, overlapping batches, the bound
+    full = load_config(str(ROOT / "conf" / "qwen3-32b-a100x16.yaml"))
+    assert cfg.engine.async_engine and full.engine.async_engine and cfg.pipeline.max_concurrent_batches > 1
+    assert cfg.engine.max_inflight is None and cfg.engine.max_num_seqs  # the bound: 1.1 x max_num_seqs, as the full run
 
 
 @pytest.mark.vllm
