@@ -21,6 +21,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,7 +90,18 @@ def resolve(constraints: Path | None) -> tuple[dict[str, str] | None, str]:
             cmd += ["--cert", os.environ["PIP_CERT"]]
         if constraints is not None:
             cmd += ["-c", str(constraints)]
-        done = subprocess.run(cmd + requirements(), capture_output=True, text=True)
+        proc = subprocess.Popen(cmd + requirements(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        started = time.monotonic()
+        while True:  # pip resolves for a minute or more in silence: say so every 15 s
+            try:
+                stdout, stderr = proc.communicate(timeout=15)
+                break
+            except subprocess.TimeoutExpired:
+                print(
+                    f"  pip is still resolving the GPU image's packages against PyPI ({time.monotonic() - started:.0f} s)",
+                    flush=True,
+                )
+        done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
         if done.returncode:
             return None, done.stdout + done.stderr
         installs = json.loads(report.read_text())["install"]
