@@ -5,6 +5,7 @@ person reads them. Quick tier: no Ray, no vLLM."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -122,3 +123,24 @@ def test_the_log_path_on_the_start_line_is_the_one_the_user_can_type(tmp_path, m
     assert shown(str(log)) == "out/local/logs/refine-20261203-080949.log"
     assert len(f"  Ray and vLLM log to {shown(str(log))}; -v shows them") <= 80  # the README's run, at 80 columns
     assert shown("/var/log/elsewhere.log") == "/var/log/elsewhere.log" and shown("s3-logs/x.log") == "s3-logs/x.log"
+
+
+def test_while_a_retry_waits_for_replicas_the_line_says_so_not_a_frozen_time_left():
+    """Issue 36: after a lost node the line stayed on "453 / ~1,506 rows ... 23 s left" for minutes.
+    While the retry starts replicas on the nodes left, the line says what it waits for and how long."""
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from arhn_ray.data.parts import plan_parts
+    from arhn_ray.pipeline.progress import Progress
+
+    progress = Progress(plan_parts("arhn_ray/samples/rlhn_msmarco.jsonl", 100), [], replicas=2, batch_size=4)
+    sink = SimpleNamespace(finished=[], rows_done=4, engine_s=20.0, counts=Counter(relabel=0, filter=4, keep=0, rejected=0))
+    assert "left" in progress.line(sink) and "waiting" not in progress.line(sink)
+    progress.wait_for("attempt 2 of 3: starting replicas on the nodes left (stops after 600 s without one)")
+    progress.waiting_since -= 95
+    line = progress.line(sink)
+    assert "attempt 2 of 3: starting replicas on the nodes left" in line and "95 s so far" in line, line
+    assert not re.search(r"\d (s|min) left", line), line
+    progress.wait_for(None)  # rows come back
+    assert re.search(r"\d (s|min) left", progress.line(sink))

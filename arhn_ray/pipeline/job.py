@@ -178,6 +178,8 @@ def _attempts(cfg: Config, todo: list[Part], sink: PartSink, progress: Progress,
     for attempt in range(1, cfg.pipeline.max_attempts + 1):
         if attempt > 1:  # a static cluster that lost its last node must not wait forever for a replica
             ctx.wait_for_min_actors_s = cfg.pipeline.replica_wait_s
+            progress.wait_for(f"attempt {attempt} of {cfg.pipeline.max_attempts}: starting replicas on the nodes left "
+                              f"(stops after {cfg.pipeline.replica_wait_s:g} s without one)")  # fmt: skip
         try:
             # prefetch_batches=0: with a prefetch, Ray Data (2.60, prefetch_batches_locally) hands a block
             # over only once the next one exists, so a slow replica's rows reached the sink a batch late
@@ -186,6 +188,7 @@ def _attempts(cfg: Config, todo: list[Part], sink: PartSink, progress: Progress,
                 ds, progress.replicas = _dataset(cfg, open_parts, elastic=attempt > 1)
                 batches = ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0)
                 for batch in batches:
+                    progress.wait_for(None)  # rows again: the line goes back to the time left
                     try:
                         sink.add(batch.to_pylist())
                     except OSError as e:  # s3fs gives up after its retries: a store down, not a bad row

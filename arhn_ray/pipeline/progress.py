@@ -29,6 +29,13 @@ class Progress:
         self.started = time.monotonic()
         self.last = self.started
         self.lock = threading.Lock()  # the writer's thread and the heartbeat's
+        self.waiting: str | None = None  # what a retry waits for (a lost node's replicas), said on the line
+        self.waiting_since = 0.0
+
+    def wait_for(self, what: str | None) -> None:
+        """``what`` the run waits for until rows come back (None: nothing): the line says it, not a
+        time left frozen on the last pace."""
+        self.waiting, self.waiting_since = what, time.monotonic()
 
     @property
     def total(self) -> int:
@@ -64,6 +71,8 @@ class Progress:
         )
         if not left:
             eta = "done"
+        elif self.waiting:
+            eta = f"{self.waiting}, {_duration(time.monotonic() - self.waiting_since)} so far"
         elif rate > 0:
             eta = f"{_duration(left / rate)} left"
         else:  # engines load and the first batches run: minutes on a CPU before a row comes back
