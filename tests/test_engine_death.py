@@ -28,7 +28,7 @@ def _watch(proc, stall_timeout_s: float = 0.0) -> tuple[Watchdog, list[str], thr
         reasons.append(reason)
         fired.set()
 
-    return Watchdog([psutil.Process(proc.pid)], stall_timeout_s, on_dead, poll_s=0.1).start(), reasons, fired
+    return Watchdog([psutil.Process(proc.pid)], stall_timeout_s, on_dead, poll_s=0.1, grace_s=0.5).start(), reasons, fired
 
 
 def test_an_engine_process_that_exits_is_noticed():
@@ -47,13 +47,16 @@ import psutil
 engine = subprocess.Popen(["sleep", "60"])
 # the engine's own exit handler, registered when it starts (vLLM's shutdown): it ends the engine core
 atexit.register(lambda: (engine.kill(), engine.wait(), time.sleep(0.5)))
-dog = Watchdog([psutil.Process(engine.pid)], 0.0, lambda reason: print("DEAD", reason, flush=True), poll_s=0.05).start()
+dog = Watchdog([psutil.Process(engine.pid)], 0.0, lambda reason: print("DEAD", reason, flush=True), poll_s=0.05,
+               grace_s=0.5).start()
 if sys.argv[1] == "die":
-    engine.kill(); engine.wait(); time.sleep(0.5)  # a real death while the replica runs
+    engine.kill(); engine.wait(); time.sleep(1.5)  # a real death while the replica runs on
+elif sys.argv[1] == "taken":
+    engine.kill(); engine.wait(); time.sleep(0.2)  # Ray ends the engine as it takes the replica down
 """
 
 
-@pytest.mark.parametrize("how", ["end", "die"])
+@pytest.mark.parametrize("how", ["end", "taken", "die"])
 def test_an_engine_that_ends_with_its_replica_is_no_death_and_a_real_death_still_is(how, tmp_path):
     """Issue 36: every clean run's log ended with a false "engine dead" (the replica's process
     ending took its engine with it). An ending replica says nothing; a death mid-run still fires."""

@@ -59,7 +59,10 @@ def test_the_terminal_shows_progress_and_the_summary_and_the_rest_goes_to_the_lo
     (log,) = (out / "logs").glob("refine-*.log")
     text = log.read_text(errors="replace")
     assert "Started a local Ray instance" in text and "arhn-ray replica (fused): " in text  # Ray's and the replicas' lines
-    assert "engine dead" not in text and "engine dead" not in terminal  # a clean run's replicas end with their engines
+    # a clean run's replicas end with their engines: no "engine dead" once the last part is written
+    # (a real death mid-run, which a loaded machine may bring, is reported before that, and survived)
+    last_part = text.rfind(" written: ")
+    assert last_part > 0 and "engine dead" not in text[last_part:], text[last_part:][-3000:]
     card = (out / "README.md").read_text()
     assert "NOT fit for training" in card and "filtered" in card
 

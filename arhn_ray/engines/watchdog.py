@@ -73,8 +73,10 @@ class Watchdog:
     ``on_dead(reason)`` runs once, from the watchdog's thread.
     """
 
-    def __init__(self, processes: list, stall_timeout_s: float, on_dead: Callable[[str], None] = leave, poll_s: float = 1.0):
+    def __init__(self, processes: list, stall_timeout_s: float, on_dead: Callable[[str], None] = leave, poll_s: float = 1.0,
+                 grace_s: float = 5.0):  # fmt: skip
         self.processes = processes
+        self.grace_s = grace_s  # an engine that exits is a death only if this process outlives it by this much
         self.stall_timeout_s = stall_timeout_s
         self.on_dead = on_dead
         self.poll_s = poll_s
@@ -103,7 +105,14 @@ class Watchdog:
         """The replica is ending on purpose: stopped, or its process is past its main thread."""
         import sys
 
-        return self._stop.is_set() or sys.is_finalizing() or not threading.main_thread().is_alive()
+        if self._stop.is_set() or sys.is_finalizing() or not threading.main_thread().is_alive():
+            return True
+        try:  # Ray asked this actor to exit (its pool is shutting down)
+            import ray
+
+            return bool(ray._private.worker.global_worker.core_worker.get_current_actor_should_exit())
+        except Exception:
+            return False
 
     def stop(self) -> None:
         self._stop.set()
@@ -141,9 +150,15 @@ class Watchdog:
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_s):
             reason = self.check()
-            if reason and self.closing():  # the engine ended with its replica: no one to tell
+            if not reason:
+                continue
+            # Ray ends a replica's engine while it takes the replica down (the pool closing at the end
+            # of a run): a replica that is gone within grace_s ended on purpose and says nothing
+            deadline = time.monotonic() + (self.grace_s if reason.startswith("engine process") else 0.0)
+            while not self.closing() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if self.closing():
                 log.info("engine ended with the replica (%s)", reason)
                 return
-            if reason:
-                self.on_dead(reason)
-                return
+            self.on_dead(reason)
+            return
