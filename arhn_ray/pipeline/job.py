@@ -188,7 +188,8 @@ def _attempts(cfg: Config, todo: list[Part], sink: PartSink, progress: Progress,
                 ds, progress.replicas = _dataset(cfg, open_parts, elastic=attempt > 1)
                 batches = ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0)
                 for batch in batches:
-                    progress.wait_for(None)  # rows again: the line goes back to the time left
+                    if progress.waiting:  # rows again: the line goes back to the time left
+                        progress.wait_for(None)
                     try:
                         sink.add(batch.to_pylist())
                     except OSError as e:  # s3fs gives up after its retries: a store down, not a bad row
