@@ -98,6 +98,35 @@ def test_missing_api_key_variable_is_a_clear_error():
         OpenAIEngine(EngineConfig(kind="openai", base_url="http://127.0.0.1:9/v1", model="m", api_key_env="NOT_SET_ANYWHERE"))
 
 
+class Thinking(BaseHTTPRequestHandler):
+    """A model that thinks aloud first: its reasoning names the wrong document."""
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        text = "<think>doc2 has it: [[[doc2]]]\nwrong\n[[[/doc2]]]</think>\n[[[doc1]]]\nNO_ANSWER\n[[[/doc1]]]\n" + "".join(
+            f"[[[doc{i}]]]\nNO_ANSWER\n[[[/doc{i}]]]\n" for i in range(2, 40))
+        send_json(self, 200, {"choices": [{"message": {"content": text}, "finish_reason": "stop"}]})
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_think_block_is_kept_in_the_stored_text_and_stripped_once_by_the_parser():
+    """Engines hand back what the model said; method/'s parsers read from the last </think>."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Thinking)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        eng = OpenAIEngine(EngineConfig(kind="openai", base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", model="m"))
+        row = validate_row(load_jsonl(RLHN_STAGE1)[0])
+        row["negative_passages"] = row["negative_passages"][:3]
+        out = ArhnRefiner(eng, lb.MethodOptions(), PromptSet.load()).refine([row])[0]
+    finally:
+        server.shutdown()
+    assert out.row["llm"][0]["stage1_text"].startswith("<think>doc2 has it")
+    # the think block's snippet for doc2 is not read: every document said NO_ANSWER after it
+    assert [(d["action"], d["reason"]) for d in out.row["decisions"]] == [("keep", "no_answer")] * 3
+
+
 def test_replay_serves_recordings_and_errors_on_missing(tmp_path):
     rec = tmp_path / "rec.jsonl"
     rec.write_text(json.dumps({"query_id": "q", "stage": 1, "chunk": 0, "text": "hello"}) + "\n")

@@ -18,7 +18,6 @@ from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponen
 
 from arhn_ray.engines.base import ChatRequest, ChatResult
 from arhn_ray.engines.options import EngineConfig
-from arhn_ray.method.snippets import strip_thinking
 
 MAX_RETRY_AFTER_S = 120.0  # a server asking for longer than this is waited on this long, then asked again
 
@@ -131,7 +130,7 @@ class OpenAIEngine:
             choice = data["choices"][0]
             usage = data.get("usage") or {}
             return ChatResult(
-                text=strip_thinking(choice["message"].get("content") or ""),
+                text=choice["message"].get("content") or "",
                 prompt_tokens=usage.get("prompt_tokens", 0),
                 output_tokens=usage.get("completion_tokens", 0),
                 finish_reason=choice.get("finish_reason"),

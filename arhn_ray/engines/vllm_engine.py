@@ -6,7 +6,8 @@ Prompts over ``max_model_len`` are answered with an error result before the batc
 and a batch that still fails is retried one request at a time, so one bad request never
 costs the others. A dead engine is not a request error: it raises ``EngineDead`` (or the
 watchdog ends the process), so the replica is replaced instead of rejecting the rest of its
-data. Qwen3 thinking is off by default and any ``<think>`` block is stripped.
+data. Qwen3 thinking is off by default; a ``<think>`` block stays in the text (the stored output is what
+the model said), and method/'s parsers read from the last ``</think>``, the one place it is stripped.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from arhn_ray import bundled
 from arhn_ray.engines.base import ChatRequest, ChatResult
 from arhn_ray.engines.options import EngineConfig
 from arhn_ray.engines.watchdog import EngineDead, Watchdog, is_engine_death
-from arhn_ray.method.snippets import strip_thinking
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +300,7 @@ async def _awaited(awaitable):
 def _result(out) -> ChatResult:
     completion = out.outputs[0]
     return ChatResult(
-        text=strip_thinking(completion.text),
+        text=completion.text,
         prompt_tokens=len(out.prompt_token_ids or []),
         output_tokens=len(completion.token_ids or []),
         finish_reason=completion.finish_reason,
