@@ -104,7 +104,8 @@ class Thinking(BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802
         self.rfile.read(int(self.headers["Content-Length"]))
         text = "<think>doc2 has it: [[[doc2]]]\nwrong\n[[[/doc2]]]</think>\n[[[doc1]]]\nNO_ANSWER\n[[[/doc1]]]\n" + "".join(
-            f"[[[doc{i}]]]\nNO_ANSWER\n[[[/doc{i}]]]\n" for i in range(2, 40))
+            f"[[[doc{i}]]]\nNO_ANSWER\n[[[/doc{i}]]]\n" for i in range(2, 40)
+        )
         send_json(self, 200, {"choices": [{"message": {"content": text}, "finish_reason": "stop"}]})
 
     def log_message(self, *args):
