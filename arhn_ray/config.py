@@ -42,8 +42,6 @@ class OutputConfig:
     review_sample: int = 200  # queries on review.html, stratified by decision and subset (arhn-ray review --sample)
 
 
-# method.name -> the pipeline.mode values it runs in (its refiner: arhn_ray/refiners/)
-METHOD_MODES = {"arhn": ("fused", "staged"), "topk_percpos": ("fused",)}
 TEACHER_KINDS = ("auto", "embedding", "cross-encoder")
 
 
@@ -51,7 +49,9 @@ TEACHER_KINDS = ("auto", "embedding", "cross-encoder")
 class MethodConfig(LabelRules):
     """``method.*``: the rules that decide the labels (method/options.py's LabelRules) and the method."""
 
-    name: str = "arhn"  # arhn (the two LLM stages) | topk_percpos (the teacher-score baseline, `baseline`)
+    # arhn (the two LLM stages) | topk_percpos (the teacher-score baseline, `baseline`): a method in
+    # refiners.METHODS, each declared in its module with the pipeline.mode values it runs in
+    name: str = "arhn"
 
 
 @dataclass
@@ -200,7 +200,6 @@ _CHOICES = {
     "engine.device": ("auto", "gpu", "cpu"),
     "engine.regex_param": ("structured_outputs", "guided_regex", "none"),
     "pipeline.mode": ("fused", "staged"),
-    "method.name": tuple(METHOD_MODES),
     "baseline.kind": TEACHER_KINDS,
     "screen.kind": TEACHER_KINDS,
 }  # the method's options check their own values (MethodOptions), named by their keys here:
@@ -256,9 +255,6 @@ def check(cfg: Config) -> None:
         raise ConfigError(
             "config key 'engine.async_engine': the openai engine has no async mode (it already sends requests concurrently)"
         )
-    if cfg.pipeline.mode not in METHOD_MODES[cfg.method.name]:
-        modes = " or ".join(METHOD_MODES[cfg.method.name])
-        raise ConfigError(f"config key 'pipeline.mode': method.name={cfg.method.name} runs in pipeline.mode={modes}")
     if cfg.screen.top_k is not None and not cfg.screen.model:
         raise ConfigError("config key 'screen.top_k': a screen needs a teacher (screen.model), e.g. screen.model=bundled:minilm")
     if cfg.screen.model and cfg.method.name != "arhn":

@@ -112,6 +112,7 @@ def make_plan(cfg: Config, assume: Assumptions | None = None) -> RunEstimate:
     from arhn_ray.data.layout import OutputLayout
     from arhn_ray.data.parts import parts_to_run
 
+    method = method_for(cfg)  # checks method.name / pipeline.mode before any arithmetic
     options = method_options(cfg)
     assume = assume or Assumptions()
     if assume.stage1_output_tokens_per_doc is None:
@@ -177,7 +178,7 @@ def make_plan(cfg: Config, assume: Assumptions | None = None) -> RunEstimate:
         p.screen_hours = p.screen_pairs / assume.teacher_pairs_per_gpu_s / replicas / 3600
         p.hours += p.screen_hours
         p.gpu_hours = p.hours * p.gpus
-    if method_for(cfg).replica == "teacher":  # it scores every positive and negative; no LLM call is made
+    if method.replica == "teacher":  # it scores every positive and negative; no LLM call is made
         p.teachers = (cfg.baseline.replicas or p.gpus) if p.gpus else 0
         pairs = p.negatives + p.rows
         p.teacher_hours = pairs / assume.teacher_pairs_per_gpu_s / p.teachers / 3600 if p.teachers else 0.0

@@ -119,6 +119,7 @@ def run(cfg: Config, config_path: str | None = None, out: OutputLayout | None = 
     import ray
 
     started = time.time()
+    method_for(cfg)  # a method.name / pipeline.mode pair its declaration does not allow stops here
     mask_secrets_in_logs(cfg)
     check_models(cfg, config_path)
     if out is None:  # the CLI hands down the layout it has checked (its log goes there)

@@ -23,7 +23,7 @@ from arhn_ray.data.parts import Part
 from arhn_ray.data.rows import read_rows
 from arhn_ray.engines.lifecycle import prepare_replica
 from arhn_ray.engines.watchdog import is_engine_death, leave
-from arhn_ray.refiners import Outcome, method_for
+from arhn_ray.refiners import Outcome, Refiner, method_for
 
 log = logging.getLogger(__name__)
 
@@ -77,19 +77,17 @@ def read_parts(batch: dict, fmt: str, max_passage_chars: int, storage_options: d
 
 
 class RefineStage:
-    """A replica: owns one refiner (and so one engine or teacher); ``step`` is ``fused`` (the whole
-    method), ``stage1`` or ``stage2`` (ARHN's stages, ``pipeline.mode=staged``)."""
-
-    STEPS = {"fused": "refine", "stage1": "stage1", "stage2": "stage2"}  # step -> the refiner's method
+    """A replica: owns one refiner (and so one engine or teacher) and runs the step its refiner
+    declares for ``step`` (refiners/base.py's STEPS: ``fused``, or ``stage1`` / ``stage2``)."""
 
     def __init__(self, cfg: Config, step: str = "fused"):
         started = time.perf_counter()
         prepare_replica()  # a restarted replica first ends what its dead predecessor's engine left
         self.step = step
-        self.refiner = method_for(cfg).build(cfg, None)
-        self.run = getattr(self.refiner, self.STEPS[step])
+        self.refiner: Refiner = method_for(cfg).build(cfg, None)
+        self.run = self._steps()[step]
         self.start_s: float | None = time.perf_counter() - started
-        self._preemptions = self._engine_preemptions()
+        self._preemptions = self.refiner.metrics().preemptions
         # the replica's busy time, counted once however many batches overlap
         self._active = 0
         self._last = 0.0
@@ -115,9 +113,8 @@ class RefineStage:
         if refiner is not None:
             refiner.close()
 
-    def _engine_preemptions(self) -> int | None:
-        counter = getattr(getattr(self.refiner, "engine", None), "preemptions", None)
-        return counter() if callable(counter) else None
+    def _steps(self) -> dict:
+        return self.refiner.steps()
 
     def _open(self, batch: pa.Table) -> tuple[list[dict], list[dict], list[dict]]:
         envelopes = batch.to_pylist()
@@ -146,7 +143,7 @@ class RefineStage:
         if self.start_s is not None:
             todo[0]["start_s"] = (todo[0].get("start_s") or 0.0) + self.start_s
             self.start_s = None
-        if (now := self._engine_preemptions()) is not None:
+        if (now := self.refiner.metrics().preemptions) is not None:
             todo[0]["preemptions"] = (todo[0].get("preemptions") or 0) + now - (self._preemptions or 0)
             self._preemptions = now
         if isinstance(outcomes, Exception):
@@ -165,7 +162,8 @@ class AsyncRefineStage(RefineStage):
     may hand it several batches at once; ``pipeline.max_concurrent_batches`` of them run, all
     sharing the one engine."""
 
-    STEPS = {"fused": "arefine", "stage1": "astage1", "stage2": "astage2"}
+    def _steps(self) -> dict:
+        return self.refiner.async_steps()
 
     def __init__(self, cfg: Config, step: str = "fused"):
         super().__init__(cfg, step)

@@ -1,10 +1,10 @@
 """ARHN's refiner: the method driven through an LLM engine, Stage 1 for a batch of rows, then
 Stage 2, then labels.
 
-This is what a Ray actor calls (``fused`` runs both stages, ``staged`` one each), what
-``arhn-ray relabel`` calls with stored outputs, and what tests call with a scripted engine.
-``refine`` / ``stage1`` / ``stage2`` drive a blocking engine; ``arefine`` / ``astage1`` /
-``astage2`` drive an async one (``agenerate``) through the same stage code.
+This is what a Ray actor calls (``fused`` runs both stages, ``staged`` one each: ``steps()``), and
+what tests call with a scripted engine. ``refine`` / ``stage1`` / ``stage2`` drive a blocking
+engine; ``arefine`` / ``astage1`` / ``astage2`` drive an async one (``agenerate``, ``async_steps()``)
+through the same stage code. ``METHOD`` at the end declares the method to the pipeline.
 Rows travel as plain dicts; a row whose LLM call still fails after the retries comes back
 rejected with the reason, the other rows of the batch go on.
 """
@@ -14,14 +14,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Generator
 from dataclasses import asdict
-from typing import Protocol
+from typing import Any, Protocol
 
+from arhn_ray import bundled
+from arhn_ray.config import Config, method_options, pools
 from arhn_ray.engines.base import ChatRequest, ChatResult, Engine
 from arhn_ray.method import labeling as lb
 from arhn_ray.method.decisions import LlmCall
 from arhn_ray.method.prompts import PromptSet, chat
 from arhn_ray.method.ranking import parse_ranking
-from arhn_ray.refiners.base import Outcome, provenance
+from arhn_ray.refiners.base import AsyncStep, Method, Metrics, Outcome, Step, provenance
 
 Steps = Generator[list[ChatRequest], list[ChatResult], list[Outcome]]
 SCREEN_SCORES = "screen_scores"  # a row's teacher scores of its judged negatives, from Stage 1 to Stage 2
@@ -63,6 +65,16 @@ class ArhnRefiner:
         self.engine.close()
         if self.screen is not None:
             self.screen.close()
+
+    def steps(self) -> dict[str, Step]:
+        return {"fused": self.refine, "stage1": self.stage1, "stage2": self.stage2}
+
+    def async_steps(self) -> dict[str, AsyncStep]:
+        return {"fused": self.arefine, "stage1": self.astage1, "stage2": self.astage2}
+
+    def metrics(self) -> Metrics:
+        counter = getattr(self.engine, "preemptions", None)  # vLLM's engines count them; others do not
+        return Metrics(preemptions=counter() if callable(counter) else None)
 
     def plans(self, rows: list[dict]) -> list[lb.RowPlan]:
         """Each row planned once for both stages; behind a screen, the teacher scores every judged
@@ -242,3 +254,57 @@ def _call(chunk: int, res: ChatResult, stage: int = 1) -> dict:
         "stage2_output_tokens": res.output_tokens,
         "stage2_finish_reason": res.finish_reason,
     }
+
+
+# -- the method, declared to the pipeline (refiners/base.py's Method) --
+
+
+def _build(cfg: Config, engine: Any = None) -> ArhnRefiner:
+    from arhn_ray.data.truncation import make_truncator
+    from arhn_ray.engines.factory import start_engine
+    from arhn_ray.refiners.teacher import Teacher
+
+    s = cfg.screen  # the screen's teacher sits on the replica beside its engine
+    screen = s.model and Teacher(
+        s.model, s.kind, s.batch_size, s.query_prefix, s.passage_prefix, max_length=cfg.truncation.max_seq_len
+    )
+    return ArhnRefiner(engine or start_engine(cfg.engine), method_options(cfg), PromptSet.load(cfg.prompts.version, cfg.prompts.dir),
+                       truncate=make_truncator(cfg.truncation.tokenizer, cfg.truncation.max_seq_len), stage1_max_tokens=cfg.stage1.max_tokens,
+                       stage2_max_tokens=cfg.stage2.max_tokens, retries=cfg.pipeline.retries, screen=screen or None)  # fmt: skip
+
+
+def _labels_from(cfg: Config) -> str:
+    e = cfg.engine
+    if e.kind == "replay":
+        return f"recorded LLM outputs ({e.replay_path}); no model ran"
+    if e.kind == "openai":
+        return f"{e.model} over the OpenAI-compatible endpoint {e.base_url}"
+    if bundled.is_bundled(e.model):
+        return f"the bundled {bundled.short_name(e.model)} model (135M parameters) on vLLM"
+    return f"{e.model} on vLLM"
+
+
+def _describe(cfg: Config) -> dict[str, Any]:
+    prompts, s = PromptSet.load(cfg.prompts.version, cfg.prompts.dir), cfg.screen
+    screen = None
+    if s.model and s.top_k is None:
+        screen = f"{s.model} scored every judged negative (a calibration run: all judged)"
+    elif s.model:
+        screen = f"{s.model} sent its top {s.top_k} negatives a query to Stage 1; the rest were kept unjudged (reason screened)"
+    return {"model": cfg.engine.model, "engine": cfg.engine.kind, "variant": cfg.method.variant, "prompt_version": prompts.version,
+            "prompt_sha256": prompts.sha256, "labels_from": _labels_from(cfg),
+            "negatives_per_query": cfg.method.negatives_per_query, "screen": screen}  # fmt: skip
+
+
+def _repos(cfg: Config) -> list[tuple[str, str, bool]]:
+    repos = []
+    for step, e in pools(cfg):
+        key = "stage2.engine" if step == "stage2" and cfg.stage2.engine else "engine"
+        if e.kind == "vllm":
+            repos += [(e.model, f"{key}.model", False), (e.tokenizer, f"{key}.tokenizer", True)]
+    if cfg.screen.model:
+        repos.append((cfg.screen.model, "screen.model", False))
+    return repos
+
+
+METHOD = Method("arhn", modes=("fused", "staged"), replica="llm", has_async=True, build=_build, describe=_describe, repos=_repos)

@@ -4,11 +4,14 @@ resume serve it. Each decision keeps the teacher's score, and the row the lowest
 
 from __future__ import annotations
 
+from typing import Any
+
+from arhn_ray.config import Config
 from arhn_ray.method.decisions import Decision
 from arhn_ray.method.labeling import KEEP
 from arhn_ray.method.passages import passage_text
 from arhn_ray.method.topk_percpos import anchor_score, decide, kept_order
-from arhn_ray.refiners.base import Outcome, provenance
+from arhn_ray.refiners.base import AsyncStep, Method, Metrics, Outcome, Step, provenance
 from arhn_ray.refiners.teacher import Teacher
 
 VARIANT = "topk_percpos"
@@ -23,6 +26,15 @@ class TopKPercPosRefiner:
 
     def close(self) -> None:
         self.teacher.close()
+
+    def steps(self) -> dict[str, Step]:
+        return {"fused": self.refine}
+
+    def async_steps(self) -> dict[str, AsyncStep]:
+        return {}  # a teacher scores batch by batch
+
+    def metrics(self) -> Metrics:
+        return Metrics()
 
     def refine(self, rows: list[dict]) -> list[Outcome]:
         pairs = []
@@ -42,3 +54,18 @@ class TopKPercPosRefiner:
                        "positive_score": positive, "llm": [], "provenance": self.provenance}  # fmt: skip
             out.append(Outcome(refined))
         return out
+
+
+def _build(cfg: Config, engine: Any = None) -> TopKPercPosRefiner:
+    b = cfg.baseline
+    teacher = Teacher(b.model, b.kind, b.batch_size, b.query_prefix, b.passage_prefix, max_length=cfg.truncation.max_seq_len)
+    return TopKPercPosRefiner(teacher, b.relative_margin, b.keep)
+
+
+def _describe(cfg: Config) -> dict[str, Any]:
+    return {"model": cfg.baseline.model, "engine": "teacher", "variant": VARIANT, "prompt_version": None,
+            "prompt_sha256": None, "labels_from": f"the TopK-PercPos teacher {cfg.baseline.model}"}  # fmt: skip
+
+
+METHOD = Method(VARIANT, modes=("fused",), replica="teacher", has_async=False, build=_build, describe=_describe,
+                repos=lambda cfg: [(cfg.baseline.model, "baseline.model", False)])  # fmt: skip
