@@ -199,7 +199,7 @@ def test_preemptions_are_read_from_vllms_counter_and_reach_the_stats_and_summary
 
     from arhn_ray.cli import summary
     from arhn_ray.engines.vllm_engine import preemptions
-    from arhn_ray.stats import RunStats
+    from arhn_ray.outputs.stats import RunStats
 
     registry = CollectorRegistry()
     assert preemptions(registry) is None  # an engine that exposes none

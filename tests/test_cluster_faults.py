@@ -34,8 +34,8 @@ def test_only_the_clusters_faults_count_as_the_clusters():
 
 
 def test_a_part_in_flight_when_the_pipeline_fails_is_emptied_and_written_once_on_the_retry(tmp_path):
-    from arhn_ray.data.layout import OutputLayout
     from arhn_ray.data.parts import plan_parts
+    from arhn_ray.outputs.layout import OutputLayout
     from arhn_ray.pipeline.sink import PartSink
     from arhn_ray.pipeline.stages import _envelope
 

@@ -32,7 +32,7 @@ def test_the_shipped_recordings_are_made_from_rlhns_verdicts(tmp_path):
 
 @pytest.mark.ray
 def test_the_demo_path_ends_in_training_rows_with_rlhns_labels(tmp_path):
-    from arhn_ray.agreement import agreement
+    from arhn_ray.outputs.agreement import agreement
 
     out = tmp_path / "demo"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}

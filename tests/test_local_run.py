@@ -106,8 +106,8 @@ def test_plan_counts_the_calls_and_prompt_tokens_the_run_made(readme_run, tmp_pa
 
 
 def test_tools_work_on_the_real_output(readme_run, tmp_path, ray_cluster, capsys):
-    from arhn_ray.agreement import agreement
     from arhn_ray.cli import main
+    from arhn_ray.outputs.agreement import agreement
 
     out, _ = readme_run
     result = agreement(str(out), str(RLHN_STAGE1), stage2=str(RLHN_STAGE2))

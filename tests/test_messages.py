@@ -116,7 +116,7 @@ def test_time_left_is_the_replicas_pace_not_the_engines_start_spread_over_the_ro
 
 
 def test_the_log_path_on_the_start_line_is_the_one_the_user_can_type(tmp_path, monkeypatch):
-    from arhn_ray.console import shown
+    from arhn_ray.cli.console import shown
 
     monkeypatch.chdir(tmp_path)
     log = tmp_path / "out" / "local" / "logs" / "refine-20261203-080949.log"

@@ -9,10 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import RLHN_STAGE1, RLHN_STAGE2, ROOT, blocks, load_jsonl
 
-from arhn_ray.agreement import _rlhn_labels
 from arhn_ray.cli import main
 from arhn_ray.data.records import validate_row
 from arhn_ray.method import labeling as lb
+from arhn_ray.outputs.agreement import _rlhn_labels
 
 
 def rlhn_verdicts(row: dict) -> dict[tuple[str, str], str]:
@@ -74,7 +74,7 @@ def perfect_recordings(rows: list[dict], verdicts: dict) -> list[dict]:
 def replay_output(ray_cluster, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("replay")
     rows = [validate_row(r) for r in load_jsonl(RLHN_STAGE1)]
-    verdicts = reference_verdicts()  # read by the test itself: a misreading in agreement.py cannot agree with it
+    verdicts = reference_verdicts()  # read by the test itself: a misreading in outputs/agreement.py cannot agree with it
     (tmp / "in").mkdir()
     with open(tmp / "in" / "msmarco.jsonl", "w") as f:
         for r in rows:
@@ -124,7 +124,7 @@ def test_kappa_is_one_for_a_run_built_to_agree_with_rlhn(replay_output, tmp_path
 
 @pytest.mark.ray
 def test_kappa_drops_when_filter_counts_as_false_negative_or_stage2_is_ignored(replay_output, tmp_path):
-    from arhn_ray.agreement import agreement
+    from arhn_ray.outputs.agreement import agreement
 
     assert agreement(str(replay_output), str(RLHN_STAGE1))["overall"]["kappa"] < 1.0
     # a reference written from RLHN's verdicts (not from the output), then the same with one label flipped
@@ -277,7 +277,7 @@ def test_the_output_is_a_dataset_people_load(replay_output, tmp_path, capsys):
 
 
 def test_the_card_warns_when_the_bundled_model_labeled_the_data():
-    from arhn_ray.card import render_card
+    from arhn_ray.outputs.card import render_card
 
     base = {"overall": {"queries": 20, "rejected": 0, "negatives_in": 500, "relabel": 0, "filter": 481, "keep": 19,
                         "per_query": {"relabel": 0, "filter": 24.05, "keep": 0.95}, "no_answer_rate": 0.038,

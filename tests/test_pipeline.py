@@ -338,7 +338,7 @@ def test_a_rerun_that_refines_nothing_keeps_the_statistics_and_the_card_names_wh
 
 
 def test_the_not_fit_for_training_note_is_where_the_bundled_model_made_the_labels(tmp_path):
-    from arhn_ray.stats import RunStats, demo_labels, render_png
+    from arhn_ray.outputs.stats import RunStats, demo_labels, render_png
 
     base = RunStats().to_dict() | {"method": "arhn", "model": "bundled:smollm2"}
     assert demo_labels(base | {"engine": "vllm"})

@@ -9,14 +9,14 @@ import json
 import pytest
 from helpers import SAMPLES, ScriptedEngine, blocks, load_jsonl, make_row
 
-from arhn_ray.calibrate import calibrate, kappa, render, screened_labels, sweep
 from arhn_ray.data.readers import from_flagembedding
 from arhn_ray.data.records import validate_row
 from arhn_ray.method import labeling as lb
 from arhn_ray.method.passages import passage_text
 from arhn_ray.method.prompts import PromptSet, neutralize
+from arhn_ray.outputs.calibrate import calibrate, kappa, render, screened_labels, sweep
+from arhn_ray.outputs.stats import RunStats
 from arhn_ray.refiners.arhn import ArhnRefiner
-from arhn_ray.stats import RunStats
 
 PROMPTS = PromptSet.load()
 
@@ -192,8 +192,8 @@ def write_output(folder, rows: list[dict]):
 
 
 def test_calibrate_reads_an_output_and_refuses_one_without_scores(tmp_path, capsys):
-    from arhn_ray.calibrate import NotACalibrationRun
     from arhn_ray.cli import main
+    from arhn_ray.outputs.calibrate import NotACalibrationRun
 
     rows = [dict(make_row(3, qid=f"q{i}")) for i in range(2)]
     engine = ScriptedEngine(

@@ -6,8 +6,8 @@ import logging
 import sys
 
 from arhn_ray.cli.arguments import parser
+from arhn_ray.cli.console import summary
 from arhn_ray.config import ConfigError
-from arhn_ray.console import summary
 
 __all__ = ["main", "parser", "summary"]
 

@@ -6,10 +6,10 @@ import argparse
 import json
 
 import arhn_ray.cli.commands as c
-from arhn_ray.agreement import COUNT_AS
 from arhn_ray.data.export import EXAMPLE_RULES, SHORT_POLICIES
 from arhn_ray.data.export import FORMATS as EXPORT_FORMATS
 from arhn_ray.method.options import POSITIVE_NO_ANSWER, VARIANTS
+from arhn_ray.outputs.agreement import COUNT_AS
 from arhn_ray.plan import Assumptions
 
 ABOUT = """arhn-ray: clean hard-negative training data for dense retrievers with ARHN.

@@ -7,11 +7,11 @@ import json
 import logging
 import sys
 
+from arhn_ray.cli.console import counts, quietly, summary
 from arhn_ray.cli.fit import for_terminal
 from arhn_ray.config import load_config
-from arhn_ray.console import counts, quietly, summary
-from arhn_ray.data import layout
-from arhn_ray.data.layout import OutputLayout
+from arhn_ray.outputs import layout
+from arhn_ray.outputs.layout import OutputLayout
 from arhn_ray.plan import Assumptions
 
 
@@ -59,7 +59,7 @@ def every_row_rejected(stats: dict, output: str) -> int:
 def plan(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from arhn_ray.console import render_plan
+    from arhn_ray.cli.console import render_plan
     from arhn_ray.plan import make_plan
 
     cfg = load_config(args.config, args.overrides)
@@ -100,9 +100,9 @@ def prepare_model(args: argparse.Namespace) -> int:
 
 
 def stats(args: argparse.Namespace) -> int:
-    from arhn_ray.data.layout import OutputLayout
-    from arhn_ray.pipeline.report import render_report
-    from arhn_ray.stats import load_stats
+    from arhn_ray.outputs.layout import OutputLayout
+    from arhn_ray.outputs.report import render_report
+    from arhn_ray.outputs.stats import load_stats
 
     out = OutputLayout(args.output, args.storage_options)
     render_report(out, load_stats(out))
@@ -112,7 +112,7 @@ def stats(args: argparse.Namespace) -> int:
 
 
 def relabel(args: argparse.Namespace) -> int:
-    from arhn_ray.label_again import label_again
+    from arhn_ray.outputs.relabel import label_again
 
     overrides = [f"method.variant={args.variant}"]
     if args.positive_no_answer:
@@ -135,7 +135,7 @@ def relabel(args: argparse.Namespace) -> int:
 
 
 def agreement(args: argparse.Namespace) -> int:
-    from arhn_ray.agreement import agreement, decision_agreement, is_output, is_row_dataset, render, rows_agreement
+    from arhn_ray.outputs.agreement import agreement, decision_agreement, is_output, is_row_dataset, render, rows_agreement
 
     if is_output(args.reference, args.storage_options):
         result = decision_agreement(args.output, args.reference, args.storage_options)
@@ -152,7 +152,7 @@ def agreement(args: argparse.Namespace) -> int:
 
 
 def calibrate(args: argparse.Namespace) -> int:
-    from arhn_ray.calibrate import NotACalibrationRun, calibrate, render
+    from arhn_ray.outputs.calibrate import NotACalibrationRun, calibrate, render
 
     try:
         result = calibrate(args.output, args.kappa, args.storage_options)
@@ -166,7 +166,7 @@ def calibrate(args: argparse.Namespace) -> int:
 
 
 def review(args: argparse.Namespace) -> int:
-    from arhn_ray.review import write_review
+    from arhn_ray.outputs.review import write_review
 
     out = OutputLayout(args.output, args.storage_options)
     written = write_review(out, args.sample, args.seed, args.subset or None)
@@ -238,7 +238,7 @@ def export(args: argparse.Namespace) -> int:
 
 def _demo_note(output: str, storage_options: dict) -> str | None:
     """The bundled model's warning, carried to what is derived from its labels (None for real labels)."""
-    from arhn_ray.stats import demo_labels, load_stats
+    from arhn_ray.outputs.stats import demo_labels, load_stats
 
     try:
         return demo_labels(load_stats(OutputLayout(output, storage_options)))

@@ -24,13 +24,13 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from arhn_ray.config import Config, method_options, to_yaml
-from arhn_ray.data import layout
-from arhn_ray.data.layout import OutputLayout
 from arhn_ray.data.parts import Part
 from arhn_ray.data.records import original_row
 from arhn_ray.engines.base import ChatRequest, ChatResult
 from arhn_ray.method.labeling import NOT_JUDGED, SCREENED
-from arhn_ray.saved import saved_config
+from arhn_ray.outputs import layout
+from arhn_ray.outputs.layout import OutputLayout
+from arhn_ray.outputs.saved import saved_config
 
 log = logging.getLogger(__name__)
 _REFINED_INDEX = 1 << 40  # refined rows keep no row number: they are counted apart from the rejected rows' own
@@ -83,7 +83,7 @@ def label_again(output: str, out: str, overrides: list[str] | None = None, stora
     """``output``'s rows labeled again into ``out`` under ``overrides``; returns the new statistics."""
     from arhn_ray.data.truncation import make_truncator
     from arhn_ray.method.prompts import PromptSet
-    from arhn_ray.pipeline.report import write_report
+    from arhn_ray.outputs.report import write_report
     from arhn_ray.pipeline.sink import PartSink
     from arhn_ray.pipeline.stages import _envelope
     from arhn_ray.refiners.arhn import ArhnRefiner
