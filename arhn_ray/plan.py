@@ -109,8 +109,8 @@ class RunEstimate:
 
 
 def make_plan(cfg: Config, assume: Assumptions | None = None) -> RunEstimate:
+    from arhn_ray.data.layout import OutputLayout
     from arhn_ray.data.parts import parts_to_run
-    from arhn_ray.outputs.layout import OutputLayout
 
     method = method_for(cfg)  # checks method.name / pipeline.mode before any arithmetic
     options = method_options(cfg)

@@ -37,7 +37,7 @@ def input_ids(cfg) -> Counter:
 
 def check(cfg, stats: dict) -> list[str]:
     """What is wrong with the run's output; empty when the smoke run passed."""
-    from arhn_ray.outputs.layout import KINDS, OutputLayout
+    from arhn_ray.data.layout import KINDS, OutputLayout
 
     out: Counter = Counter()
     snippets, grounding, ranked = 0, Counter(), 0

@@ -94,7 +94,7 @@ def test_a_replica_runs_at_most_max_concurrent_batches_at_once(tmp_path):
     import pyarrow as pa
 
     from arhn_ray.data.parts import Part
-    from arhn_ray.pipeline.stages import ENVELOPE, AsyncRefineStage, _envelope
+    from arhn_ray.pipeline.stages import ENVELOPE, AsyncRefineStage, envelope
 
     (tmp_path / "rec.jsonl").write_text("")
     overrides = ["input.path=x", "output.path=y", f"engine.replay_path={tmp_path / 'rec.jsonl'}",
@@ -113,9 +113,7 @@ def test_a_replica_runs_at_most_max_concurrent_batches_at_once(tmp_path):
 
     stage.run = arefine
     batches = [
-        pa.Table.from_pylist(
-            [_envelope(Part("s.jsonl", "jsonl", 0, 1, None, 6, 6), i, make_row(1, qid=f"q{i}"))], schema=ENVELOPE
-        )
+        pa.Table.from_pylist([envelope(Part("s.jsonl", "jsonl", 0, 1, None, 6, 6), i, make_row(1, qid=f"q{i}"))], schema=ENVELOPE)
         for i in range(6)
     ]
 

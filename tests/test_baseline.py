@@ -83,7 +83,7 @@ def test_the_baseline_runs_through_the_job_and_decides_as_the_rule_says(ray_clus
 
     from arhn_ray.bundled import minilm_path
     from arhn_ray.cli import main
-    from arhn_ray.outputs.layout import OutputLayout
+    from arhn_ray.data.layout import OutputLayout
 
     rows = load_jsonl(SAMPLES / "rlhn_msmarco.jsonl")[:3]
     (tmp_path / "in").mkdir()

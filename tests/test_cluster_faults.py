@@ -34,22 +34,22 @@ def test_only_the_clusters_faults_count_as_the_clusters():
 
 
 def test_a_part_in_flight_when_the_pipeline_fails_is_emptied_and_written_once_on_the_retry(tmp_path):
+    from arhn_ray.data.layout import OutputLayout
     from arhn_ray.data.parts import plan_parts
-    from arhn_ray.outputs.layout import OutputLayout
-    from arhn_ray.pipeline.sink import PartSink
-    from arhn_ray.pipeline.stages import _envelope
+    from arhn_ray.outputs.sink import PartSink
+    from arhn_ray.pipeline.stages import envelope
 
     data = tmp_path / "rows.jsonl"
     rows = [make_row(1, qid=f"q{i}") for i in range(6)]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     (part,) = plan_parts(str(data), 100)
-    envelopes = [_envelope(part, i, r, "rejected", "query", f"boom {i}") for i, r in enumerate(rows)]
+    envelopes = [envelope(part, i, r, "rejected", "query", f"boom {i}") for i, r in enumerate(rows)]
     sink = PartSink(OutputLayout(str(tmp_path / "out")), [part], flush_rows=2)
     sink.add(envelopes[:4])
     assert sink.rows_done == 4 and any((tmp_path / "out" / "rejected").rglob(".*.tmp"))  # streamed to a temporary file
     assert sink.reopen() == [part]
     assert sink.rows_done == 0 and not any((tmp_path / "out" / "rejected").rglob(".*.tmp"))
-    sink.add([*envelopes, _envelope(part, len(rows), None, "part_end")])  # the retry sends the part again, whole
+    sink.add([*envelopes, envelope(part, len(rows), None, "part_end")])  # the retry sends the part again, whole
     assert [m["rows"] for m in sink.finished] == [6] and sink.rows_done == 6
     import pyarrow.parquet as pq
 

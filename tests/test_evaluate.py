@@ -55,10 +55,10 @@ def test_streamed_block_search_equals_exact_search_and_ndcg_by_hand(ray_cluster,
 
     from arhn_ray.bundled import minilm_path
     from arhn_ray.config import EvaluateConfig
+    from arhn_ray.data.layout import OutputLayout
     from arhn_ray.evaluate.beir import read_corpus
     from arhn_ray.evaluate.retrieve import encode_corpus, encode_queries, search
     from arhn_ray.evaluate.scoring import mean, per_query
-    from arhn_ray.outputs.layout import OutputLayout
 
     folder = tmp_path / "grown"
     shutil.copytree(EVAL, folder)
@@ -106,8 +106,8 @@ def test_embedding_files_hold_a_hundred_thousand_rows_whatever_the_block_size(ra
     import numpy as np
     import ray.data
 
+    from arhn_ray.data.layout import OutputLayout
     from arhn_ray.evaluate.retrieve import write_embeddings
-    from arhn_ray.outputs.layout import OutputLayout
 
     ctx = ray.data.DataContext.get_current()
     saved, ctx.target_max_block_size = ctx.target_max_block_size, 1 << 20
@@ -269,7 +269,7 @@ def test_an_arm_with_no_example_is_reported_not_trained_and_the_report_says_so(r
 
     no_negatives = [{"query_id": "q", "query": "q?", "positive_passages": [{"docid": "p", "title": "", "text": "p"}],
                      "negative_passages": [], "subset": "s"}]  # fmt: skip
-    from arhn_ray.outputs.layout import OutputLayout
+    from arhn_ray.data.layout import OutputLayout
 
     trained, _ = train_arms({"original": lambda: [], "refined": lambda: no_negatives, "topk_percpos": lambda: []}, {},
                             EvaluateConfig(workers=2), OutputLayout(str(tmp_path)))  # fmt: skip
@@ -391,8 +391,8 @@ def test_an_arm_trains_with_its_examples_runs_and_checkpoint_on_the_shared_store
 
     from arhn_ray.bundled import resolve
     from arhn_ray.config import EvaluateConfig
+    from arhn_ray.data.layout import OutputLayout
     from arhn_ray.evaluate.run import SETTINGS, train_arms
-    from arhn_ray.outputs.layout import OutputLayout
 
     create_bucket(s3_server, "evaluate")
     rows = [r for r in load_jsonl(SAMPLES / "rlhn_msmarco.jsonl")[:8]]

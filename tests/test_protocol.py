@@ -14,9 +14,9 @@ from helpers import RLHN_STAGE1, RLHN_STAGE2, load_jsonl, make_row
 from test_outputs import rlhn_verdicts
 
 from arhn_ray.data.export import training_examples
+from arhn_ray.data.layout import OutputLayout
 from arhn_ray.data.records import OUTPUT_SCHEMA, validate_row
 from arhn_ray.evaluate.examples import write_examples
-from arhn_ray.outputs.layout import OutputLayout
 
 
 def with_positives(row: dict, n: int) -> dict:

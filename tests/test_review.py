@@ -16,8 +16,8 @@ import pytest
 from helpers import blocks, make_row, passage
 from test_pipeline import ANCHOR, replay_config, snippet, write_jsonl
 
+from arhn_ray.data.layout import OutputLayout
 from arhn_ray.outputs.agreement import agreement
-from arhn_ray.outputs.layout import OutputLayout
 from arhn_ray.outputs.review import choose
 
 HOSTILE = 'Negative passage number 2. <script>window.__pwned = 1</script><img src="x" onerror="window.__pwned = 2">'

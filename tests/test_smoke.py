@@ -55,9 +55,9 @@ def test_smoke_check_names_a_row_missing_from_the_output(tmp_path):
     finally:
         sys.path.pop(0)
     from arhn_ray.config import load_config as load
+    from arhn_ray.data.layout import OutputLayout
     from arhn_ray.data.readers import from_flagembedding
     from arhn_ray.data.records import OUTPUT_SCHEMA
-    from arhn_ray.outputs.layout import OutputLayout
 
     cfg = load(str(ROOT / "conf" / "replay.yaml"), [f"output.path={tmp_path}", "input.limit=1", "engine.replay_path=x"])
     rlhn = load_jsonl(SAMPLES / "rlhn_msmarco.jsonl")[0]["query_id"]

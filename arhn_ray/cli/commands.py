@@ -10,8 +10,8 @@ import sys
 from arhn_ray.cli.console import counts, quietly, summary
 from arhn_ray.cli.fit import for_terminal
 from arhn_ray.config import load_config
-from arhn_ray.outputs import layout
-from arhn_ray.outputs.layout import OutputLayout
+from arhn_ray.data import layout
+from arhn_ray.data.layout import OutputLayout
 from arhn_ray.plan import Assumptions
 
 
@@ -100,7 +100,7 @@ def prepare_model(args: argparse.Namespace) -> int:
 
 
 def stats(args: argparse.Namespace) -> int:
-    from arhn_ray.outputs.layout import OutputLayout
+    from arhn_ray.data.layout import OutputLayout
     from arhn_ray.outputs.report import render_report
     from arhn_ray.outputs.stats import load_stats
 
@@ -112,7 +112,7 @@ def stats(args: argparse.Namespace) -> int:
 
 
 def relabel(args: argparse.Namespace) -> int:
-    from arhn_ray.outputs.relabel import label_again
+    from arhn_ray.pipeline.relabel import label_again
 
     overrides = [f"method.variant={args.variant}"]
     if args.positive_no_answer:

@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, TextIO, TypeVar
 
-from arhn_ray.outputs import layout
-from arhn_ray.outputs.layout import OutputLayout
+from arhn_ray.data import layout
+from arhn_ray.data.layout import OutputLayout
 from arhn_ray.outputs.stats import demo_labels
 
 if TYPE_CHECKING:

@@ -29,8 +29,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from arhn_ray.data.layout import OutputLayout
 from arhn_ray.method.passages import passage_text
-from arhn_ray.outputs.layout import OutputLayout
 
 FORMATS = ("sentence-transformers", "flagembedding", "tevatron")
 SHORT_POLICIES = ("repeat", "drop", "keep")  # a query with fewer kept negatives than asked

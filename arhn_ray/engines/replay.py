@@ -11,10 +11,10 @@ import asyncio
 import json
 import time
 
+from arhn_ray.data.layout import OutputLayout
 from arhn_ray.data.readers import filesystem
 from arhn_ray.engines.base import ChatRequest, ChatResult
 from arhn_ray.engines.latency import LatencyModel, SlotEngine
-from arhn_ray.outputs.layout import OutputLayout
 
 
 def load_recordings(path: str, storage_options: dict | None = None) -> dict[tuple[str, int, int], dict]:

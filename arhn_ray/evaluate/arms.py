@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+from arhn_ray.data.layout import OutputLayout
 from arhn_ray.data.rows import dataset_rows
-from arhn_ray.outputs.layout import OutputLayout
 
 __all__ = ["BUILT_IN", "dataset_rows", "extra_arms", "only", "output_queries"]
 

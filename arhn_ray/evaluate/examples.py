@@ -15,9 +15,9 @@ from collections.abc import Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from arhn_ray.data import layout
 from arhn_ray.data.export import training_examples
-from arhn_ray.outputs import layout
-from arhn_ray.outputs.layout import OutputLayout
+from arhn_ray.data.layout import OutputLayout
 
 ORDER = "example"  # the example's number: every worker puts its copy in this order (Ray Data may not)
 CHUNK = 20_000  # examples a file: ~ 20K x 9 passages of text, tens of MB

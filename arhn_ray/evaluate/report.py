@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from arhn_ray.outputs import layout
-from arhn_ray.outputs.layout import OutputLayout
+from arhn_ray.data import layout
+from arhn_ray.data.layout import OutputLayout
 
 CARD_MARK = "## Retrieval evaluation"
 ARMS = (

@@ -24,6 +24,8 @@ from omegaconf import OmegaConf
 
 from arhn_ray import bundled
 from arhn_ray.config import Config, EvaluateConfig, load_config
+from arhn_ray.data import layout
+from arhn_ray.data.layout import OutputLayout
 from arhn_ray.data.records import original_row
 from arhn_ray.evaluate.arms import dataset_rows, extra_arms, only, output_queries
 from arhn_ray.evaluate.beir import OOD, BeirSet, load_beir
@@ -33,8 +35,6 @@ from arhn_ray.evaluate.report import render_png, table1_markdown, write_card_sec
 from arhn_ray.evaluate.retrieve import encode_corpus, encode_queries, search
 from arhn_ray.evaluate.scoring import bootstrap_mean, mean, paired_bootstrap_sets, per_query
 from arhn_ray.evaluate.train import arm_layout, global_batch, train_arm
-from arhn_ray.outputs import layout
-from arhn_ray.outputs.layout import OutputLayout
 from arhn_ray.outputs.saved import saved_config
 from arhn_ray.pipeline.placement import init_ray
 

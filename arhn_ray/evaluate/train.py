@@ -17,14 +17,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from arhn_ray.data import layout
 from arhn_ray.evaluate.examples import ORDER
-from arhn_ray.outputs import layout
 
 WORK_PREFIX = "arhn-train-"  # a training worker's local folder (the examples' copy), removed when its arm ends
 
 if TYPE_CHECKING:
     from arhn_ray.config import EvaluateConfig
-    from arhn_ray.outputs.layout import OutputLayout
+    from arhn_ray.data.layout import OutputLayout
 
 
 def worker_resources(use_gpu: bool, memory_gb: float | None) -> dict[str, float]:

@@ -26,9 +26,9 @@ import re
 from collections import defaultdict
 from typing import Any
 
+from arhn_ray.data import layout
+from arhn_ray.data.layout import OutputLayout
 from arhn_ray.method.labeling import UNJUDGED
-from arhn_ray.outputs import layout
-from arhn_ray.outputs.layout import OutputLayout
 
 FALSE_NEGATIVE, NEGATIVE = "false_negative", "negative"
 ACTIONS = ["relabel", "filter", "keep"]

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from arhn_ray.data import layout
+from arhn_ray.data.layout import OutputLayout
 from arhn_ray.method.labeling import FILTER, KEEP, NOT_JUDGED, RELABEL
-from arhn_ray.outputs import layout
-from arhn_ray.outputs.layout import OutputLayout
 
 
 class NotACalibrationRun(ValueError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from arhn_ray.outputs.layout import KINDS, data_files
+from arhn_ray.data.layout import KINDS, data_files
 from arhn_ray.outputs.stats import demo_labels, table4_markdown, unjudged_words
 
 

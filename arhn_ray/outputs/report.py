@@ -9,10 +9,10 @@ import tempfile
 from typing import Any
 
 from arhn_ray.config import Config, config_digest
+from arhn_ray.data import layout
 from arhn_ray.data.hub import revision as hub_revision
-from arhn_ray.outputs import layout
+from arhn_ray.data.layout import OutputLayout
 from arhn_ray.outputs.card import render_card
-from arhn_ray.outputs.layout import OutputLayout
 from arhn_ray.outputs.review import write_review
 from arhn_ray.outputs.stats import RunStats, render_files, to_json
 from arhn_ray.refiners import method_for

@@ -22,9 +22,9 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from arhn_ray.data import layout
+from arhn_ray.data.layout import OutputLayout
 from arhn_ray.data.records import original_row
-from arhn_ray.outputs import layout
-from arhn_ray.outputs.layout import OutputLayout
 
 DEFAULT_SAMPLE = 200
 MAX_PARTS = 20  # the sample comes from at most this many parts, spread over the shards: bounded work at any size

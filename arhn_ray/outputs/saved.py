@@ -9,8 +9,8 @@ import tempfile
 from omegaconf import DictConfig, OmegaConf
 
 from arhn_ray.config import Config, load_config
-from arhn_ray.outputs import layout
-from arhn_ray.outputs.layout import OutputLayout
+from arhn_ray.data import layout
+from arhn_ray.data.layout import OutputLayout
 
 REDACTED = ("input.storage_options", "output.storage_options", "engine.replay_storage_options")
 

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from arhn_ray import bundled
+from arhn_ray.data import layout
+from arhn_ray.data.layout import OutputLayout
 from arhn_ray.method.labeling import NOT_JUDGED, SCREENED
-from arhn_ray.outputs import layout
-from arhn_ray.outputs.layout import OutputLayout
 
 COUNTERS = (
     "queries",

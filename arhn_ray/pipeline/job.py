@@ -15,18 +15,18 @@ from dataclasses import replace
 from typing import Any
 
 from arhn_ray.config import Config, ConfigError, EngineConfig, mask_secrets_in_logs, pools, to_yaml
+from arhn_ray.data import layout
 from arhn_ray.data.hub import pin_input as pin_input_at
+from arhn_ray.data.layout import OutputLayout
 from arhn_ray.data.parts import Part, parts_to_run
-from arhn_ray.outputs import layout
-from arhn_ray.outputs.layout import OutputLayout
 from arhn_ray.outputs.report import write_report
 from arhn_ray.outputs.saved import saved_yaml
+from arhn_ray.outputs.sink import PartSink
 from arhn_ray.pipeline.counters import RunMetrics
 from arhn_ray.pipeline.faults import ClusterFault, StoreFailed, fault_name, is_cluster_fault
 from arhn_ray.pipeline.placement import init_ray, pool_layout, remove_placement_groups
 from arhn_ray.pipeline.preflight import check_models, check_output, wait_for_gpus
 from arhn_ray.pipeline.progress import Progress
-from arhn_ray.pipeline.sink import PartSink
 from arhn_ray.pipeline.stages import AsyncRefineStage, RefineStage, read_parts
 from arhn_ray.refiners import method_for
 

@@ -18,8 +18,8 @@ import time
 import uuid
 
 from arhn_ray.config import Config, pools
+from arhn_ray.data.layout import OutputLayout
 from arhn_ray.model_cache import missing_repos
-from arhn_ray.outputs.layout import OutputLayout
 from arhn_ray.pipeline.placement import gpus_per_replica, use_gpus
 
 log = logging.getLogger(__name__)

@@ -43,7 +43,7 @@ ENVELOPE = pa.schema(
 )
 
 
-def _envelope(
+def envelope(
     part: Part, index: int, record: Any, status: str = "ok", field: str | None = None, reason: str | None = None
 ) -> dict:
     text = json.dumps(record, ensure_ascii=False, default=str)
@@ -62,17 +62,17 @@ def read_parts(batch: dict, fmt: str, max_passage_chars: int, storage_options: d
             for r in read_rows(part, fmt, max_passage_chars, storage_options):
                 n += 1
                 out.append(
-                    _envelope(part, r.index, r.row)
+                    envelope(part, r.index, r.row)
                     if r.row is not None
-                    else _envelope(part, r.index, r.raw, "rejected", r.field, r.reason)
+                    else envelope(part, r.index, r.raw, "rejected", r.field, r.reason)
                 )
                 if len(out) >= block_rows:
                     yield pa.Table.from_pylist(out, schema=ENVELOPE)
                     out = []
         except Exception as e:  # an unreadable part: named, and the other parts go on
-            out = [_envelope(part, -1, None, "file_error", "file", f"{part.uri} ({part.id}): {type(e).__name__}: {e}")]
+            out = [envelope(part, -1, None, "file_error", "file", f"{part.uri} ({part.id}): {type(e).__name__}: {e}")]
         else:
-            out.append(_envelope(part, n, None, "part_end"))
+            out.append(envelope(part, n, None, "part_end"))
         yield pa.Table.from_pylist(out, schema=ENVELOPE)
 
 

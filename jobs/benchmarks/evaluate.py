@@ -42,10 +42,10 @@ def main() -> None:
 
     from arhn_ray.bundled import resolve
     from arhn_ray.config import load_config
+    from arhn_ray.data.layout import OutputLayout
     from arhn_ray.evaluate.beir import load_beir
     from arhn_ray.evaluate.run import SETTINGS, score_set, train_arms
     from arhn_ray.evaluate.train import arm_layout
-    from arhn_ray.outputs.layout import OutputLayout
     from arhn_ray.plan import Assumptions
 
     ev = load_config(str(ROOT / "conf" / "local.yaml")).evaluate

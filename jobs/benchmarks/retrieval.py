@@ -56,10 +56,10 @@ def one(folder: str, block: int, exact: bool) -> None:
 
     from arhn_ray.bundled import minilm_path
     from arhn_ray.config import EvaluateConfig
+    from arhn_ray.data.layout import OutputLayout
     from arhn_ray.evaluate.beir import load_beir, read_corpus
     from arhn_ray.evaluate.retrieve import encode_corpus, encode_queries, search
     from arhn_ray.evaluate.scoring import mean, per_query
-    from arhn_ray.outputs.layout import OutputLayout
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     beir = load_beir(folder)

@@ -25,8 +25,8 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from arhn_ray.data.layout import OutputLayout  # noqa: E402
 from arhn_ray.data.records import OUTPUT_SCHEMA  # noqa: E402
-from arhn_ray.outputs.layout import OutputLayout  # noqa: E402
 from arhn_ray.outputs.review import DEFAULT_SAMPLE, MAX_PARTS, write_review  # noqa: E402
 
 WORDS = [f"w{i}" for i in range(3000)]

@@ -81,7 +81,7 @@ def main() -> None:
     entered = Counter(b.rsplit(".", 1)[0] for _, b in cross)
     modules = {m.rsplit(".", 1)[0] for step in steps for m in step}
     print(f"{len(steps)} steps through {len(modules)} modules; {len(cross)} cross into another module; "
-          f"config.py entered {entered['arhn_ray.config']} times, layout.py {entered['arhn_ray.outputs.layout']}")  # fmt: skip
+          f"config.py entered {entered['arhn_ray.config']} times, layout.py {entered['arhn_ray.data.layout']}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Output written part by part as the run goes, so a rerun skips every finished part.
 
-A part's refined and rejected files are written, then its manifest (where: outputs/layout.py). A
+A part's refined and rejected files are written, then its manifest (where: data/layout.py). A
 part is complete when its manifest exists; the manifest is written last, so a half-written part
 is never taken for complete. Rows are streamed into temporary files while a part is open: the
 driver holds at most ``flush_rows`` rows of each part in flight.
@@ -16,10 +16,10 @@ from collections import Counter, defaultdict
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from arhn_ray.data import layout
+from arhn_ray.data.layout import OutputLayout
 from arhn_ray.data.parts import Part
 from arhn_ray.data.records import INPUT_SCHEMA, OUTPUT_SCHEMA, REJECTED_SCHEMA
-from arhn_ray.outputs import layout
-from arhn_ray.outputs.layout import OutputLayout
 from arhn_ray.outputs.stats import RunStats
 
 log = logging.getLogger(__name__)

@@ -24,12 +24,12 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from arhn_ray.config import Config, method_options, to_yaml
+from arhn_ray.data import layout
+from arhn_ray.data.layout import OutputLayout
 from arhn_ray.data.parts import Part
 from arhn_ray.data.records import original_row
 from arhn_ray.engines.base import ChatRequest, ChatResult
 from arhn_ray.method.labeling import NOT_JUDGED, SCREENED
-from arhn_ray.outputs import layout
-from arhn_ray.outputs.layout import OutputLayout
 from arhn_ray.outputs.saved import saved_config
 
 log = logging.getLogger(__name__)
@@ -84,8 +84,8 @@ def label_again(output: str, out: str, overrides: list[str] | None = None, stora
     from arhn_ray.data.truncation import make_truncator
     from arhn_ray.method.prompts import PromptSet
     from arhn_ray.outputs.report import write_report
-    from arhn_ray.pipeline.sink import PartSink
-    from arhn_ray.pipeline.stages import _envelope
+    from arhn_ray.outputs.sink import PartSink
+    from arhn_ray.pipeline.stages import envelope
     from arhn_ray.refiners.arhn import ArhnRefiner
 
     started = time.time()
@@ -119,12 +119,12 @@ def label_again(output: str, out: str, overrides: list[str] | None = None, stora
         envelopes = []
         for n, outcome in enumerate(refiner.stage2(rows)):
             status = "rejected" if outcome.rejected else "ok"
-            envelopes.append(_envelope(part, _REFINED_INDEX + n, outcome.row, status, outcome.field, outcome.rejected))
+            envelopes.append(envelope(part, _REFINED_INDEX + n, outcome.row, status, outcome.field, outcome.rejected))
         for kept in _read(source, "rejected", part.key):  # rejected by the run: they stay rejected, as they were
             envelopes.append(
-                _envelope(part, kept["row_index"], json.loads(kept["row"]), "rejected", kept["field"], kept["reason"])
+                envelope(part, kept["row_index"], json.loads(kept["row"]), "rejected", kept["field"], kept["reason"])
             )
-        envelopes.append(_envelope(part, len(envelopes), None, "part_end"))
+        envelopes.append(envelope(part, len(envelopes), None, "part_end"))
         sink.add(envelopes)
         log.info("relabel: part %s: %d rows", part.key, len(envelopes) - 1, extra={"notice": True})
     sink.close()
