@@ -6,8 +6,6 @@ leaves secrets out (arhn_ray/secrets.py): only the *names* of variables that hol
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -308,11 +306,6 @@ def as_dict(cfg: Config) -> dict[str, Any]:
 def to_yaml(cfg: Config) -> str:
     """The resolved config, with anything that looks like a secret replaced."""
     return OmegaConf.to_yaml(OmegaConf.create(redact(as_dict(cfg))))
-
-
-def config_digest(cfg: Config) -> str:
-    """A hash of the whole resolved config (secrets left out): which run wrote an output."""
-    return hashlib.sha256(json.dumps(redact(as_dict(cfg)), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def mask_secrets_in_logs(cfg: Config) -> None:

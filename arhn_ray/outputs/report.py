@@ -4,23 +4,24 @@ output (this run's and earlier ones'), wherever the output is."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import tempfile
 from typing import Any
 
-from arhn_ray.config import Config, config_digest
+from arhn_ray.config import Config
 from arhn_ray.data import layout
 from arhn_ray.data.hub import revision as hub_revision
 from arhn_ray.data.layout import OutputLayout
 from arhn_ray.outputs.card import render_card
 from arhn_ray.outputs.review import write_review
 from arhn_ray.outputs.stats import RunStats, render_files, to_json
-from arhn_ray.refiners import method_for
+from arhn_ray.refiners import Method
 
 log = logging.getLogger(__name__)
 
 
-def write_report(cfg: Config, out: OutputLayout, wall_s: float, unreadable: dict[str, str] | None = None,
+def write_report(cfg: Config, method: Method, out: OutputLayout, wall_s: float, unreadable: dict[str, str] | None = None,
                  refined_now: bool = True, extra: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """The run's statistics from the parts' manifests, written with the card and the report; returned.
 
@@ -29,11 +30,12 @@ def write_report(cfg: Config, out: OutputLayout, wall_s: float, unreadable: dict
     stats = RunStats()
     for manifest in out.manifests():
         stats.merge(RunStats.from_dict(manifest["stats"]))
-    described = method_for(cfg).describe(cfg)
+    described = method.describe(cfg)
     stats.meta = {
         "method": cfg.method.name,
         **{k: described[k] for k in ("model", "engine", "variant", "prompt_version", "prompt_sha256")},
-        "config_digest": config_digest(cfg),
+        # which config wrote the output: a hash of the config.yaml it keeps (secrets already left out)
+        "config_digest": hashlib.sha256(out.read_text(layout.CONFIG).encode()).hexdigest()[:16],
         "pipeline_mode": cfg.pipeline.mode,
         "unreadable_shards": unreadable or {},
         "labels_from": described["labels_from"],
@@ -53,15 +55,15 @@ def write_report(cfg: Config, out: OutputLayout, wall_s: float, unreadable: dict
     out.write_text(layout.STATS, to_json(data))
     out.write_text(layout.CARD, render_card(data))
     render_report(out, data)
-    if write_page(cfg, out):
+    if write_page(out, cfg.output.review_sample):
         data["review"] = f"{out.path.rstrip('/')}/review.html"  # for the summary; not in stats.json
     return data
 
 
-def write_page(cfg: Config, out: OutputLayout) -> bool:
+def write_page(out: OutputLayout, sample: int) -> bool:
     """``review.html``; a page that cannot be written is a warning, not a failed run (``arhn-ray review`` writes it again)."""
     try:
-        write_review(out, cfg.output.review_sample)
+        write_review(out, sample)
         return True
     except Exception as e:
         log.warning("review.html not written (%s: %s); arhn-ray review %s writes it", type(e).__name__, e, out.path)

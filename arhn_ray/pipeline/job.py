@@ -28,19 +28,18 @@ from arhn_ray.pipeline.placement import init_ray, pool_layout, remove_placement_
 from arhn_ray.pipeline.preflight import check_models, check_output, wait_for_gpus
 from arhn_ray.pipeline.progress import Progress
 from arhn_ray.pipeline.stages import AsyncRefineStage, RefineStage, read_parts
-from arhn_ray.refiners import method_for
+from arhn_ray.refiners import Method, method_for
 
 log = logging.getLogger(__name__)
 
 
-def _pool(ds, cfg: Config, step: str, engine: EngineConfig, elastic: bool = False):
+def _pool(ds, cfg: Config, method: Method, step: str, engine: EngineConfig, elastic: bool = False):
     """The replicas' actor pool and its size; ``elastic`` (a retry after a lost node) starts with the
     replicas the nodes left can hold and grows back to the configured size as nodes join."""
     import ray
 
     cfg = replace(cfg, engine=engine)
     # an async replica takes several batches at once and its engine overlaps them (as ray.data.llm does)
-    method = method_for(cfg)
     concurrent = engine.async_engine and method.has_async  # a teacher is called batch by batch
     stage, calls = (AsyncRefineStage, cfg.pipeline.max_concurrent_batches) if concurrent else (RefineStage, 1)
     size, resources = pool_layout(method.replica, cfg, engine, ray.cluster_resources())
@@ -54,7 +53,7 @@ def _pool(ds, cfg: Config, step: str, engine: EngineConfig, elastic: bool = Fals
     )
 
 
-def _dataset(cfg: Config, todo: list[Part], elastic: bool = False):
+def _dataset(cfg: Config, method: Method, todo: list[Part], elastic: bool = False):
     """Parts -> read + validate -> the replicas' pool(s), as one streamed Ray Dataset; and how many
     replicas its pools hold."""
     import ray
@@ -78,7 +77,7 @@ def _dataset(cfg: Config, todo: list[Part], elastic: bool = False):
     )
     replicas = 0
     for step, engine in pools(cfg):
-        size, ds = _pool(ds, cfg, step, engine, elastic)
+        size, ds = _pool(ds, cfg, method, step, engine, elastic)
         replicas += size
     return ds, replicas
 
@@ -119,7 +118,7 @@ def run(cfg: Config, config_path: str | None = None, out: OutputLayout | None = 
     import ray
 
     started = time.time()
-    method_for(cfg)  # a method.name / pipeline.mode pair its declaration does not allow stops here
+    method = method_for(cfg)  # a method.name / pipeline.mode pair its declaration does not allow stops here
     mask_secrets_in_logs(cfg)
     check_models(cfg, config_path)
     if out is None:  # the CLI hands down the layout it has checked (its log goes there)
@@ -151,17 +150,17 @@ def run(cfg: Config, config_path: str | None = None, out: OutputLayout | None = 
         # small blocks: a batch's results reach the writer when the batch is done, not with its whole part
         ctx.target_max_block_size = cfg.pipeline.block_bytes
         try:
-            _stream(cfg, todo, sink, progress, RunMetrics(cfg.output.path))
+            _stream(cfg, method, todo, sink, progress, RunMetrics(out.path))
         finally:
             ctx.enable_progress_bars, ctx.target_max_block_size = saved
     sink.close()
     progress.update(sink, force=True)
     for name, reason in sink.failed.items():
         unreadable[name] = reason
-    return write_report(cfg, out, time.time() - started, unreadable, refined_now=bool(todo))
+    return write_report(cfg, method, out, time.time() - started, unreadable, refined_now=bool(todo))
 
 
-def _stream(cfg: Config, todo: list[Part], sink: PartSink, progress: Progress, metrics: RunMetrics) -> None:
+def _stream(cfg: Config, method: Method, todo: list[Part], sink: PartSink, progress: Progress, metrics: RunMetrics) -> None:
     """The parts through the pipeline into the sink; a lost node (Ray 2.60 fails the Dataset) runs
     the unwritten parts again on the nodes left, ``pipeline.max_attempts`` times in all."""
     import ray
@@ -169,12 +168,14 @@ def _stream(cfg: Config, todo: list[Part], sink: PartSink, progress: Progress, m
     ctx = ray.data.DataContext.get_current()
     saved = ctx.wait_for_min_actors_s
     try:
-        _attempts(cfg, todo, sink, progress, metrics, ctx)
+        _attempts(cfg, method, todo, sink, progress, metrics, ctx)
     finally:
         ctx.wait_for_min_actors_s = saved
 
 
-def _attempts(cfg: Config, todo: list[Part], sink: PartSink, progress: Progress, metrics: RunMetrics, ctx) -> None:
+def _attempts(
+    cfg: Config, method: Method, todo: list[Part], sink: PartSink, progress: Progress, metrics: RunMetrics, ctx
+) -> None:
     open_parts = todo
     for attempt in range(1, cfg.pipeline.max_attempts + 1):
         if attempt > 1:  # a static cluster that lost its last node must not wait forever for a replica
@@ -186,7 +187,7 @@ def _attempts(cfg: Config, todo: list[Part], sink: PartSink, progress: Progress,
             # over only once the next one exists, so a slow replica's rows reached the sink a batch late
             # and a two-batch run showed no row until its end
             with progress.heartbeat(sink):
-                ds, progress.replicas = _dataset(cfg, open_parts, elastic=attempt > 1)
+                ds, progress.replicas = _dataset(cfg, method, open_parts, elastic=attempt > 1)
                 batches = ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0)
                 for batch in batches:
                     if progress.waiting:  # rows again: the line goes back to the time left

@@ -17,7 +17,7 @@ import os
 import time
 import uuid
 
-from arhn_ray.config import Config, pools
+from arhn_ray.config import Config, EngineConfig, pools
 from arhn_ray.data.layout import OutputLayout
 from arhn_ray.model_cache import missing_repos
 from arhn_ray.pipeline.placement import gpus_per_replica, use_gpus
@@ -68,10 +68,10 @@ def check_output(out: OutputLayout) -> None:
         raise PreflightError(f"output.path {out.path} is not writable: {type(e).__name__}: {e}") from None
 
 
-def gpus_needed(cfg: Config) -> tuple[int, str]:
-    """GPUs the replicas ask for, and the arithmetic behind it."""
+def gpus_needed(engines: list[EngineConfig]) -> tuple[int, str]:
+    """GPUs the replicas of the pools' engines ask for, and the arithmetic behind it."""
     total, parts = 0, []
-    for _, engine in pools(cfg):
+    for engine in engines:
         if not use_gpus(engine):
             continue
         total += engine.replicas * gpus_per_replica(engine)
@@ -85,7 +85,8 @@ def wait_for_gpus(cfg: Config, say=None) -> None:
     import ray
 
     say = say or (lambda text: log.warning("%s", text))
-    needed, how = gpus_needed(cfg)
+    engines = [engine for _, engine in pools(cfg)]
+    needed, how = gpus_needed(engines)
     if not needed:
         return
     limit = cfg.preflight.gpu_wait_s

@@ -128,7 +128,9 @@ def label_again(output: str, out: str, overrides: list[str] | None = None, stora
         sink.add(envelopes)
         log.info("relabel: part %s: %d rows", part.key, len(envelopes) - 1, extra={"notice": True})
     sink.close()
-    return write_report(cfg, target, time.time() - started, extra={"relabeled_from": output})
+    from arhn_ray.refiners.arhn import METHOD
+
+    return write_report(cfg, METHOD, target, time.time() - started, extra={"relabeled_from": output})
 
 
 def _read(out: OutputLayout, kind: str, key: str) -> list[dict]:
