@@ -10,9 +10,13 @@ Prints, each measured in this run:
    (goal <= 1.3x), and per process;
 3. LLM calls over a run SIGKILLed (driver and its local Ray) at 60% of one 30,000-query file and
    its rerun, per query (goal <= 1.15), and the same for the whole layout killed at 50%;
-4. bytes read from S3 (moto's server on loopback, through a counting proxy) per input byte (goal <= 1.2).
+4. bytes read from S3 (moto's server on loopback, through a counting proxy) per input byte (goal <= 1.2);
+5. the output's size (refined/ and rejected/ parquet) per input byte and per 1,000 rows, for the
+   layout (section 1) and for one file at 1x and 10x (section 2): a self-contained output keeps
+   every input passage once (kept, relabeled or in ``removed_passages``), so it grows with the
+   input and stays under it (goal: output bytes / input bytes <= 1, the same at 1x and 10x).
 
-    python jobs/benchmarks/scale.py [--rows 100000] [--skip-s3] [--sections 1234]
+    python jobs/benchmarks/scale.py [--rows 100000] [--skip-s3] [--sections 12345]
 """
 
 from __future__ import annotations
@@ -238,6 +242,7 @@ def main() -> None:
         full = run_measured(job(str(layout), tmp / "full", url))
         report["1. around the LLM"] = {"queries": n, "wall_s": round(full["wall_s"], 1), "rows_per_s": round(n / full["wall_s"], 1),
                                        "llm_calls_per_query": round(full["calls"] / n, 3)}  # fmt: skip
+        report["5. output size, layout"] = output_size(layout, tmp / "full", n)
         print(json.dumps(report, indent=2), flush=True)
     if "2" in args.sections:
         memory(args.memory_rows, tmp, url, report)
@@ -259,7 +264,19 @@ def memory(rows: int, tmp: Path, url: str, report: dict) -> None:
     report["2. memory, one file"] = {"rows": [rows, 10 * rows], "rss_small_mb": round(a["total"] / 2**20), "rss_10x_mb": round(b["total"] / 2**20),
                                      "ratio": round(b["total"] / a["total"], 3),
                                      "per_process_ratio": {k: round(b["by_kind"][k] / a["by_kind"][k], 3) for k in a["by_kind"] if k in b["by_kind"]}}  # fmt: skip
+    one, ten = output_size(small, tmp / "out-2k", rows), output_size(large, tmp / "out-20k", 10 * rows)
+    report["5. output size, one file"] = {"1x": one, "10x": ten,
+                                          "growth_10x": round(ten["output_bytes"] / one["output_bytes"], 3)}  # fmt: skip
     print(json.dumps(report, indent=2), flush=True)
+
+
+def output_size(data: Path, out: Path, rows: int) -> dict:
+    """The output's rows (refined/ and rejected/ parquet) against the input's files, in bytes."""
+    size = lambda folder, pattern: sum(f.stat().st_size for f in folder.glob(pattern))  # noqa: E731
+    written = size(out, "refined/*/*.parquet") + size(out, "rejected/*/*.parquet")
+    read = size(data, "**/*.*")
+    return {"input_bytes": read, "output_bytes": written, "output_per_input_byte": round(written / read, 3),
+            "output_mb_per_1000_rows": round(written / 2**20 / rows * 1000, 3), "input_mb_per_1000_rows": round(read / 2**20 / rows * 1000, 3)}  # fmt: skip
 
 
 def kills(args, layout: Path, n: int, tmp: Path, url: str, report: dict) -> None:
