@@ -98,6 +98,9 @@ class PipelineConfig:
     max_replica_restarts: int = 3  # per replica: a dead engine or a crashed process restarts it
     max_attempts: int = 3  # a lost node fails Ray 2.60's Dataset: the parts in flight run again, this many times in all
     replica_wait_s: int = 600  # after a lost node: how long a retry waits for one replica to start before it stops
+    # after a lost node: end the failed attempt's replicas before the retry (they hold the CPUs or GPUs
+    # its replicas need; false leaves them to Ray Data, and the retry waits for them: faults.py)
+    end_failed_replicas: bool = True
     ray_address: str | None = None  # None: RAY_ADDRESS, else a local Ray of this run's own; 'auto' joins a running one
     progress: bool = True  # the progress line on the terminal (every 15 s)
     ray_progress_bars: bool = False  # Ray Data's own operator bars, besides arhn-ray's progress line

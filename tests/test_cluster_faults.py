@@ -61,18 +61,21 @@ def test_a_part_in_flight_when_the_pipeline_fails_is_emptied_and_written_once_on
 def test_worker_nodes_lost_mid_run_lose_and_double_nothing_and_a_cluster_with_none_left_stops():
     """The real job through ``ray job submit`` on a head and two worker nodes (separate raylets),
     a worker's raylet killed once the first part is written: once with a node joining, once
-    with none (the job ends on the one worker left); then both workers killed: the job stops
-    within pipeline.replica_wait_s instead of waiting forever, and the same submission completes
-    once nodes are back. jobs/benchmarks/faults.py measures it."""
-    done = subprocess.run([sys.executable, str(ROOT / "jobs" / "benchmarks" / "faults.py"), "--cases", "replace,lost,gone", "--rows", "40",
+    with none (the job ends on the one worker left), once before any part is written with none
+    joining; then both workers killed: the job stops within pipeline.replica_wait_s instead of
+    waiting forever, and the same submission completes once nodes are back. After each loss the
+    failed attempt's replicas are ended, so the retry's replicas get their resources at once.
+    jobs/benchmarks/faults.py measures it, the stall included."""
+    done = subprocess.run([sys.executable, str(ROOT / "jobs" / "benchmarks" / "faults.py"), "--cases", "replace,lost,early,gone", "--rows", "40",
                            "--json"], capture_output=True, text=True, timeout=1200, cwd=ROOT)  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     results = {r["case"]: r for r in json.loads(done.stdout.strip().splitlines()[-1])}
-    for case in ("replace", "lost"):
+    for case in ("replace", "lost", "early"):
         r = results[case]
         assert r["status"] == "SUCCEEDED" and r["fault_at_s"] is not None, r
         assert (r["lost"], r["doubled"], r["refined"] + r["rejected"]) == (0, 0, 40), r
         assert r["retries"] >= 1, r  # the node's loss failed Ray's Dataset, and the job ran the open parts again
+        assert r["ended"] == r["retries"], r  # each retry first ended the replicas the failed attempt left
         assert 1.0 <= r["calls_per_row"] < 2.0, r  # only the parts not yet written were asked again
     gone = results["gone"]  # both workers lost, none joins: the job stops (not hangs), and a rerun completes
     assert gone["status"] == "FAILED, then SUCCEEDED" and gone["stopped"] == 1, gone

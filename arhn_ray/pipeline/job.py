@@ -24,7 +24,7 @@ from arhn_ray.outputs.saved import saved_yaml
 from arhn_ray.outputs.sink import PartSink
 from arhn_ray.pipeline.counters import RunMetrics
 from arhn_ray.pipeline.faults import ClusterFault, StoreFailed, fault_name, is_cluster_fault
-from arhn_ray.pipeline.placement import init_ray, pool_layout, remove_placement_groups
+from arhn_ray.pipeline.placement import end_replicas, init_ray, pool_layout, remove_placement_groups
 from arhn_ray.pipeline.preflight import check_models, check_output, wait_for_gpus
 from arhn_ray.pipeline.progress import Progress
 from arhn_ray.pipeline.stages import AsyncRefineStage, RefineStage, read_parts
@@ -216,6 +216,10 @@ def _attempts(
                                    "rerun the same command to refine the rest") from e  # fmt: skip
             log.warning("%s: %s; the %d other parts run on the nodes left (attempt %d of %d)", fault_name(e), where,
                         len(open_parts), attempt + 1, cfg.pipeline.max_attempts)  # fmt: skip
+            # the failed attempt's replicas go on with batches no one reads and hold the CPUs or GPUs the
+            # retry's replicas need: left to Ray Data, the retry waited for them (a 22-36 s stall, faults.py)
+            if cfg.pipeline.end_failed_replicas and (ended := end_replicas()):
+                log.info("ended the %d replicas of attempt %d left on the nodes", ended, attempt, extra={"notice": True})
         finally:
             remove_placement_groups()
 

@@ -6,11 +6,13 @@ on one node (as ``ray.data.llm`` does); on CPU it asks for ``engine.num_cpus`` i
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 from typing import Any
 
 from arhn_ray.config import Config, EngineConfig
 
+log = logging.getLogger(__name__)
 _placement_groups: list = []  # created by this driver for replicas; removed when the run ends
 
 
@@ -54,6 +56,31 @@ def remove_placement_groups() -> None:
 
     while _placement_groups:
         ray.util.remove_placement_group(_placement_groups.pop())
+
+
+def end_replicas(step_class: str = "RefineStage") -> int:
+    """Ends this job's replicas still alive after its Dataset failed: they go on with batches whose
+    results no one reads, and hold the CPUs or GPUs the retry's replicas wait for. Needs Ray's state
+    API (the dashboard: KubeRay and ``ray job submit`` have it); returns how many were ended."""
+    import ray
+    from ray._raylet import ActorID
+    from ray.util.state import list_actors
+
+    job = ray.get_runtime_context().get_job_id()
+    try:
+        alive = list_actors(filters=[("state", "=", "ALIVE"), ("job_id", "=", job)], limit=10_000, timeout=10)
+    except Exception as e:  # no dashboard: the replicas end when Ray Data lets them go
+        log.info("replicas of the failed attempt not ended: %s", e)
+        return 0
+    ended = 0
+    for actor in alive:
+        if step_class in (actor.class_name or ""):
+            try:  # Ray Data holds no name for its actors: ended by id, as `ray kill` would
+                ray._private.worker.global_worker.core_worker.kill_actor(ActorID.from_hex(actor.actor_id), True)
+                ended += 1
+            except Exception as e:
+                log.info("replica %s not ended: %s", actor.actor_id, e)
+    return ended
 
 
 def replica_resources(engine: EngineConfig, restarts: int = 3) -> dict[str, Any]:

@@ -9,15 +9,20 @@ not what is measured). Each case, one after the other on the same cluster:
 - ``none``: no fault, the reference;
 - ``replace``: a worker node's raylet killed once the first part is written, a new node joins;
 - ``lost``: a worker node killed the same way, no node joins: the job ends on what is left;
+- ``early``: a worker node killed before any part is written (once the replicas have taken their
+  first calls), no node joins: the job ends on what is left;
+- ``early-kept``: ``early`` with ``pipeline.end_failed_replicas=false``: the failed attempt's
+  replicas are left to Ray Data, as before; its stall beside ``early``'s is what ending them saves;
 - ``gone``: both workers killed, none joins: the job stops within ``pipeline.replica_wait_s``
   (20 s here) naming what happened, then nodes join and the same submission goes on;
 - ``head``: the whole cluster killed (as KubeRay loses its head), the job submitted again on a
   fresh cluster: it resumes from the finished parts.
 
 Prints a table: case, rows in, refined, rejected, lost (must be 0), doubled (must be 0), LLM calls
-per row, wall time, and the job's status; ``--json`` prints the rows as JSON (tests read it).
+per row, wall time, the stall (seconds from the fault to the next part written: the time the run
+made no progress) and the job's status; ``--json`` prints the rows as JSON (tests read it).
 
-    python jobs/benchmarks/faults.py [--rows 60] [--cases none,replace,lost,head] [--delay 1.0]
+    python jobs/benchmarks/faults.py [--rows 60] [--cases none,replace,lost,early,early-kept,gone,head] [--delay 1.0]
 """
 
 from __future__ import annotations
@@ -161,18 +166,27 @@ def measure(case: str, out: Path, rows: int, calls: int, started: float, status:
     return {"case": case, "rows_in": rows, "refined": refined, "rejected": sum(ids.values()) - refined,
             "lost": len(expected - set(ids)), "doubled": sum(n - 1 for n in ids.values() if n > 1),
             "calls_per_row": round(calls / rows, 3), "wall_s": round(time.monotonic() - started, 1), "status": status,
-            "retries": logs.count("run on the nodes left"), "stopped": logs.count("no node left can hold a replica")}  # fmt: skip
+            "retries": logs.count("run on the nodes left"), "stopped": logs.count("no node left can hold a replica"), "ended": logs.count("replicas of attempt")}  # fmt: skip
 
 
 def make_fault(case: str, out: Path, cluster, nodes: list, started: float):
-    """The case's fault, done once the first part is written (the run is mid-way); returns the
-    poll function for :func:`wait` (True: the cluster is gone) and the list it records the time in."""
-    faulted: list[float] = []
+    """The case's fault, done once the first part is written (the run is mid-way; ``early``: once
+    the replicas have taken 4 calls, before any part is written); returns the poll function for
+    :func:`wait` (True: the cluster is gone) and a dict with the fault's time and the stall: the
+    longest time from the fault to the end without a new part written."""
+    seen = {"fault_at_s": None, "stall_s": 0.0, "parts": 0, "since": 0.0}
 
     def fault() -> bool:
-        if faulted or written_parts(out) < 1 or case not in ("replace", "lost", "head", "gone"):
+        now, parts = time.monotonic() - started, written_parts(out)
+        if seen["fault_at_s"] is not None:
+            seen["stall_s"] = max(seen["stall_s"], now - seen["since"])
+            if parts > seen["parts"]:
+                seen["parts"], seen["since"] = parts, now
             return False
-        faulted.append(time.monotonic() - started)
+        ready = FakeLLM.calls >= 4 and parts == 0 if case.startswith("early") else parts >= 1
+        if not ready or case not in ("replace", "lost", "early", "early-kept", "head", "gone"):
+            return False
+        seen.update(fault_at_s=now, parts=parts, since=now)
         if case == "head":
             return True
         for _ in range(len(nodes) if case == "gone" else 1):
@@ -181,7 +195,7 @@ def make_fault(case: str, out: Path, cluster, nodes: list, started: float):
             nodes.append(add_worker(cluster))
         return False
 
-    return fault, faulted
+    return fault, seen
 
 
 def run_cases(cases: list[str], rows: int, delay_s: float, tmp: Path, timeout_s: float = 600) -> list[dict]:
@@ -195,8 +209,9 @@ def run_cases(cases: list[str], rows: int, delay_s: float, tmp: Path, timeout_s:
         for case in cases:
             out = tmp / f"out-{case}"
             FakeLLM.calls, started = 0, time.monotonic()
-            job = submit(dashboard, data, out, url, 2, *(["pipeline.replica_wait_s=20"] if case == "gone" else []))
-            fault, faulted = make_fault(case, out, cluster, nodes, started)
+            extra = {"gone": ["pipeline.replica_wait_s=20"], "early-kept": ["pipeline.end_failed_replicas=false"]}.get(case, [])
+            job = submit(dashboard, data, out, url, 2, *extra)
+            fault, seen = make_fault(case, out, cluster, nodes, started)
 
             status = wait(dashboard, job, timeout_s, fault)
             logs = job_logs(dashboard, job)
@@ -214,10 +229,17 @@ def run_cases(cases: list[str], rows: int, delay_s: float, tmp: Path, timeout_s:
                 logs += job_logs(dashboard, job)
             results.append(
                 measure(case, out, rows, FakeLLM.calls, started, status, logs)
-                | {"fault_at_s": round(faulted[0], 1) if faulted else None}
+                | {
+                    "fault_at_s": None if seen["fault_at_s"] is None else round(seen["fault_at_s"], 1),
+                    "stall_s": None if seen["fault_at_s"] is None else round(seen["stall_s"], 1),
+                }
             )
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
-            if case == "lost":  # back to two workers for the next case
+            if os.environ.get("ARHN_FAULTS_LOGS"):  # the job's own log, to read where a stall went
+                Path(os.environ["ARHN_FAULTS_LOGS"], f"{case}.log").write_text(logs)
+                for n, f in enumerate(sorted((out / "logs").glob("*.log"))):
+                    shutil.copy(f, Path(os.environ["ARHN_FAULTS_LOGS"], f"{case}-run{n}.log"))
+            if case in ("lost", "early", "early-kept"):  # back to two workers for the next case
                 nodes.append(add_worker(cluster))
     finally:
         cluster.shutdown()
@@ -228,7 +250,7 @@ def run_cases(cases: list[str], rows: int, delay_s: float, tmp: Path, timeout_s:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=60)
-    ap.add_argument("--cases", default="none,replace,lost,gone,head")
+    ap.add_argument("--cases", default="none,replace,lost,early,early-kept,gone,head")
     ap.add_argument("--delay", type=float, default=1.0, help="seconds the fake LLM takes a call")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -242,11 +264,11 @@ def main() -> None:
         print(json.dumps(results))
         return
     print(
-        f"\n{'case':<8} {'rows in':>7} {'refined':>7} {'rejected':>8} {'lost':>4} {'doubled':>7} {'calls/row':>9} {'wall s':>7} {'retries':>7}  status"
+        f"\n{'case':<8} {'rows in':>7} {'refined':>7} {'rejected':>8} {'lost':>4} {'doubled':>7} {'calls/row':>9} {'wall s':>7} {'stall s':>7} {'retries':>7}  status"
     )
     for r in results:
         print(f"{r['case']:<8} {r['rows_in']:>7} {r['refined']:>7} {r['rejected']:>8} {r['lost']:>4} {r['doubled']:>7} "
-              f"{r['calls_per_row']:>9} {r['wall_s']:>7} {r['retries']:>7}  {r['status']}")  # fmt: skip
+              f"{r['calls_per_row']:>9} {r['wall_s']:>7} {str(r['stall_s']):>7} {r['retries']:>7}  {r['status']}")  # fmt: skip
 
 
 if __name__ == "__main__":
