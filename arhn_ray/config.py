@@ -157,6 +157,10 @@ class EvaluateConfig:
     # the mean over seeds, each seed's score and their spread, beside the paired interval over queries
     seeds: list[int] = field(default_factory=lambda: [0])
     workers: int = 1  # Ray Train workers per arm (data parallel)
+    # ray_train | in_process (one worker, in evaluate's own process: no Ray Train controller, worker
+    # group or placement group whose health checks a loaded laptop trips) | auto: in_process with one
+    # worker and no cluster address (pipeline.ray_address, RAY_ADDRESS), else ray_train
+    trainer: str = "auto"
     use_gpu: bool = False  # a GPU a worker and an encoder; bf16 where the GPU has it
     # memory a training worker reserves (Ray's memory resource), so that arms side by side fit: on CPU
     # these defaults peak at 10.6 GB a worker (activations; jobs/benchmarks/evaluate.py)
@@ -203,6 +207,7 @@ _CHOICES = {
     "pipeline.mode": ("fused", "staged"),
     "baseline.kind": TEACHER_KINDS,
     "screen.kind": TEACHER_KINDS,
+    "evaluate.trainer": ("auto", "ray_train", "in_process"),
 }  # the method's options check their own values (MethodOptions), named by their keys here:
 OPTION_KEYS = {f.name: f"method.{f.name}" for f in fields(LabelRules)} | {
     "stage2_input": "stage2.input", "stage1_constraint": "stage1.constraint", "stage2_constraint": "stage2.constraint",

@@ -411,6 +411,46 @@ def test_an_arm_trains_with_its_examples_runs_and_checkpoint_on_the_shared_store
     assert trained["refined"][0] is None and not (tmp_path / "evaluate").exists()
 
 
+@pytest.mark.ray
+def test_an_arm_trains_in_process_on_one_machine_and_its_checkpoint_serves_retrieval(ray_cluster, s3_server, tmp_path):
+    """Issue 36: on a laptop (one worker, no cluster address) an arm trains in evaluate's own
+    process, with no Ray Train controller or placement group for a loaded machine to trip; its
+    checkpoint lands on the output's storage where Ray Train's would, and the encoders load it."""
+    import tempfile
+
+    import fsspec
+    import numpy as np
+    import pyarrow as pa
+    from conftest import create_bucket
+
+    from arhn_ray.bundled import resolve
+    from arhn_ray.config import EvaluateConfig
+    from arhn_ray.data.layout import OutputLayout
+    from arhn_ray.evaluate.retrieve import Encoder
+    from arhn_ray.evaluate.run import SETTINGS, train_arms
+    from arhn_ray.evaluate.train import in_process
+
+    create_bucket(s3_server, "laptop")
+    rows = load_jsonl(SAMPLES / "rlhn_msmarco.jsonl")[:8]
+    ev = EvaluateConfig(batch_size=8, max_seq_len=32, negatives=1, worker_memory_gb=2)
+    assert in_process(ev.trainer, ev.workers, None) and not in_process(ev.trainer, ev.workers, "10.0.0.1:6379")
+    settings = {k: getattr(ev, k) for k in SETTINGS} | {"model": resolve(ev.model)}
+    out = OutputLayout("s3://laptop/out", s3_server)
+    workdirs = set(Path(tempfile.gettempdir()).glob("arhn-train-*"))
+    trained, at_once = train_arms({"original": lambda: rows, "refined": lambda: []}, settings, ev, out, here=True)
+    checkpoint, metrics = trained["original"]
+    assert at_once == 1 and metrics["trainer"] == "in_process" and metrics["trained"], metrics
+    assert (
+        metrics["world_size"] == 1 and metrics["batch_size"] == 8 and metrics["steps"] >= 1 and 0 < metrics["train_loss"] < 10
+    ), metrics
+    assert metrics["checkpoint"].startswith("s3://laptop/out/evaluate/train/arhn-evaluate-original/"), metrics
+    assert fsspec.filesystem("s3", **s3_server).ls(metrics["checkpoint"].removeprefix("s3://"))
+    assert set(Path(tempfile.gettempdir()).glob("arhn-train-*")) == workdirs  # its copy of the examples is gone
+    encoded = Encoder({"original": checkpoint}, "", 32, 8, False)(pa.table({"_id": ["a"], "text": ["what is a bird"]}))
+    vector = np.asarray(encoded.column("original").to_pylist()[0])
+    assert vector.shape == (384,) and abs(np.linalg.norm(vector) - 1) < 1e-3
+
+
 def test_evaluate_says_what_it_does_at_least_every_interval(caplog):
     """Issue 36: 83 s of silence during training. The heartbeat repeats the phase while nothing else is said."""
     import logging

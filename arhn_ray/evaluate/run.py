@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -34,7 +35,7 @@ from arhn_ray.evaluate.heartbeat import Heartbeat
 from arhn_ray.evaluate.report import render_png, table1_markdown, write_card_section
 from arhn_ray.evaluate.retrieve import encode_corpus, encode_queries, search
 from arhn_ray.evaluate.scoring import bootstrap_mean, mean, paired_bootstrap_sets, per_query
-from arhn_ray.evaluate.train import arm_layout, global_batch, train_arm
+from arhn_ray.evaluate.train import arm_layout, global_batch, in_process, train_arm, train_in_process
 from arhn_ray.outputs.saved import saved_config
 from arhn_ray.pipeline.placement import init_ray
 
@@ -68,18 +69,24 @@ def baseline_output(cfg: Config, out: OutputLayout, baseline: str | None) -> Out
 
 
 def train_arms(
-    sources: dict[str, Callable[[], Iterable[dict]]], settings: dict[str, Any], ev: EvaluateConfig, out: OutputLayout
+    sources: dict[str, Callable[[], Iterable[dict]]],
+    settings: dict[str, Any],
+    ev: EvaluateConfig,
+    out: OutputLayout,
+    here: bool = False,
 ) -> tuple[dict[str, tuple[Any, dict]], int]:
     """Writes each run's examples (an arm per seed of ``evaluate.seeds``: one instance a query an
     epoch, drawn with that seed), then trains every run, side by side as far as the cluster holds
-    them (each its own Ray Train run; identical settings). Returns each run's checkpoint (None: not
-    trained) and metrics, and how many runs trained at once."""
+    them (each its own Ray Train run; identical settings), or one after the other in this process
+    (``here``: train.py's ``in_process``). Returns each run's checkpoint (None: not trained) and
+    metrics, and how many runs trained at once."""
     import ray
 
     seeds = list(ev.seeds)
     runs = {run_name(arm, seed, seeds): (arm, seed) for arm in sources for seed in seeds}
     cluster = ray.cluster_resources()
     per_worker, at_once = arm_layout(ev, cluster, len(runs))
+    at_once = 1 if here else at_once  # one process, one trainer: its seeds and accelerate's state are the process's
     if ev.worker_memory_gb and "memory" not in per_worker:
         log.warning("evaluate: Ray has %.1f GiB of memory here, less than an arm's %d worker(s) x %g GiB (evaluate.worker_memory_gb): "
                     "the arms train one at a time, without reserving it; lower evaluate.batch_size or max_seq_len if one runs "
@@ -90,8 +97,12 @@ def train_arms(
                                                                    ev.passage_prefix, epochs=ev.epochs)  # fmt: skip
         log.info("evaluate: the %s arm: %d training examples (%d queries x %d epochs; %d queries gave none: no positive or no "
                  "negative left)", name, n, queries, ev.epochs, none, extra={"notice": True})  # fmt: skip
-    log.info("evaluate: training %d runs, %d at a time (%d worker(s) each, a worker reserves %s)", len(runs), at_once, ev.workers,
-             ", ".join(f"{v / 2**30:g} GiB memory" if k == "memory" else f"{v:g} {k}" for k, v in per_worker.items()), extra={"notice": True})  # fmt: skip
+    if here:
+        log.info("evaluate: training %d runs one after the other in this process (one worker, no cluster address: "
+                 "evaluate.trainer=ray_train for Ray Train)", len(runs), extra={"notice": True})  # fmt: skip
+    else:
+        log.info("evaluate: training %d runs, %d at a time (%d worker(s) each, a worker reserves %s)", len(runs), at_once, ev.workers,
+                 ", ".join(f"{v / 2**30:g} GiB memory" if k == "memory" else f"{v:g} {k}" for k, v in per_worker.items()), extra={"notice": True})  # fmt: skip
 
     def one(name: str) -> tuple[Any, dict[str, Any]]:
         folder, n, queries, none = written[name]
@@ -103,8 +114,11 @@ def train_arms(
             return None, {**counts, "trained": False}
         for attempt in (1, 2):  # a loaded machine trips Ray Train's health checks once in a while: once more
             try:
-                checkpoint, metrics = train_arm(name, folder, batch, {**settings, "seed": runs[name][1]}, per_worker, out)
-                return checkpoint, {**counts, "trained": True, **metrics, "attempts": attempt}
+                arm = {**settings, "seed": runs[name][1]}
+                checkpoint, metrics = (train_in_process(name, folder, batch, arm, out) if here else
+                                       train_arm(name, folder, batch, arm, per_worker, out))  # fmt: skip
+                return checkpoint, {**counts, "trained": True, **metrics, "attempts": attempt,
+                                    "trainer": "in_process" if here else "ray_train"}  # fmt: skip
             except Exception as e:  # one arm's failure is named, the others go on
                 why = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]
                 log.warning("evaluate: the %s arm failed to train (attempt %d of 2): %s", name, attempt, why)
@@ -225,7 +239,8 @@ def _evaluate(cfg: Config, out: OutputLayout, topk: OutputLayout, sets: list[Bei
     }
     started = time.perf_counter()
     beat.phase(f"training {', '.join(sources)} ({len(sources) * len(ev.seeds)} runs)")
-    trained, at_once = train_arms(sources, settings, ev, out)
+    here = in_process(ev.trainer, ev.workers, cfg.pipeline.ray_address or os.environ.get("RAY_ADDRESS"))
+    trained, at_once = train_arms(sources, settings, ev, out, here)
     results: dict[str, Any] = {"train": {"hyperparameters": {**settings, "model": ev.model, "seeds": list(ev.seeds)},
                                          "baseline_output": topk.path, "extra_arms": extra, "queries": len(queries),
                                          "arms_at_once": at_once, "seconds": round(time.perf_counter() - started, 1),

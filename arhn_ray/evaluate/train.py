@@ -4,7 +4,10 @@ cached variant for large batches), as the paper and RLHN train E5. Batches never
 text twice (sentence-transformers' no-duplicates sampler), so a passage is never a positive and a
 negative of one batch.
 
-Each arm is a Ray Train job (``TorchTrainer``, data-parallel over ``evaluate.workers`` workers,
+On one machine without a cluster address, an arm of one worker trains in evaluate's own process
+(``evaluate.trainer=auto``): a loaded laptop tripped Ray Train's health checks (its placement-group
+cleaner removed a live run's group), and one worker gains nothing from Ray Train. Elsewhere
+each arm is a Ray Train job (``TorchTrainer``, data-parallel over ``evaluate.workers`` workers,
 on GPUs with ``evaluate.use_gpu``) whose run, checkpoint included, lives on the output's own
 storage (the workers of a multi-node cluster can all reach it; a driver's temp dir they cannot).
 ``evaluate.batch_size`` is the global batch: the sampler forms batches of that size and
@@ -67,7 +70,18 @@ def global_batch(batch_size: int, queries: int, workers: int) -> int:
     return min(batch_size, queries) // workers * workers
 
 
-def _local_copy(shard, folder: str):
+def in_process(trainer: str, workers: int, address: str | None) -> bool:
+    """Whether arms train in evaluate's own process (``evaluate.trainer``; ``auto``: one worker an
+    arm and no cluster address).
+
+    Example:
+        >>> in_process("auto", 1, None), in_process("auto", 1, "ray://head:10001"), in_process("auto", 2, None)
+        (True, False, False)
+    """
+    return trainer == "in_process" or (trainer == "auto" and workers == 1 and not address)
+
+
+def _local_copy(batches, folder: str):
     """The worker's copy of the examples, in example order: one Arrow file that ``datasets``
     memory-maps as it is (no second copy in a cache; the parquet-then-cache copy took twice the
     examples' size), in ``folder``, which ``train_loop`` removes when the arm ends."""
@@ -78,9 +92,9 @@ def _local_copy(shard, folder: str):
 
     path, writer = os.path.join(folder, "examples.arrow"), None
     with pa.OSFile(path, "wb") as sink:
-        for batch in shard.iter_batches(batch_format="pyarrow", batch_size=4096):
+        for batch in batches:
             writer = writer or pa.ipc.new_stream(sink, batch.schema)
-            writer.write_table(batch)
+            writer.write(batch)  # a Table (a Ray shard) or a RecordBatch (a parquet dataset)
         if writer is not None:
             writer.close()
     return Dataset.from_file(path).sort(ORDER, indices_cache_file_name=os.path.join(folder, "order.arrow")).remove_columns(ORDER)
@@ -93,17 +107,10 @@ def disk_bytes(folder: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files)
 
 
-def train_loop(config: dict[str, Any]) -> None:
-    """Runs in each Ray Train worker: fine-tune, then report the model as the run's checkpoint (rank 0)."""
-    import shutil
-    import tempfile
-
-    import ray.train
+def _model_and_loss(config: dict[str, Any], world: int):
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer import losses
 
-    context = ray.train.get_context()
-    world = context.get_world_size()
     model = SentenceTransformer(config["model"], device="cuda" if config["use_gpu"] else "cpu")
     model.max_seq_length = config["max_seq_len"]
     gather = world > 1
@@ -113,23 +120,41 @@ def train_loop(config: dict[str, Any]) -> None:
         )
     else:
         loss = losses.MultipleNegativesRankingLoss(model, gather_across_devices=gather)
+    return model, loss
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Runs in each Ray Train worker: fine-tune, then report the model as the run's checkpoint (rank 0)."""
+    import os
+    import shutil
+    import tempfile
+
+    import ray.train
+
+    context = ray.train.get_context()
+    model, loss = _model_and_loss(config, context.get_world_size())
     work = tempfile.mkdtemp(prefix=WORK_PREFIX)
     try:
-        _train(config, context, model, loss, work)
+        shard = ray.train.get_dataset_shard("train").iter_batches(batch_format="pyarrow", batch_size=4096)
+        metrics = _fit(config, model, loss, _local_copy(shard, work), work)
+        if context.get_world_rank() == 0:
+            saved = os.path.join(work, "model")
+            model.save(saved)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(saved))
+        else:
+            ray.train.report(metrics)
     finally:  # a GPU node's disk is small: the examples' copy and the saved model go with the arm
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _train(config: dict[str, Any], context, model, loss, work: str) -> None:
-    import os
+def _fit(config: dict[str, Any], model, loss, train, work: str) -> dict[str, Any]:
+    """The trainer on ``train`` (a worker's local copy of the examples); returns its metrics."""
     import resource
 
-    import ray.train
     import torch
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 
-    train = _local_copy(ray.train.get_dataset_shard("train"), work)
     bf16 = bool(config["use_gpu"] and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     batch = config["global_batch"]
     args = SentenceTransformerTrainingArguments(
@@ -150,12 +175,40 @@ def _train(config: dict[str, Any], context, model, loss, work: str) -> None:
                "steps": done.global_step, "train_loss": round(float(done.training_loss), 4),
                "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
                "worker_disk_mb": round(local_disk / 2**20, 2)}  # fmt: skip
-    if context.get_world_rank() == 0:
-        saved = os.path.join(work, "model")
-        model.save(saved)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(saved))
-    else:
-        ray.train.report(metrics)
+    return metrics
+
+
+KEPT = ("batch_size", "device_batch", "world_size", "gather_across_devices", "bf16", "steps", "train_loss", "peak_rss_gb",
+        "worker_disk_mb")  # fmt: skip
+
+
+def train_in_process(name: str, folder: str, batch: int, settings: dict[str, Any], out: OutputLayout):
+    """``train_arm`` with one worker in this process: the examples read from ``folder`` (the output's
+    filesystem), the model saved as the checkpoint under ``OUTPUT/evaluate/train`` as Ray Train's is."""
+    import shutil
+    import tempfile
+    import time
+
+    import pyarrow.dataset as pads
+    from ray.train import Checkpoint
+
+    started = time.perf_counter()
+    fs = out.arrow_filesystem()
+    model, loss = _model_and_loss(settings, 1)
+    work = tempfile.mkdtemp(prefix=WORK_PREFIX)
+    try:
+        examples = pads.dataset(folder, filesystem=fs, format="parquet").to_batches(batch_size=4096)
+        metrics = _fit({**settings, "global_batch": batch}, model, loss, _local_copy(examples, work), work)
+        target = out.file(f"{layout.evaluate_file('train')}/arhn-evaluate-{name}/checkpoint_in_process")
+        if out.local:
+            model.save(target)
+        else:
+            model.save(f"{work}/model")
+            out.fs.put(f"{work}/model", target, recursive=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return Checkpoint(target, filesystem=fs), {**{k: metrics[k] for k in KEPT}, "seconds": round(time.perf_counter() - started, 1),
+                                               "checkpoint": target if out.local else out.fs.unstrip_protocol(target)}  # fmt: skip
 
 
 def train_arm(name: str, folder: str, batch: int, settings: dict[str, Any], per_worker: dict[str, float], out: OutputLayout):
@@ -184,7 +237,5 @@ def train_arm(name: str, folder: str, batch: int, settings: dict[str, Any], per_
     )
     started = time.perf_counter()
     result = trainer.fit()
-    kept = ("batch_size", "device_batch", "world_size", "gather_across_devices", "bf16", "steps", "train_loss", "peak_rss_gb",
-            "worker_disk_mb")  # fmt: skip
-    return result.checkpoint, {**{k: result.metrics[k] for k in kept}, "seconds": round(time.perf_counter() - started, 1),
+    return result.checkpoint, {**{k: result.metrics[k] for k in KEPT}, "seconds": round(time.perf_counter() - started, 1),
                                "checkpoint": result.checkpoint.path if out.local else out.fs.unstrip_protocol(result.checkpoint.path)}  # fmt: skip
