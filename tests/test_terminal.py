@@ -142,3 +142,48 @@ def test_the_tools_screens_fit_80_columns(tmp_path):
     piped = subprocess.run(commands["stats"], capture_output=True, text=True, env=env, timeout=120)
     assert piped.stdout.startswith((out / "report.md").read_text().splitlines()[0])
     assert max(map(len, (out / "report.md").read_text().splitlines())) > 80  # the file keeps its wide tables
+
+
+def test_warnings_and_notices_wrap_at_the_terminal_and_stay_one_line_in_a_log():
+    """Issue 36: evaluate's notices ran to 146 columns. On a terminal they wrap at its width (words
+    and paths whole, the rest indented); piped to a log they stay one line a message."""
+    import fcntl
+    import io
+    import logging
+    import pty
+    import struct
+    import termios
+
+    from arhn_ray.cli.console import ProgressHandler
+
+    long = ("evaluate: the topk_percpos arm: 50 training examples (25 queries x 2 epochs; 0 queries gave none: "
+            "no positive or no negative left) in /tmp/a/very/long/path/that/stays/whole/evaluate/examples/topk_percpos")  # fmt: skip
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    with os.fdopen(slave, "w") as tty:
+        handler = ProgressHandler(tty)
+        for level, extra in ((logging.INFO, {"notice": True}), (logging.WARNING, {})):
+            handler.emit(logging.makeLogRecord({"name": "arhn_ray.evaluate.run", "levelno": level, "levelname": logging.getLevelName(level),
+                                                "msg": long, **extra}))  # fmt: skip
+    import select
+
+    chunks = []
+    while select.select([master], [], [], 1.0)[0]:  # a pty hands its output over in pieces
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the other end is closed and read
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    screen = b"".join(chunks).decode()
+    os.close(master)
+    lines = [line for line in screen.replace("\r", "").split("\n") if line]
+    assert len(lines) >= 6 and all(len(line) <= 79 for line in lines), lines
+    assert all(line.startswith(("arhn-ray: ", "  ")) for line in lines), lines
+    assert " ".join(" ".join(lines).split()).count(" ".join(long.split())) == 2  # every word, in order, twice
+    piped = io.StringIO()
+    ProgressHandler(piped).emit(
+        logging.makeLogRecord({"name": "x", "levelno": logging.WARNING, "levelname": "WARNING", "msg": long})
+    )
+    assert piped.getvalue() == f"arhn-ray: warning: {long}\n"

@@ -74,10 +74,10 @@ class ProgressHandler(logging.Handler):
         text = self.format(record)
         if record.levelno >= logging.WARNING:
             self._end_line()
-            self.stream.write(f"arhn-ray: {record.levelname.lower()}: {text}\n")
+            self.stream.write(self._lines(f"arhn-ray: {record.levelname.lower()}: {text}"))
         elif getattr(record, "notice", False):
             self._end_line()
-            self.stream.write(f"arhn-ray: {text}\n")
+            self.stream.write(self._lines(f"arhn-ray: {text}"))
         elif record.name == PROGRESS_LOGGER and text != self.printed:
             self.printed = text
             now = time.monotonic()
@@ -90,6 +90,15 @@ class ProgressHandler(logging.Handler):
                 self.stream.write(text + "\n")
                 self.last = now
         self.stream.flush()
+
+    def _lines(self, text: str) -> str:
+        """A terminal's message wrapped to its width (paths and words whole, the rest indented);
+        a log keeps one line a message."""
+        if not self.tty:
+            return text + "\n"
+        width = max(40, os.get_terminal_size(self.stream.fileno()).columns - 1)
+        return "\n".join(textwrap.fill(line, width, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False)
+                         for line in text.splitlines()) + "\n"  # fmt: skip
 
     def _end_line(self) -> None:
         if self.open_line:
