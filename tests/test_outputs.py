@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -261,6 +262,8 @@ def test_the_output_is_a_dataset_people_load(replay_output, tmp_path, capsys):
     card = (replay_output / "README.md").read_text()
     assert card.startswith("---\nconfigs:") and "data_files: refined/*/*.parquet" in card
     assert f"{stats['overall']['queries']} queries refined" in card and stats["config_digest"] in card
+    # which config wrote the output: the digest of the config.yaml it keeps (so a reader can check it)
+    assert stats["config_digest"] == hashlib.sha256((replay_output / "config.yaml").read_bytes()).hexdigest()[:16]
     assert "NOT fit for training" not in card  # a replay of recorded labels, not the bundled model
 
     for fmt in ("sentence-transformers", "flagembedding", "tevatron"):

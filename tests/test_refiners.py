@@ -28,7 +28,10 @@ class KeepAll:
                          "removed_passages": [], "llm": [], "provenance": self.provenance}) for r in rows]  # fmt: skip
 
     def steps(self):
-        return {"fused": self.refine}
+        return {"fused": self.refine, "stage1": self.tag, "stage2": self.refine}
+
+    def tag(self, rows: list[dict]) -> list[Outcome]:  # its Stage 1: the rows, marked
+        return [Outcome({**r, "tagged_by": "stage1"}) for r in rows]
 
     def async_steps(self):
         return {}
@@ -40,7 +43,7 @@ class KeepAll:
         self.closed = True
 
 
-KEEP_ALL = Method("keep_all", modes=("fused",), replica="teacher", has_async=False, build=lambda cfg, engine=None: KeepAll(),
+KEEP_ALL = Method("keep_all", modes=("fused", "staged"), replica="teacher", has_async=False, build=lambda cfg, engine=None: KeepAll(),
                   describe=lambda cfg: {"model": "none", "labels_from": "no model: every negative kept"})  # fmt: skip
 
 
@@ -67,12 +70,21 @@ def test_a_replica_runs_the_step_its_method_declares(keep_all):
     assert rows[0]["preemptions"] == 0  # the refiner's metrics, as a change over the batch
     stage.__del__()
     assert stage.refiner.closed
+    staged = RefineStage(config("method.name=keep_all", "pipeline.mode=staged"), "stage1")  # the declared Stage 1 step runs
+    assert {json.loads(e["record"]).get("tagged_by") for e in staged(envelopes).to_pylist() if e["status"] == "ok"} == {"stage1"}
 
 
 def test_the_declared_modes_are_the_config_check(keep_all):
     assert method_for(keep_all) is KEEP_ALL
-    with pytest.raises(ConfigError, match="'pipeline.mode': method.name=keep_all runs in pipeline.mode=fused"):
-        method_for(config("method.name=keep_all", "pipeline.mode=staged"))
+    fused_only = Method(
+        "fused_only", ("fused",), "teacher", False, build=lambda cfg, engine=None: KeepAll(), describe=lambda cfg: {}
+    )
+    METHODS["fused_only"] = fused_only
+    try:
+        with pytest.raises(ConfigError, match="'pipeline.mode': method.name=fused_only runs in pipeline.mode=fused"):
+            method_for(config("method.name=fused_only", "pipeline.mode=staged"))
+    finally:
+        del METHODS["fused_only"]
     with pytest.raises(ConfigError, match="'method.name': 'nope' is not one of arhn, topk_percpos, keep_all"):
         method_for(config("method.name=nope"))
 
