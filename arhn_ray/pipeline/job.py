@@ -14,7 +14,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from arhn_ray.config import Config, ConfigError, EngineConfig, mask_secrets_in_logs, pools, to_yaml
+from arhn_ray.config import Config, ConfigError, EngineConfig, pools, seal
 from arhn_ray.data import layout
 from arhn_ray.data.hub import pin_input as pin_input_at
 from arhn_ray.data.layout import OutputLayout
@@ -31,6 +31,7 @@ from arhn_ray.pipeline.stages import AsyncRefineStage, RefineStage, read_parts
 from arhn_ray.refiners import Method, method_for
 
 log = logging.getLogger(__name__)
+Shape = tuple[Method, list[tuple[str, EngineConfig]]]  # the method and its pools (config.pools): asked of the config once
 
 
 def _pool(ds, cfg: Config, method: Method, step: str, engine: EngineConfig, elastic: bool = False):
@@ -53,7 +54,7 @@ def _pool(ds, cfg: Config, method: Method, step: str, engine: EngineConfig, elas
     )
 
 
-def _dataset(cfg: Config, method: Method, todo: list[Part], elastic: bool = False):
+def _dataset(cfg: Config, shape: Shape, todo: list[Part], elastic: bool = False):
     """Parts -> read + validate -> the replicas' pool(s), as one streamed Ray Dataset; and how many
     replicas its pools hold."""
     import ray
@@ -76,7 +77,8 @@ def _dataset(cfg: Config, method: Method, todo: list[Part], elastic: bool = Fals
         },
     )
     replicas = 0
-    for step, engine in pools(cfg):
+    method, engines = shape
+    for step, engine in engines:
         size, ds = _pool(ds, cfg, method, step, engine, elastic)
         replicas += size
     return ds, replicas
@@ -119,7 +121,8 @@ def run(cfg: Config, config_path: str | None = None, out: OutputLayout | None = 
 
     started = time.time()
     method = method_for(cfg)  # a method.name / pipeline.mode pair its declaration does not allow stops here
-    mask_secrets_in_logs(cfg)
+    sealed = seal(cfg)  # secrets masked in the logs from here on; the YAML the output keeps
+    engines = pools(cfg)
     check_models(cfg, config_path)
     if out is None:  # the CLI hands down the layout it has checked (its log goes there)
         out = OutputLayout(cfg.output.path, cfg.output.storage_options)
@@ -134,14 +137,14 @@ def run(cfg: Config, config_path: str | None = None, out: OutputLayout | None = 
         log.warning("%d empty input file(s) skipped: %s", len(empty), ", ".join(sorted({p.uri for p in empty})[:3]))
     if not todo and not done and not unreadable:
         raise EmptyInput(f"input.path {cfg.input.path}: no rows to refine ({len(empty)} empty file(s)); no engine was started")
-    out.write_text(layout.CONFIG, to_yaml(cfg))
+    out.write_text(layout.CONFIG, sealed)
     progress = Progress(todo, done, batch_size=cfg.pipeline.batch_size)
     progress.announce(unreadable)
 
     sink = PartSink(out, todo)
     if todo:
         init_ray(cfg.pipeline.ray_address)
-        wait_for_gpus(cfg)
+        wait_for_gpus([engine for _, engine in engines], cfg.preflight)
         ctx = ray.data.DataContext.get_current()
         # restored after the run: an in-process caller (evaluate's baseline, a notebook) keeps Ray's
         # defaults, else its own datasets write a file per ~1 MiB block (evaluate's embeddings: ~100K files)
@@ -150,7 +153,7 @@ def run(cfg: Config, config_path: str | None = None, out: OutputLayout | None = 
         # small blocks: a batch's results reach the writer when the batch is done, not with its whole part
         ctx.target_max_block_size = cfg.pipeline.block_bytes
         try:
-            _stream(cfg, method, todo, sink, progress, RunMetrics(out.path))
+            _stream(cfg, (method, engines), todo, sink, progress, RunMetrics(out.path))
         finally:
             ctx.enable_progress_bars, ctx.target_max_block_size = saved
     sink.close()
@@ -160,7 +163,7 @@ def run(cfg: Config, config_path: str | None = None, out: OutputLayout | None = 
     return write_report(cfg, method, out, time.time() - started, unreadable, refined_now=bool(todo))
 
 
-def _stream(cfg: Config, method: Method, todo: list[Part], sink: PartSink, progress: Progress, metrics: RunMetrics) -> None:
+def _stream(cfg: Config, shape: Shape, todo: list[Part], sink: PartSink, progress: Progress, metrics: RunMetrics) -> None:
     """The parts through the pipeline into the sink; a lost node (Ray 2.60 fails the Dataset) runs
     the unwritten parts again on the nodes left, ``pipeline.max_attempts`` times in all."""
     import ray
@@ -168,14 +171,12 @@ def _stream(cfg: Config, method: Method, todo: list[Part], sink: PartSink, progr
     ctx = ray.data.DataContext.get_current()
     saved = ctx.wait_for_min_actors_s
     try:
-        _attempts(cfg, method, todo, sink, progress, metrics, ctx)
+        _attempts(cfg, shape, todo, sink, progress, metrics, ctx)
     finally:
         ctx.wait_for_min_actors_s = saved
 
 
-def _attempts(
-    cfg: Config, method: Method, todo: list[Part], sink: PartSink, progress: Progress, metrics: RunMetrics, ctx
-) -> None:
+def _attempts(cfg: Config, shape: Shape, todo: list[Part], sink: PartSink, progress: Progress, metrics: RunMetrics, ctx) -> None:
     open_parts = todo
     for attempt in range(1, cfg.pipeline.max_attempts + 1):
         if attempt > 1:  # a static cluster that lost its last node must not wait forever for a replica
@@ -187,7 +188,7 @@ def _attempts(
             # over only once the next one exists, so a slow replica's rows reached the sink a batch late
             # and a two-batch run showed no row until its end
             with progress.heartbeat(sink):
-                ds, progress.replicas = _dataset(cfg, method, open_parts, elastic=attempt > 1)
+                ds, progress.replicas = _dataset(cfg, shape, open_parts, elastic=attempt > 1)
                 batches = ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0)
                 for batch in batches:
                     if progress.waiting:  # rows again: the line goes back to the time left

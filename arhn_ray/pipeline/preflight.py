@@ -17,7 +17,7 @@ import os
 import time
 import uuid
 
-from arhn_ray.config import Config, EngineConfig, pools
+from arhn_ray.config import Config, EngineConfig, PreflightConfig
 from arhn_ray.data.layout import OutputLayout
 from arhn_ray.model_cache import missing_repos
 from arhn_ray.pipeline.placement import gpus_per_replica, use_gpus
@@ -79,17 +79,16 @@ def gpus_needed(engines: list[EngineConfig]) -> tuple[int, str]:
     return total, " + ".join(parts)
 
 
-def wait_for_gpus(cfg: Config, say=None) -> None:
-    """Return once the cluster has the GPUs; say so at once and every ``preflight.poll_s`` while
-    waiting; stop after ``preflight.gpu_wait_s`` (None: never)."""
+def wait_for_gpus(engines: list[EngineConfig], preflight: PreflightConfig, say=None) -> None:
+    """Return once the cluster has the GPUs the pools' ``engines`` ask for; say so at once and every
+    ``preflight.poll_s`` while waiting; stop after ``preflight.gpu_wait_s`` (None: never)."""
     import ray
 
     say = say or (lambda text: log.warning("%s", text))
-    engines = [engine for _, engine in pools(cfg)]
     needed, how = gpus_needed(engines)
     if not needed:
         return
-    limit = cfg.preflight.gpu_wait_s
+    limit = preflight.gpu_wait_s
     started = time.monotonic()
     while True:
         have = int(ray.cluster_resources().get("GPU", 0))
@@ -101,4 +100,4 @@ def wait_for_gpus(cfg: Config, say=None) -> None:
             raise PreflightError(f"{message}. Add GPU nodes, or lower engine.replicas (preflight.gpu_wait_s={limit:g})")
         after = "" if limit is None else f", for at most {limit - waited:.0f} s more"
         say(f"{message}: waiting for GPU nodes{after} (preflight.gpu_wait_s=0 fails instead)")
-        time.sleep(cfg.preflight.poll_s if limit is None else max(0.0, min(cfg.preflight.poll_s, limit - waited)))
+        time.sleep(preflight.poll_s if limit is None else max(0.0, min(preflight.poll_s, limit - waited)))
