@@ -316,13 +316,6 @@ def to_yaml(cfg: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(redact(as_dict(cfg))))
 
 
-def seal(cfg: Config) -> str:
-    """A run's one look at its whole config: every secret it carries or names (``engine.api_key_env``)
-    is masked in every log handler from now on, and the YAML the output keeps is returned (secrets
-    redacted)."""
-    _mask_secrets_in_logs(cfg)
-    return to_yaml(cfg)
-
-
-def _mask_secrets_in_logs(cfg: Config) -> None:
+def mask_secrets_in_logs(cfg: Config) -> None:
+    """Every secret the config carries or names (``engine.api_key_env``) is masked in every log handler."""
     mask_in_logs(secret_values(as_dict(cfg), [cfg.engine.api_key_env, "HF_TOKEN"]))  # HF_TOKEN: an hf:// input's

@@ -14,7 +14,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from arhn_ray.config import Config, ConfigError, EngineConfig, pools, seal
+from arhn_ray.config import Config, ConfigError, EngineConfig, mask_secrets_in_logs, pools, to_yaml
 from arhn_ray.data import layout
 from arhn_ray.data.hub import pin_input as pin_input_at
 from arhn_ray.data.layout import OutputLayout
@@ -121,7 +121,7 @@ def run(cfg: Config, config_path: str | None = None, out: OutputLayout | None = 
 
     started = time.time()
     method = method_for(cfg)  # a method.name / pipeline.mode pair its declaration does not allow stops here
-    sealed = seal(cfg)  # secrets masked in the logs from here on; the YAML the output keeps
+    mask_secrets_in_logs(cfg)
     engines = pools(cfg)
     check_models(cfg, config_path)
     if out is None:  # the CLI hands down the layout it has checked (its log goes there)
@@ -137,7 +137,7 @@ def run(cfg: Config, config_path: str | None = None, out: OutputLayout | None = 
         log.warning("%d empty input file(s) skipped: %s", len(empty), ", ".join(sorted({p.uri for p in empty})[:3]))
     if not todo and not done and not unreadable:
         raise EmptyInput(f"input.path {cfg.input.path}: no rows to refine ({len(empty)} empty file(s)); no engine was started")
-    out.write_text(layout.CONFIG, sealed)
+    out.write_text(layout.CONFIG, to_yaml(cfg))  # after pin_input: an hf:// input saved at its commit
     progress = Progress(todo, done, batch_size=cfg.pipeline.batch_size)
     progress.announce(unreadable)
 

@@ -11,6 +11,10 @@ not what is measured). Each case, one after the other on the same cluster:
 - ``lost``: a worker node killed the same way, no node joins: the job ends on what is left;
 - ``early``: a worker node killed before any part is written (once the replicas have taken their
   first calls), no node joins: the job ends on what is left;
+- ``start``: a worker node killed while the replicas start (the parts planned, no call answered),
+  no node joins;
+- ``retry``: a worker killed mid-way and a node joins, then the other original worker killed once
+  the retry has begun: the job goes on on the new node (a third attempt);
 - ``early-kept``: ``early`` with ``pipeline.end_failed_replicas=false``: the failed attempt's
   replicas are left to Ray Data, as before; its stall beside ``early``'s is what ending them saves;
 - ``gone``: both workers killed, none joins: the job stops within ``pipeline.replica_wait_s``
@@ -22,7 +26,7 @@ Prints a table: case, rows in, refined, rejected, lost (must be 0), doubled (mus
 per row, wall time, the stall (seconds from the fault to the next part written: the time the run
 made no progress) and the job's status; ``--json`` prints the rows as JSON (tests read it).
 
-    python jobs/benchmarks/faults.py [--rows 60] [--cases none,replace,lost,early,early-kept,gone,head] [--delay 1.0]
+    python jobs/benchmarks/faults.py [--rows 60] [--cases none,replace,lost,early,early-kept,start,retry,gone,head] [--delay 1.0]
 """
 
 from __future__ import annotations
@@ -169,12 +173,14 @@ def measure(case: str, out: Path, rows: int, calls: int, started: float, status:
             "retries": logs.count("run on the nodes left"), "stopped": logs.count("no node left can hold a replica"), "ended": logs.count("replicas of attempt")}  # fmt: skip
 
 
-def make_fault(case: str, out: Path, cluster, nodes: list, started: float):
+def make_fault(case: str, out: Path, cluster, nodes: list, started: float, logs=lambda: ""):
     """The case's fault, done once the first part is written (the run is mid-way; ``early``: once
-    the replicas have taken 4 calls, before any part is written); returns the poll function for
-    :func:`wait` (True: the cluster is gone) and a dict with the fault's time and the stall: the
-    longest time from the fault to the end without a new part written."""
-    seen = {"fault_at_s": None, "stall_s": 0.0, "parts": 0, "since": 0.0}
+    the replicas have taken 4 calls, before any part is written; ``start``: once the job has planned
+    its parts and no call is answered, while the replicas start; ``retry``: a worker lost mid-way
+    with a node joining, then the other original worker lost once the retry has begun). Returns the
+    poll function for :func:`wait` (True: the cluster is gone) and a dict with the fault's time and
+    the stall: the longest time from the fault to the end without a new part written."""
+    seen = {"fault_at_s": None, "stall_s": 0.0, "parts": 0, "since": 0.0, "second": False}
 
     def fault() -> bool:
         now, parts = time.monotonic() - started, written_parts(out)
@@ -182,16 +188,24 @@ def make_fault(case: str, out: Path, cluster, nodes: list, started: float):
             seen["stall_s"] = max(seen["stall_s"], now - seen["since"])
             if parts > seen["parts"]:
                 seen["parts"], seen["since"] = parts, now
+            if case == "retry" and not seen["second"] and "attempt 2 of" in logs():
+                seen["second"] = True  # the retry has begun: the other original worker goes too
+                cluster.remove_node(nodes.pop(0), allow_graceful=False)
             return False
-        ready = FakeLLM.calls >= 4 and parts == 0 if case.startswith("early") else parts >= 1
-        if not ready or case not in ("replace", "lost", "early", "early-kept", "head", "gone"):
+        if case.startswith("early"):
+            ready = FakeLLM.calls >= 4 and parts == 0
+        elif case == "start":
+            ready = FakeLLM.calls == 0 and "parts to refine" in logs()
+        else:
+            ready = parts >= 1
+        if not ready or case not in ("replace", "lost", "early", "early-kept", "start", "retry", "head", "gone"):
             return False
         seen.update(fault_at_s=now, parts=parts, since=now)
         if case == "head":
             return True
         for _ in range(len(nodes) if case == "gone" else 1):
             cluster.remove_node(nodes.pop(0), allow_graceful=False)
-        if case == "replace":
+        if case in ("replace", "retry"):
             nodes.append(add_worker(cluster))
         return False
 
@@ -211,7 +225,7 @@ def run_cases(cases: list[str], rows: int, delay_s: float, tmp: Path, timeout_s:
             FakeLLM.calls, started = 0, time.monotonic()
             extra = {"gone": ["pipeline.replica_wait_s=20"], "early-kept": ["pipeline.end_failed_replicas=false"]}.get(case, [])
             job = submit(dashboard, data, out, url, 2, *extra)
-            fault, seen = make_fault(case, out, cluster, nodes, started)
+            fault, seen = make_fault(case, out, cluster, nodes, started, lambda d=dashboard, j=job: job_logs(d, j))
 
             status = wait(dashboard, job, timeout_s, fault)
             logs = job_logs(dashboard, job)
@@ -239,7 +253,7 @@ def run_cases(cases: list[str], rows: int, delay_s: float, tmp: Path, timeout_s:
                 Path(os.environ["ARHN_FAULTS_LOGS"], f"{case}.log").write_text(logs)
                 for n, f in enumerate(sorted((out / "logs").glob("*.log"))):
                     shutil.copy(f, Path(os.environ["ARHN_FAULTS_LOGS"], f"{case}-run{n}.log"))
-            if case in ("lost", "early", "early-kept"):  # back to two workers for the next case
+            while len(nodes) < 2:  # back to two workers for the next case
                 nodes.append(add_worker(cluster))
     finally:
         cluster.shutdown()
@@ -250,7 +264,7 @@ def run_cases(cases: list[str], rows: int, delay_s: float, tmp: Path, timeout_s:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=60)
-    ap.add_argument("--cases", default="none,replace,lost,early,early-kept,gone,head")
+    ap.add_argument("--cases", default="none,replace,lost,early,early-kept,start,retry,gone,head")
     ap.add_argument("--delay", type=float, default=1.0, help="seconds the fake LLM takes a call")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
