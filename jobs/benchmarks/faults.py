@@ -15,6 +15,7 @@ not what is measured). Each case, one after the other on the same cluster:
   no node joins;
 - ``retry``: a worker killed mid-way and a node joins, then the other original worker killed once
   the retry has begun: the job goes on on the new node (a third attempt);
+- ``late``: a worker killed after 400 calls, none joins (the issue's 1,500-row setup);
 - ``early-kept``: ``early`` with ``pipeline.end_failed_replicas=false``: the failed attempt's
   replicas are left to Ray Data, as before; its stall beside ``early``'s is what ending them saves;
 - ``gone``: both workers killed, none joins: the job stops within ``pipeline.replica_wait_s``
@@ -194,11 +195,13 @@ def make_fault(case: str, out: Path, cluster, nodes: list, started: float, logs=
             return False
         if case.startswith("early"):
             ready = FakeLLM.calls >= 4 and parts == 0
+        elif case == "late":  # the issue's setup: a worker lost after ~400 calls, none joins
+            ready = FakeLLM.calls >= 400
         elif case == "start":
             ready = FakeLLM.calls == 0 and "parts to refine" in logs()
         else:
             ready = parts >= 1
-        if not ready or case not in ("replace", "lost", "early", "early-kept", "start", "retry", "head", "gone"):
+        if not ready or case not in ("replace", "lost", "early", "early-kept", "start", "retry", "late", "head", "gone"):
             return False
         seen.update(fault_at_s=now, parts=parts, since=now)
         if case == "head":
