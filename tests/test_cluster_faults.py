@@ -75,7 +75,9 @@ def test_worker_nodes_lost_mid_run_lose_and_double_nothing_and_a_cluster_with_no
         assert r["status"] == "SUCCEEDED" and r["fault_at_s"] is not None, r
         assert (r["lost"], r["doubled"], r["refined"] + r["rejected"]) == (0, 0, 40), r
         assert r["retries"] >= 1, r  # the node's loss failed Ray's Dataset, and the job ran the open parts again
-        assert r["ended"] == r["retries"], r  # each retry first ended the replicas the failed attempt left
+        # the first retry ended the replicas the failed attempt left (a second one, after a replica was
+        # placed on the dead node before Ray declared it dead, may find none left to end)
+        assert r["ended"] >= 1, r
         assert 1.0 <= r["calls_per_row"] < 2.0, r  # only the parts not yet written were asked again
     gone = results["gone"]  # both workers lost, none joins: the job stops (not hangs), and a rerun completes
     assert gone["status"] == "FAILED, then SUCCEEDED" and gone["stopped"] == 1, gone
