@@ -59,21 +59,22 @@ def remove_placement_groups() -> None:
 
 
 def end_replicas(step_class: str = "RefineStage") -> int:
-    """Ends this job's replicas still alive after its Dataset failed: they go on with batches whose
-    results no one reads, and hold the CPUs or GPUs the retry's replicas wait for. Needs Ray's state
-    API (the dashboard: KubeRay and ``ray job submit`` have it); returns how many were ended."""
+    """Ends this job's replicas not yet dead after its Dataset failed: they go on with batches whose
+    results no one reads, and hold the CPUs or GPUs the retry's replicas wait for. One still
+    starting (on a loaded node) would take them once up, so it is ended too. Needs Ray's state API
+    (the dashboard: KubeRay and ``ray job submit`` have it); returns how many were ended."""
     import ray
     from ray._raylet import ActorID
     from ray.util.state import list_actors
 
     job = ray.get_runtime_context().get_job_id()
     try:
-        alive = list_actors(filters=[("state", "=", "ALIVE"), ("job_id", "=", job)], limit=10_000, timeout=10)
+        left = list_actors(filters=[("state", "!=", "DEAD"), ("job_id", "=", job)], limit=10_000, timeout=10)
     except Exception as e:  # no dashboard: the replicas end when Ray Data lets them go
         log.info("replicas of the failed attempt not ended: %s", e)
         return 0
     ended = 0
-    for actor in alive:
+    for actor in left:
         if step_class in (actor.class_name or ""):
             try:  # Ray Data holds no name for its actors: ended by id, as `ray kill` would
                 ray._private.worker.global_worker.core_worker.kill_actor(ActorID.from_hex(actor.actor_id), True)
