@@ -65,9 +65,9 @@ def test_worker_nodes_lost_mid_run_lose_and_double_nothing_and_a_cluster_with_no
     joining; then both workers killed: the job stops within pipeline.replica_wait_s instead of
     waiting forever, and the same submission completes once nodes are back. After each loss the
     failed attempt's replicas are ended, so the retry's replicas get their resources at once.
-    jobs/benchmarks/faults.py measures it, the stall included. The
-    worker lost is one whose replica has answered batches: on a loaded machine (CI) the other may
-    be up but idle, and its loss fails nothing, so the retry would go untested."""
+    jobs/benchmarks/faults.py measures it, the stall included. The worker lost is one whose replica
+    has answered batches: on a loaded machine (CI) the other may be up but idle, and its loss fails
+    nothing, so the retry would go untested."""
     done = subprocess.run([sys.executable, str(ROOT / "jobs" / "benchmarks" / "faults.py"), "--cases", "replace,lost,early,gone", "--rows", "40",
                            "--json"], capture_output=True, text=True, timeout=1200, cwd=ROOT)  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
