@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from arhn_ray.cli.console import counts, quietly, summary
+from arhn_ray.cli.console import counts, quietly, say, summary
 from arhn_ray.cli.fit import for_terminal
 from arhn_ray.config import load_config
 from arhn_ray.data import layout
@@ -119,9 +119,7 @@ def relabel(args: argparse.Namespace) -> int:
         overrides.append(f"method.positive_no_answer={args.positive_no_answer}")
     if args.max_relabeled is not None:
         overrides.append(f"method.max_relabeled={args.max_relabeled}")
-    print(
-        f"arhn-ray: relabeling {args.output} -> {args.out} (variant {args.variant}, from the stored LLM outputs: no LLM, no Ray)"
-    )
+    say(f"arhn-ray: relabeling {args.output} -> {args.out} (variant {args.variant}, from the stored LLM outputs: no LLM, no Ray)")
     ours = logging.getLogger("arhn_ray")
     level = ours.level
     if not args.verbose:  # the parts' INFO lines stay off the terminal: the summary says what was written
@@ -170,7 +168,7 @@ def review(args: argparse.Namespace) -> int:
 
     out = OutputLayout(args.output, args.storage_options)
     written = write_review(out, args.sample, args.seed, args.subset or None)
-    print(f"arhn-ray: wrote {written.path}\n  {written.queries} queries, {written.negatives} negatives, "
+    say(f"arhn-ray: wrote {written.path}\n  {written.queries} queries, {written.negatives} negatives, "
           f"{written.bytes / 1e6:.1f} MB in {written.seconds:.1f} s; open it in a browser, mark negatives, download the verdicts,\n"
           f"  then: arhn-ray agreement {args.output} --reference verdicts.jsonl")  # fmt: skip
     return 0
@@ -198,8 +196,8 @@ def evaluate(args: argparse.Namespace) -> int:
     print(for_terminal(table1_markdown(result)))
     note = _demo_note(args.output, args.storage_options)
     if note:
-        print(f"NOTE: the refined arm trained on demo labels. {note}")
-    print(f"wrote {args.output.rstrip('/')}/evaluate/evaluate.json, evaluate.md, evaluate.png and the card's section")
+        say(f"NOTE: the refined arm trained on demo labels. {note}")
+    say(f"wrote {args.output.rstrip('/')}/evaluate/evaluate.json, evaluate.md, evaluate.png and the card's section")
     return 0
 
 
@@ -213,25 +211,26 @@ def export(args: argparse.Namespace) -> int:
     except ValueError as e:  # a bad --out, --format or --short: named, no traceback
         print(f"arhn-ray: {e}", file=sys.stderr)
         return 2
-    print(
+    say(
         f"arhn-ray: wrote {written.rows} training rows ({args.format}) to {args.out} as {kind}, "
         f"from {written.queries - sum(written.dropped.values())} of {written.queries} queries"
     )
     if written.dropped:
-        print(
+        say(
             f"  left out     {counts(written.dropped)}"
             + (
                 "; --short keep writes the queries with fewer negatives"
                 if args.short != "keep" and args.format != "sentence-transformers"
                 else ""
-            )
+            ),
+            hang=13,
         )
     note = _demo_note(args.output, args.storage_options)
     if note:
-        print(f"  NOTE         {note}")
+        say(f"  NOTE         {note}", hang=13)
     if not written.rows:
-        print(f"arhn-ray: export: no training row from {args.output}: every query was left out ({counts(written.dropped) or 'no refined row'})",
-              file=sys.stderr)  # fmt: skip
+        say(f"arhn-ray: export: no training row from {args.output}: every query was left out ({counts(written.dropped) or 'no refined row'})",
+            file=sys.stderr)  # fmt: skip
         return 3
     return 0
 

@@ -217,6 +217,25 @@ def fit_80(line: str) -> list[str]:
     return textwrap.wrap(line, 80, subsequent_indent=" " * 16, break_long_words=False, break_on_hyphens=False) or [line]
 
 
+def say(text: str, hang: int = 2, file: TextIO | None = None) -> None:
+    """Prints ``text``; on a terminal each line at most 80 columns, continued ``hang`` columns past
+    its own indent, a path never split (export's and relabel's lines ran to 116). Piped or in a
+    log, a message stays one line, as the notices do.
+
+    Example:
+        >>> say("arhn-ray: wrote 25 training rows to out/demo-train.parquet, from 25 of 25 queries")
+        arhn-ray: wrote 25 training rows to out/demo-train.parquet, from 25 of 25 queries
+    """
+    stream = file or sys.stdout
+    if not stream.isatty():
+        print(text, file=stream)
+        return
+    for line in text.splitlines() or [""]:
+        lead = " " * (len(line) - len(line.lstrip()) + hang)
+        wrapped = textwrap.wrap(line, 80, subsequent_indent=lead, break_long_words=False, break_on_hyphens=False)
+        print("\n".join(wrapped or [line]), file=stream)
+
+
 def counts(counter: dict) -> str:
     """``{'no kept negative': 14}`` as a person reads it: ``14 no kept negative``, most first."""
     return ", ".join(f"{n} {reason}" for reason, n in sorted(counter.items(), key=lambda kv: -kv[1]))
