@@ -97,8 +97,7 @@ class ProgressHandler(logging.Handler):
         if not self.tty:
             return text + "\n"
         width = max(40, os.get_terminal_size(self.stream.fileno()).columns - 1)
-        return "\n".join(textwrap.fill(line, width, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False)
-                         for line in text.splitlines()) + "\n"  # fmt: skip
+        return "\n".join(wrapped for line in text.splitlines() for wrapped in wrap_line(line, 2, width)) + "\n"
 
     def _end_line(self) -> None:
         if self.open_line:
@@ -209,12 +208,13 @@ def summary(stats: dict, output: str) -> str:
         lines.append(f"  review page   {stats['review']} (open it in a browser)")
     if warning := demo_labels(stats):
         lines.append(f"  NOTE          {warning}")
-    return "\n".join(wrapped for line in lines for wrapped in fit_80(line))
+    return "\n".join(wrapped for line in lines for wrapped in wrap_line(line))
 
 
-def fit_80(line: str) -> list[str]:
-    """A summary line as lines of at most 80 columns, continued under its value; a path is never split."""
-    return textwrap.wrap(line, 80, subsequent_indent=" " * 16, break_long_words=False, break_on_hyphens=False) or [line]
+def wrap_line(line: str, indent: int = 16, width: int = 80) -> list[str]:
+    """A line as lines of at most ``width`` columns, continued ``indent`` columns in (a summary's:
+    under its value); words and paths are never split."""
+    return textwrap.wrap(line, width, subsequent_indent=" " * indent, break_long_words=False, break_on_hyphens=False) or [line]
 
 
 def say(text: str, hang: int = 2, file: TextIO | None = None) -> None:
@@ -231,9 +231,7 @@ def say(text: str, hang: int = 2, file: TextIO | None = None) -> None:
         print(text, file=stream)
         return
     for line in text.splitlines() or [""]:
-        lead = " " * (len(line) - len(line.lstrip()) + hang)
-        wrapped = textwrap.wrap(line, 80, subsequent_indent=lead, break_long_words=False, break_on_hyphens=False)
-        print("\n".join(wrapped or [line]), file=stream)
+        print("\n".join(wrap_line(line, len(line) - len(line.lstrip()) + hang)), file=stream)
 
 
 def counts(counter: dict) -> str:
