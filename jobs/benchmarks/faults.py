@@ -234,8 +234,9 @@ def make_fault(case: str, out: Path, cluster, nodes: list, started: float, logs=
         seen["armed"] = ready = ready or seen["armed"]  # kept while a replica's node is looked up
         if not ready or case not in ("replace", "lost", "early", "early-kept", "start", "retry", "late", "head", "gone"):
             return False
-        busy = [] if case in ("start", "head", "gone") else [n for n in nodes if n.node_id in busy_nodes(dashboard, run_log(out))]
-        if case not in ("start", "head", "gone") and not busy:
+        targeted = case not in ("start", "head", "gone")  # these lose a node whatever its replica does
+        busy = [n for n in nodes if n.node_id in busy_nodes(dashboard, run_log(out))] if targeted else []
+        if targeted and not busy:
             return False  # no replica has taken work yet: its loss would fail nothing
         seen.update(fault_at_s=now, parts=parts, since=now)
         if case == "head":
